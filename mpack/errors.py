@@ -86,6 +86,16 @@ class MPackMissing(NotFound):
     code = "mpack_missing"
 
 
+class StoredObjectMissing(NotFound):
+    """The store holds no object under this digest in this namespace."""
+
+    code = "stored_object_missing"
+
+    def __init__(self, namespace: str, digest: str) -> None:
+        super().__init__(f"no {namespace} object {digest} in storage")
+        self.namespace, self.digest = namespace, digest
+
+
 # -- 409: the only conflict the Muse CLI understands ---------------------------------
 
 class NonFastForward(HubError):

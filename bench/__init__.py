@@ -1,0 +1,1 @@
+"""Benchmarks and their shared fixtures (synthetic histories, a git smart-HTTP anchor)."""

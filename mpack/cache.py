@@ -1,0 +1,67 @@
+"""The fetch-mpack cache: which stored pack answers (repo, tip[, haves]).
+
+``cache_id`` is the seed's: sha256 hex of ``repo_id + tip_commit_id`` for a
+full pack; a delta pack (one tip, some haves) appends NUL and its base key.
+Hits slide the expiry forward (at most ``cache_ttl`` from now), but write at
+most once a minute per row, so that a hot tip costs reads, not writes.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mpack.models import FetchMPackCache, Repo
+
+if TYPE_CHECKING:
+    from mpack.hub import Hub
+
+HIT_WRITE_INTERVAL = 60.0
+
+
+def base_key(have_digests: list[str]) -> str:
+    return ",".join(sorted(set(have_digests)))
+
+
+def cache_id(repo_id: str, tip_commit_id: str, base: str = "") -> str:
+    key = repo_id + tip_commit_id + (f"\0{base}" if base else "")
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PackStats:
+    mpack_id: str
+    size: int
+    commit_count: int
+    blob_count: int
+
+
+def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
+    """The unexpired row for this key, by primary key; None when absent or expired."""
+    row = FetchMPackCache.get_or_none(FetchMPackCache.cache_id == cache_id(repo.repo_id, tip_commit_id, base))
+    return row if row is not None and row.expires_at > hub.now() else None
+
+
+def record_hit(hub: Hub, row: FetchMPackCache) -> None:
+    now = hub.now()
+    if now - row.last_used_at < HIT_WRITE_INTERVAL:
+        return
+    expires = max(row.expires_at, now + hub.settings.cache_ttl)
+    with hub.db.atomic():
+        FetchMPackCache.update(
+            hits=FetchMPackCache.hits + 1, last_used_at=now, expires_at=expires,
+        ).where(FetchMPackCache.cache_id == row.cache_id).execute()
+    row.expires_at, row.last_used_at = expires, now
+
+
+def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackStats) -> FetchMPackCache:
+    """Insert or replace the row for this key with a fresh expiry."""
+    now = hub.now()
+    values = dict(
+        cache_id=cache_id(repo.repo_id, tip_commit_id, base), repo=repo.repo_id, tip_commit_id=tip_commit_id,
+        base=base, mpack_id=stats.mpack_id, created_at=now, expires_at=now + hub.settings.cache_ttl,
+        last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
+    )
+    with hub.db.atomic():
+        FetchMPackCache.replace(**values).execute()
+    return FetchMPackCache(**values)

@@ -1,0 +1,75 @@
+"""The one place where domain errors become HTTP responses.
+
+Every error body is JSON ``{"error": code, "detail": text}``. Unexpected
+exceptions are logged with their traceback and answered 500 without one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import falcon
+
+from mpack import errors
+from mpack.format import MPackError
+
+log = logging.getLogger("mpackhub.http")
+
+STATUS_BY_ERROR: list[tuple[type[errors.HubError], str]] = [
+    (errors.BadRequest, falcon.HTTP_400),
+    (errors.Unauthorized, falcon.HTTP_401),
+    (errors.Forbidden, falcon.HTTP_403),
+    (errors.NotFound, falcon.HTTP_404),
+    (errors.NonFastForward, falcon.HTTP_409),
+    (errors.AlreadyExists, falcon.HTTP_409),
+    (errors.BodyTooLarge, falcon.HTTP_413),
+    (errors.RangeNotSatisfiable, falcon.HTTP_416),
+    (errors.Unprocessable, falcon.HTTP_422),
+    (errors.StorageError, falcon.HTTP_507),
+    (MPackError, falcon.HTTP_500),
+]
+
+
+def status_for(exc: errors.HubError) -> str:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return falcon.HTTP_500
+
+
+def _error_body(code: str, detail: str) -> bytes:
+    return json.dumps({"error": code, "detail": detail}).encode()
+
+
+def handle_hub_error(req, resp, exc: errors.HubError, params) -> None:
+    status = status_for(exc)
+    if status == falcon.HTTP_500:
+        log.error("internal error", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body(exc.code, exc.detail)
+    if isinstance(exc, errors.Unauthorized):
+        resp.set_header("WWW-Authenticate", 'Bearer realm="mpackhub"')
+    if isinstance(exc, errors.RangeNotSatisfiable):
+        resp.set_header("Content-Range", f"bytes */{exc.size}")
+
+
+def handle_unexpected(req, resp, exc: Exception, params) -> None:
+    if isinstance(exc, falcon.HTTPError):  # falcon's own (404 route, 405 method …)
+        raise exc
+    log.exception("unhandled error", extra={"path": req.path, "method": req.method})
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body("internal_error", "the server failed; the error has been logged")
+
+
+def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
+    code = (exc.title or "error").lower().replace(" ", "_")
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body(code, exc.description or exc.title or "")
+
+
+def install(app: falcon.App) -> None:
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(errors.HubError, handle_hub_error)
+    app.set_error_serializer(serialize_http_error)

@@ -1,0 +1,119 @@
+"""HTTP resources: parse, make one domain call, render. No SQL, hashing or file I/O here."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import falcon
+
+from mpack import auth, bundle, download, fetch, gc, health, jobs, push, repos
+from mpack.errors import InvalidField
+from mpack.http.media import read_body, send
+
+if TYPE_CHECKING:
+    from mpack.hub import Hub
+
+
+class Resource:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def body(self, req: falcon.Request) -> dict:
+        return read_body(req, self.hub.settings.max_body_bytes)
+
+    @staticmethod
+    def user(req: falcon.Request):
+        return auth.user_for(req.get_header("Authorization"))
+
+
+class Health(Resource):
+    def on_get(self, req, resp):
+        report = health.health(self.hub)
+        send(req, resp, report, falcon.HTTP_200 if report["status"] == "ok" else falcon.HTTP_503)
+
+
+class AdminUsers(Resource):
+    def on_post(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        user, token = auth.create_user(self.hub, self.body(req).get("username"))
+        send(req, resp, {"username": user.username, "token": token}, falcon.HTTP_201)
+
+
+class AdminJobs(Resource):
+    def on_get(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        send(req, resp, jobs.overview(self.hub))
+
+
+class AdminGc(Resource):
+    def on_post(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        repo, dry_run = gc.parse_request(self.body(req) if req.content_length else {})
+        send(req, resp, gc.run_gc(self.hub, repo=repo, dry_run=dry_run).as_dict())
+
+
+class ApiRepos(Resource):
+    def on_post(self, req, resp):
+        owner = auth.require_user(req.get_header("Authorization"))
+        body = self.body(req)
+        repo = repos.create_repo(self.hub, owner, body.get("name"), body.get("visibility", "public"))
+        send(req, resp, repos.describe(self.hub, repo), falcon.HTTP_201)
+
+    def on_get_one(self, req, resp, owner, name):
+        repo = repos.readable_repo(owner, name, self.user(req))
+        send(req, resp, repos.describe(self.hub, repo))
+
+
+class Wire(Resource):
+    """The Muse wire protocol under ``/{owner}/{repo}/…`` (PROTOCOL.md)."""
+
+    def on_get_refs(self, req, resp, owner, repo):
+        send(req, resp, repos.refs(repos.readable_repo(owner, repo, self.user(req))))
+
+    def on_post_filter_objects(self, req, resp, owner, repo):
+        target = repos.writable_repo(owner, repo, self.user(req))
+        object_ids = self.body(req).get("object_ids")
+        if not isinstance(object_ids, list):
+            raise InvalidField("object_ids", "must be a list")
+        send(req, resp, {"missing": push.missing_objects(target, object_ids)})
+
+    def on_post_presign(self, req, resp, owner, repo):
+        target = repos.writable_repo(owner, repo, self.user(req))
+        send(req, resp, bundle.presign_objects(target, self.body(req)))
+
+    def on_post_push_objects(self, req, resp, owner, repo):
+        target = repos.writable_repo(owner, repo, self.user(req))
+        send(req, resp, push.receive_objects(self.hub, target, self.body(req)))
+
+    def on_post_push(self, req, resp, owner, repo):
+        target = repos.writable_repo(owner, repo, self.user(req))
+        send(req, resp, push.push(self.hub, target, self.body(req)))
+
+    def on_post_fetch(self, req, resp, owner, repo):
+        target = repos.readable_repo(owner, repo, self.user(req))
+        send(req, resp, bundle.wire_fetch_bundle(self.hub, target, self.body(req)))
+
+    def on_post_negotiate(self, req, resp, owner, repo):
+        target = repos.readable_repo(owner, repo, self.user(req))
+        send(req, resp, bundle.negotiate(target, self.body(req)))
+
+    def on_post_fetch_mpack(self, req, resp, owner, repo):
+        target = repos.readable_repo(owner, repo, self.user(req))
+        want, have = fetch.parse_want_have(self.body(req))
+        send(req, resp, fetch.wire_fetch_mpack(self.hub, target, want=want, have=have))
+
+
+class Download(Resource):
+    """``GET|HEAD /mpacks/{mpack_id}?expires&kid&sig``: a signed, ranged, sendfile download."""
+
+    def on_get(self, req, resp, mpack_id):
+        served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"))
+        resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
+        resp.content_type = "application/vnd.muse.mpack"
+        resp.set_headers(served.headers)
+        if req.method == "HEAD":
+            served.close()
+            resp.content_length = served.length
+        else:
+            resp.set_stream(served.stream, served.length)
+
+    on_head = on_get

@@ -1,0 +1,153 @@
+"""Peewee models: the hub's tables.
+
+All models bind to ``database``, a ``DatabaseProxy`` that ``mpack.db.open_database``
+initialises. Times are UTC epoch seconds (floats): cheap to compare and index,
+with no time-zone spelling to get wrong. Commits, snapshots and objects are
+keyed by the 64-hex digest so that lookups are spelling-independent, while the
+record a client sent (with its id spelling) is kept verbatim in ``record``.
+"""
+from __future__ import annotations
+
+import json
+
+import peewee as pw
+
+database = pw.DatabaseProxy()
+
+
+class JSONField(pw.TextField):
+    """A JSON document stored as compact text."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField()
+    applied_at = pw.FloatField()
+
+
+class User(BaseModel):
+    username = pw.CharField(max_length=64, unique=True)
+    created_at = pw.FloatField()
+
+
+class ApiToken(BaseModel):
+    token_hash = pw.CharField(max_length=64, primary_key=True)  # sha256 hex of the token
+    user = pw.ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    label = pw.CharField(max_length=100, default="")
+    created_at = pw.FloatField()
+
+
+class Repo(BaseModel):
+    repo_id = pw.CharField(max_length=64, primary_key=True)
+    owner = pw.CharField(max_length=64)
+    name = pw.CharField(max_length=100)
+    visibility = pw.CharField(max_length=16)
+    domain = pw.CharField(max_length=32, default="code")
+    default_branch = pw.CharField(max_length=255, null=True)
+    created_at = pw.FloatField()
+
+    class Meta:
+        indexes = ((("owner", "name"), True),)
+
+    @property
+    def is_public(self) -> bool:
+        return self.visibility == "public"
+
+
+class Branch(BaseModel):
+    repo = pw.ForeignKeyField(Repo, backref="branches", on_delete="CASCADE")
+    name = pw.CharField(max_length=255)
+    head_commit_id = pw.CharField(max_length=71)
+    updated_at = pw.FloatField()
+
+    class Meta:
+        indexes = ((("repo", "name"), True),)
+
+
+class Commit(BaseModel):
+    repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
+    digest = pw.CharField(max_length=64)
+    commit_id = pw.CharField(max_length=71)  # as the client spelled it
+    parents = JSONField()  # parent digests
+    snapshot = pw.CharField(max_length=64)  # snapshot digest
+    generation = pw.IntegerField()  # 1 + max(parent generations): prunes walks
+    record = JSONField()  # the CommitDict, verbatim
+
+    class Meta:
+        primary_key = pw.CompositeKey("repo", "digest")
+
+
+class Snapshot(BaseModel):
+    repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
+    digest = pw.CharField(max_length=64)
+    record = JSONField()  # the SnapshotDict, verbatim
+
+    class Meta:
+        primary_key = pw.CompositeKey("repo", "digest")
+
+
+class Object(BaseModel):
+    """The repo's right to read a stored blob (bytes live in storage, shared)."""
+
+    repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
+    digest = pw.CharField(max_length=64)
+    size = pw.BigIntegerField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("repo", "digest")
+
+
+class FetchMPackCache(BaseModel):
+    """A built pack for (repo, tip) — or, with ``base``, for (repo, tip, haves)."""
+
+    cache_id = pw.CharField(max_length=64, primary_key=True)
+    repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
+    tip_commit_id = pw.CharField(max_length=71)
+    base = pw.TextField(default="")  # sorted have digests joined by ","; "" = full pack
+    mpack_id = pw.CharField(max_length=71, index=True)
+    created_at = pw.FloatField()
+    expires_at = pw.FloatField(index=True)
+    last_used_at = pw.FloatField()
+    size = pw.BigIntegerField(default=0)
+    commit_count = pw.IntegerField(default=0)
+    blob_count = pw.IntegerField(default=0)
+    hits = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "fetch_mpack_cache"
+        indexes = ((("repo", "tip_commit_id"), False),)
+
+
+class BackgroundJob(BaseModel):
+    job_id = pw.CharField(max_length=64, primary_key=True)
+    repo = pw.ForeignKeyField(Repo, null=True, on_delete="CASCADE")
+    job_type = pw.CharField(max_length=64)
+    payload = JSONField(default=dict)
+    status = pw.CharField(max_length=16, default="pending")
+    created_at = pw.FloatField()
+    run_after = pw.FloatField()
+    attempt = pw.IntegerField(default=0)
+    max_attempts = pw.IntegerField(default=5)
+    locked_by = pw.CharField(max_length=128, null=True)
+    locked_until = pw.FloatField(null=True)
+    last_error = pw.TextField(null=True)
+    result = JSONField(null=True)
+    finished_at = pw.FloatField(null=True)
+
+    class Meta:
+        table_name = "background_job"
+        indexes = ((("status", "run_after"), False),)
+
+
+ALL_MODELS = [SchemaVersion, User, ApiToken, Repo, Branch, Commit, Snapshot, Object, FetchMPackCache, BackgroundJob]

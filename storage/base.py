@@ -1,0 +1,254 @@
+"""The storage interface: content-addressed blobs and mpacks.
+
+A store keeps immutable objects in two namespaces, ``BLOBS`` and ``MPACKS``,
+each object named by the SHA-256 hex digest of its bytes. Every backend
+promises:
+
+    * Ids are validated (64 lowercase hex, or ``sha256:`` + 64 hex) before
+      they are used as keys or paths; a bad id raises ``InvalidId``, an
+      unknown namespace ``ValueError``.
+    * Every write re-hashes the bytes: an object is only ever stored under the
+      digest of its content (``ContentMismatch`` otherwise).
+    * Writes are atomic: a reader sees a whole object or none, never a
+      partial one; a write that fails or is abandoned leaves no object and
+      no temp file behind (a crash may leave a temp file, which ``iter_temp``
+      and ``remove_temp`` let GC sweep).
+    * Writers of the same digest may race: all succeed and one object results.
+    * An object opened before it is deleted stays readable to the end.
+
+``Store`` implements the shared parts (``put_bytes`` over ``new_file``,
+``size``, ``presign_mpack_get``); backends implement the primitives.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from mpack.errors import ContentMismatch
+from mpack.ids import hex_of
+from storage.signing import UrlSigner, mpack_path
+
+BLOBS = "blobs"
+MPACKS = "mpacks"
+NAMESPACES = (BLOBS, MPACKS)
+
+_TEMP_NAME = re.compile(r"[0-9a-f]{32}\.tmp")
+
+
+def check_namespace(namespace: object) -> str:
+    """Return ``namespace`` if it is ``BLOBS`` or ``MPACKS``, else raise ValueError."""
+    if namespace not in NAMESPACES:
+        raise ValueError(f"unknown storage namespace {namespace!r}")
+    return namespace  # type: ignore[return-value]
+
+
+def check_digest(digest: object) -> str:
+    """The 64-hex key of ``digest`` (either id spelling); InvalidId if malformed."""
+    return hex_of(digest)  # type: ignore[arg-type]
+
+
+def new_temp_name() -> str:
+    """A fresh, unguessable temp file name."""
+    return secrets.token_hex(16) + ".tmp"
+
+
+def is_temp_name(name: object) -> bool:
+    """True if ``name`` is a temp file name this package makes."""
+    return isinstance(name, str) and _TEMP_NAME.fullmatch(name) is not None
+
+
+def check_temp_name(name: object) -> str:
+    """Return ``name`` if it is a temp file name this package makes, else raise ValueError."""
+    if not is_temp_name(name):
+        raise ValueError(f"not a storage temp file name: {name!r}")
+    return name  # type: ignore[return-value]
+
+
+class PendingFile(abc.ABC):
+    """An object being written: hashed as it is written, published by ``commit``.
+
+    Obtained from ``Store.new_file``. Until ``commit`` succeeds the bytes
+    live in a temp file that no reader can see.
+    """
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace = namespace
+        self.name = name  # the temp file name, as iter_temp lists it
+        self.size = 0
+        self.created = False  # set by commit: True if this write added the object
+        self._hash = hashlib.sha256()
+        self._closed = False
+
+    @property
+    def sha256_hex(self) -> str:
+        """Hex SHA-256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def write(self, data: bytes) -> int:
+        """Append ``data``; returns its length.
+
+        Raises:
+            ValueError: the file was already committed or aborted.
+            StorageError: the backend could not write (the temp is removed).
+        """
+        self._check_open()
+        view = memoryview(data)
+        try:
+            self._write(view)
+        except BaseException:
+            self.abort()
+            raise
+        self._hash.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def commit(self, expected_digest: str | None = None) -> str:
+        """Publish the object under its own digest and return that hex digest.
+
+        If an object with that digest already exists, the temp is discarded
+        and the existing object kept (``created`` stays False). The temp is
+        removed whether or not the commit succeeds.
+
+        Args:
+            expected_digest: if given (either id spelling), the content must
+                hash to it.
+
+        Raises:
+            ContentMismatch: the content does not hash to ``expected_digest``.
+            InvalidId: ``expected_digest`` is malformed.
+            StorageError: the backend could not publish the object.
+            ValueError: the file was already committed or aborted.
+        """
+        self._check_open()
+        try:
+            actual = self.sha256_hex
+            if expected_digest is not None and check_digest(expected_digest) != actual:
+                raise ContentMismatch("object", expected_digest, actual)
+            self.created = self._publish(actual)
+        finally:
+            self.abort()
+        return actual
+
+    def abort(self) -> None:
+        """Discard the temp file; a no-op once committed or aborted."""
+        if not self._closed:
+            self._closed = True
+            self._discard()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this pending file was already committed or aborted")
+
+    @abc.abstractmethod
+    def _write(self, data: memoryview) -> None:
+        """Append ``data`` to the temp file."""
+
+    @abc.abstractmethod
+    def _publish(self, digest: str) -> bool:
+        """Make the temp visible as ``digest``; False if it already existed."""
+
+    @abc.abstractmethod
+    def _discard(self) -> None:
+        """Remove the temp file; must tolerate it being gone already."""
+
+
+class Store(abc.ABC):
+    """A content-addressed store of blobs and mpacks (see the module docstring)."""
+
+    def __init__(self, signer: UrlSigner) -> None:
+        self.signer = signer
+
+    def put_bytes(self, namespace: str, digest: str, data: bytes) -> bool:
+        """Store ``data`` under ``digest`` after checking that it hashes to it.
+
+        Returns:
+            True if the object was written, False if it already existed (then
+            nothing is written).
+
+        Raises:
+            ValueError: unknown namespace.
+            InvalidId: ``digest`` is malformed.
+            ContentMismatch: ``data`` does not hash to ``digest``.
+            StorageError: the backend could not write.
+        """
+        key = check_digest(digest)
+        if self.exists(namespace, key):
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != key:
+                raise ContentMismatch("object", digest, actual)
+            return False
+        with self.new_file(namespace) as pending:
+            pending.write(data)
+            pending.commit(digest)
+            return pending.created
+
+    @contextlib.contextmanager
+    def new_file(self, namespace: str) -> Iterator[PendingFile]:
+        """Context manager yielding a ``PendingFile`` to stream a new object into.
+
+        Leaving the block without ``commit()``, or with an exception, removes
+        the temp file.
+
+        Raises:
+            ValueError: unknown namespace.
+            StorageError: the backend could not create a temp file.
+        """
+        pending = self._new_pending(check_namespace(namespace))
+        try:
+            yield pending
+        finally:
+            pending.abort()
+
+    def size(self, namespace: str, digest: str) -> int:
+        """Size in bytes of a stored object; StoredObjectMissing if absent."""
+        return self.stat(namespace, digest)[0]
+
+    def presign_mpack_get(self, mpack_id: str, ttl_seconds: int) -> str:
+        """A signed URL to the hub's own download route for this mpack.
+
+        Raises:
+            InvalidId: ``mpack_id`` is malformed.
+            ValueError: ``ttl_seconds`` is not positive.
+        """
+        return self.signer.url("GET", mpack_path(mpack_id), ttl_seconds)
+
+    @abc.abstractmethod
+    def open(self, namespace: str, digest: str) -> BinaryIO:
+        """A binary file object reading the object; StoredObjectMissing if absent."""
+
+    @abc.abstractmethod
+    def exists(self, namespace: str, digest: str) -> bool:
+        """True if the object is stored."""
+
+    @abc.abstractmethod
+    def delete(self, namespace: str, digest: str) -> bool:
+        """Remove the object; False if it was absent."""
+
+    @abc.abstractmethod
+    def iter_digests(self, namespace: str) -> Iterator[str]:
+        """The hex digests stored in ``namespace``, in ascending order."""
+
+    @abc.abstractmethod
+    def stat(self, namespace: str, digest: str) -> tuple[int, float]:
+        """``(size, mtime)`` of the object; StoredObjectMissing if absent."""
+
+    @abc.abstractmethod
+    def iter_temp(self) -> Iterator[tuple[str, float]]:
+        """``(name, mtime)`` of every temp file, including crash leftovers."""
+
+    @abc.abstractmethod
+    def remove_temp(self, name: str) -> bool:
+        """Remove a temp file by name; False if absent, ValueError if not a temp name."""
+
+    @abc.abstractmethod
+    def local_path(self, namespace: str, digest: str) -> str | None:
+        """The file path where the object lives, or None if the backend has no files."""
+
+    @abc.abstractmethod
+    def _new_pending(self, namespace: str) -> PendingFile:
+        """Create a temp file for a new object in ``namespace``."""

@@ -1,0 +1,209 @@
+"""LocalStore specifics: the layout on disk, temp files, and I/O failures."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import multiprocessing
+import os
+import shutil
+import subprocess
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from mpack.errors import StorageError
+from storage import BLOBS, MPACKS, LocalStore, UrlSigner
+
+DATA = b"hello muse\n"
+DIGEST = hashlib.sha256(DATA).hexdigest()
+BIG = bytes(range(256)) * 8192  # 2 MiB
+BIG_DIGEST = hashlib.sha256(BIG).hexdigest()
+
+
+def make_signer():
+    return UrlSigner([("k1", b"secret-one")], base_url="https://hub.test")
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(root):
+    return LocalStore(root, make_signer())
+
+
+def files_under(path):
+    return sorted(
+        os.path.relpath(os.path.join(parent, name), path)
+        for parent, _, names in os.walk(path) for name in names
+    )
+
+
+class FailingFile:
+    """A real file whose write (or flush) fails like a full disk."""
+
+    def __init__(self, handle, failing):
+        self._handle = handle
+        self._failing = failing
+
+    def __getattr__(self, name):
+        if name == self._failing:
+            def fail(*args):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return fail
+        return getattr(self._handle, name)
+
+
+def full_disk_fopen(failing="write"):
+    def fopen(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)  # noqa: SIM115 - an fopen returns the handle
+        return FailingFile(handle, failing) if "x" in mode else handle
+    return fopen
+
+
+# -- layout -------------------------------------------------------------------------
+
+def test_objects_live_at_sharded_paths(store, root):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    store.put_bytes(MPACKS, DIGEST, DATA)
+    shard = os.path.join(DIGEST[:2], DIGEST[2:4], DIGEST)
+    assert files_under(root) == [os.path.join(BLOBS, shard), os.path.join(MPACKS, shard)]
+
+
+def test_local_path_is_the_sharded_path(store, root):
+    expected = os.path.join(root, MPACKS, DIGEST[:2], DIGEST[2:4], DIGEST)
+    assert store.local_path(MPACKS, "sha256:" + DIGEST) == expected
+
+
+def test_root_and_shard_directories_are_created_on_demand(tmp_path):
+    store = LocalStore(tmp_path / "a" / "b", make_signer())
+    assert not (tmp_path / "a").exists()
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    assert os.path.isfile(store.local_path(BLOBS, DIGEST))
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils sha256sum")
+def test_sha256sum_of_a_stored_file_equals_its_name(store):
+    store.put_bytes(MPACKS, BIG_DIGEST, BIG)
+    path = store.local_path(MPACKS, BIG_DIGEST)
+    output = subprocess.run(["sha256sum", path], check=True, capture_output=True, text=True).stdout
+    assert output.split()[0] == os.path.basename(path) == BIG_DIGEST
+
+
+def test_open_returns_a_real_file(store):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    with store.open(BLOBS, DIGEST) as handle:
+        assert handle.name == store.local_path(BLOBS, DIGEST)
+        assert handle.fileno() >= 0
+
+
+def test_iter_digests_skips_names_that_are_not_objects(store, root):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    shard = root / BLOBS / DIGEST[:2] / DIGEST[2:4]
+    (shard / "notes.txt").write_bytes(b"x")
+    (shard / DIGEST.upper()).write_bytes(b"x")
+    (shard / ("0" * 64)).write_bytes(b"x")  # a hex name in the wrong shard
+    (root / BLOBS / "zz").mkdir()
+    (root / BLOBS / "README").write_bytes(b"x")
+    assert list(store.iter_digests(BLOBS)) == [DIGEST]
+
+
+def test_fsync_off_still_stores(root):
+    store = LocalStore(root, make_signer(), fsync=False)
+    assert store.put_bytes(BLOBS, DIGEST, DATA) is True
+    assert store.exists(BLOBS, DIGEST)
+
+
+# -- temp files ---------------------------------------------------------------------
+
+def test_temp_files_are_written_inside_the_store_root(store, root):
+    with store.new_file(MPACKS) as pending:
+        pending.write(DATA)
+        assert files_under(root) == [os.path.join("tmp", pending.name)]
+        pending.commit()
+
+
+def test_iter_temp_lists_crash_leftovers_with_their_mtime(store, root):
+    (root / "tmp").mkdir(parents=True)
+    leftover = root / "tmp" / ("ab" * 16 + ".tmp")
+    leftover.write_bytes(b"half an mpack")
+    os.utime(leftover, (1_000_000, 1_000_000))
+    assert list(store.iter_temp()) == [(leftover.name, 1_000_000.0)]
+
+
+def test_iter_temp_ignores_foreign_names(store, root):
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp" / "editor.swp").write_bytes(b"x")
+    assert list(store.iter_temp()) == []
+
+
+def test_remove_temp_deletes_a_leftover(store, root):
+    (root / "tmp").mkdir(parents=True)
+    leftover = root / "tmp" / ("cd" * 16 + ".tmp")
+    leftover.write_bytes(b"x")
+    assert store.remove_temp(leftover.name) is True
+    assert not leftover.exists()
+
+
+# -- failures -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("failing", ["write", "flush"])
+def test_full_disk_becomes_storage_error_and_leaves_nothing(root, failing):
+    store = LocalStore(root, make_signer(), fopen=full_disk_fopen(failing))
+    with pytest.raises(StorageError, match="disk full"):
+        store.put_bytes(MPACKS, DIGEST, DATA)
+    assert files_under(root) == []
+
+
+def test_failure_to_create_the_temp_becomes_storage_error(root):
+    def fopen(path, mode="r", *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    store = LocalStore(root, make_signer(), fopen=fopen)
+    with pytest.raises(StorageError, match="EACCES"):
+        store.put_bytes(BLOBS, DIGEST, DATA)
+
+
+def test_failure_to_link_into_place_becomes_storage_error_and_removes_the_temp(root):
+    def link(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = LocalStore(root, make_signer(), link=link)
+    with pytest.raises(StorageError, match="disk full"):
+        store.put_bytes(BLOBS, DIGEST, DATA)
+    assert files_under(root) == []
+
+
+def test_filesystem_without_hard_links_falls_back_to_rename(root):
+    def link(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    store = LocalStore(root, make_signer(), link=link)
+    assert store.put_bytes(BLOBS, DIGEST, DATA) is True
+    assert store.put_bytes(BLOBS, DIGEST, DATA) is False
+    assert files_under(root) == [os.path.join(BLOBS, DIGEST[:2], DIGEST[2:4], DIGEST)]
+
+
+def test_storage_error_does_not_reveal_paths(root):
+    store = LocalStore(root, make_signer(), fopen=full_disk_fopen())
+    with pytest.raises(StorageError) as info:
+        store.put_bytes(BLOBS, DIGEST, DATA)
+    assert str(root) not in info.value.detail
+
+
+# -- several processes --------------------------------------------------------------
+
+def put_big_in_child(root):
+    return LocalStore(root, make_signer()).put_bytes(MPACKS, BIG_DIGEST, BIG)
+
+
+def test_processes_putting_one_digest_store_one_intact_file(root):
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
+        results = list(pool.map(put_big_in_child, [str(root)] * 4))
+    assert results.count(True) == 1
+    assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST[2:4], BIG_DIGEST)]
+    with LocalStore(root, make_signer()).open(MPACKS, BIG_DIGEST) as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == BIG_DIGEST

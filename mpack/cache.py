@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mpack.models import FetchMPackCache, Repo
+from storage.base import MPACKS
 
 if TYPE_CHECKING:
     from mpack.hub import Hub
@@ -54,8 +55,24 @@ def record_hit(hub: Hub, row: FetchMPackCache) -> None:
     row.expires_at, row.last_used_at = expires, now
 
 
+class PackVanished(Exception):
+    """The pack was deleted (by GC) between its build and its row: build again."""
+
+
+def url_ttl_for(hub: Hub, row: FetchMPackCache | None) -> int:
+    """A URL never outlives the row it came from, so GC may delete a pack when its rows expire."""
+    ttl = hub.settings.url_ttl
+    if row is not None:
+        ttl = min(ttl, int(row.expires_at - hub.now()))
+    return max(ttl, 1)
+
+
 def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackStats) -> FetchMPackCache:
-    """Insert or replace the row for this key with a fresh expiry."""
+    """Insert or replace the row for this key with a fresh expiry.
+
+    The file's existence is checked inside the write transaction; GC deletes
+    files inside its own, so a row never names a file GC has just removed.
+    """
     now = hub.now()
     values = dict(
         cache_id=cache_id(repo.repo_id, tip_commit_id, base), repo=repo.repo_id, tip_commit_id=tip_commit_id,
@@ -63,5 +80,7 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
         last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
     )
     with hub.db.atomic():
+        if not hub.store.exists(MPACKS, stats.mpack_id):
+            raise PackVanished(stats.mpack_id)
         FetchMPackCache.replace(**values).execute()
     return FetchMPackCache(**values)

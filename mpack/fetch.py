@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from mpack import cache, ids
 from mpack.build import build_mpack
-from mpack.errors import BadRequest, InvalidField, UnknownCommits
+from mpack.errors import BadRequest, InvalidField, StorageError, UnknownCommits
 from mpack.history import walk_commit_delta
 from mpack.models import Branch, Commit, Repo
 
@@ -67,16 +67,15 @@ def parse_haves(have: list[str]) -> list[str]:
     return [ids.hex_of(ids.check_id(h, "have")) for h in have]
 
 
-def _answer(hub: Hub, stats: cache.PackStats, *, cached: bool, expires_at: float | None = None) -> dict:
-    ttl = hub.settings.url_ttl
-    url_expiry = hub.now() + ttl
+def _answer(hub: Hub, stats: cache.PackStats, *, cached: bool, row=None) -> dict:
+    ttl = cache.url_ttl_for(hub, row)
     return {
         "mpack_id": stats.mpack_id,
         "mpack_url": hub.store.presign_mpack_get(stats.mpack_id, ttl),
         "commit_count": stats.commit_count,
         "blob_count": stats.blob_count,
         "size_bytes": stats.size,
-        "expires_at": _iso(url_expiry if expires_at is None else min(url_expiry, expires_at)),
+        "expires_at": _iso(hub.now() + ttl),
         "cached": cached,
     }
 
@@ -99,24 +98,28 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
         row = cache.fresh_row(hub, repo, tip, base)
         if row is not None:
             cache.record_hit(hub, row)
-            return _answer(hub, _stats_of(row), cached=True)
+            return _answer(hub, _stats_of(row), cached=True, row=row)
     key = f"{repo.repo_id}\0{','.join(sorted(wants))}\0{base}"
-    stats, cached = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
-    return _answer(hub, stats, cached=cached)
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
+    return _answer(hub, stats, cached=cached, row=row)
 
 
-def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str],
-                tip: str | None, base: str) -> tuple[cache.PackStats, bool]:
+def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str | None, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
     if tip is not None:
         row = cache.fresh_row(hub, repo, tip, base)
         if row is not None:
-            return _stats_of(row), True
+            return _stats_of(row), True, row
     commits = _walk_commit_delta(repo, list(wants), haves)
-    stats = build_mpack(hub, repo, commits)
-    if tip is not None:
-        cache.write_row(hub, repo, tip, base, stats)
+    for _ in range(3):
+        stats = build_mpack(hub, repo, commits)
+        try:
+            row = cache.write_row(hub, repo, tip, base, stats) if tip is not None else None
+            break
+        except cache.PackVanished:  # GC removed the identical older file between commit and row
+            continue
+    else:
+        raise StorageError(f"pack {stats.mpack_id} keeps vanishing while being cached")
     hub.log.info("mpack built", extra={"repo": repo.repo_id, "mpack_id": stats.mpack_id, "size": stats.size,
                                        "commits": stats.commit_count, "blobs": stats.blob_count})
-    return stats, False
-
+    return stats, False, row

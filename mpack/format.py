@@ -187,8 +187,10 @@ class MPackWriter:
         self._out.write(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
         if first:
             self._write_chunk(first, codec, frame)
+        del first, frame  # hold one chunk at a time, not the first for the whole blob
         for chunk in chunks:
             self._write_chunk(chunk, codec, None)
+            del chunk  # release it before the next read
         self._out.write(_U32.pack(0))
         self._broken = False
         self._added(REC_BLOB)
@@ -294,14 +296,14 @@ def _source_chunks(source: bytes | BinaryIO, size: int) -> Iterator[bytes | memo
         raise ValueError(f"blob source holds more than {size} bytes")
 
 
-def _read_full(fileobj: BinaryIO, n: int) -> bytes:
+def _read_full(fileobj: BinaryIO, n: int) -> bytes | bytearray:
     """Read ``n`` bytes, looping over short reads; fewer only at end of file."""
     data = fileobj.read(n) or b""
     if 0 < len(data) < n:
         buf = bytearray(data)
         while len(buf) < n and (more := fileobj.read(min(n - len(buf), CHUNK_SIZE))):
             buf += more
-        data = bytes(buf)
+        return buf
     return data
 
 
@@ -352,13 +354,13 @@ class _HashingReader:
         self._sha = hashlib.sha256()
         self.offset = 0
 
-    def read_upto(self, n: int) -> bytes:
+    def read_upto(self, n: int) -> bytes | bytearray:
         data = _read_full(self._f, n)
         self._sha.update(data)
         self.offset += len(data)
         return data
 
-    def read_exact(self, n: int, what: str) -> bytes:
+    def read_exact(self, n: int, what: str) -> bytes | bytearray:
         start = self.offset
         data = self.read_upto(n)
         if len(data) < n:
@@ -426,8 +428,7 @@ class _BlobChunks:
         if not 0 < raw_len <= self._remaining:
             raise MalformedRecord(offset, f"chunk of {raw_len} raw bytes with {self._remaining} left in the blob")
         data = self._src.read_exact(stored, "chunk data")
-        if self._zstd:
-            data = _decompress(self._dctx, data, raw_len, offset)
+        data = _decompress(self._dctx, data, raw_len, offset) if self._zstd else bytes(data)
         self._sha.update(data)
         self._remaining -= raw_len
         return data
@@ -440,7 +441,7 @@ class _BlobChunks:
             raise IdMismatch("blob", self._object_id, actual)
 
 
-def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes, raw_len: int, offset: int) -> bytes:
+def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes | bytearray, raw_len: int, offset: int) -> bytes:
     try:
         # The declared content size decides the output allocation: check it first.
         if zstandard.get_frame_parameters(frame).content_size != raw_len:

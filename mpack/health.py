@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def health(hub: Hub) -> dict:
     version = current_version(hub.db)
-    store_ok = os.access(hub.settings.store_root, os.W_OK) if hub.store.local_path is not None else True
+    store_ok = os.access(hub.settings.store_root, os.W_OK)
     ok = version == SCHEMA_VERSION and store_ok
     return {"status": "ok" if ok else "degraded", "schema_version": version, "store_writable": store_ok,
             "job_pool": "running" if hub.pool is not None else "off"}

@@ -16,6 +16,7 @@ import peewee as pw
 from mpack import db as dbmod
 from mpack.pool import JobPool
 from mpack.settings import Settings
+from mpack.singleflight import SingleFlight
 from storage import LocalStore, UrlSigner
 from storage.base import Store
 
@@ -28,6 +29,11 @@ class Hub:
     clock: Callable[[], float] = time.time
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mpackhub"))
     pool: JobPool | None = None
+    flights: SingleFlight | None = None  # coalesces identical pack builds
+
+    def __post_init__(self) -> None:
+        if self.flights is None:
+            self.flights = SingleFlight(self.settings.home / "locks")
 
     def now(self) -> float:
         return self.clock()
@@ -46,7 +52,7 @@ class Hub:
 
 def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:
     """Open the database (migrating it) and the store named by ``settings``."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.store_root.mkdir(parents=True, exist_ok=True)
     database = dbmod.open_database(settings.database_url)
     dbmod.migrate(database, clock)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)

@@ -11,7 +11,7 @@ import logging
 import falcon
 
 from mpack import errors
-from mpack.format import MPackError
+from mpack.format_errors import MPackError
 
 log = logging.getLogger("mpackhub.http")
 
@@ -64,7 +64,8 @@ def handle_unexpected(req, resp, exc: Exception, params) -> None:
 
 
 def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
-    code = (exc.title or "error").lower().replace(" ", "_")
+    title = (exc.title or "error").split(" ", 1)[-1] if (exc.title or "")[:3].isdigit() else (exc.title or "error")
+    code = title.lower().replace(" ", "_")
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(code, exc.description or exc.title or "")
 

@@ -1,0 +1,54 @@
+"""Every test gets its own hub: a real SQLite file and a real store under tmp_path."""
+from __future__ import annotations
+
+import pytest
+import webtest
+
+from app import create_app
+from mpack.hub import build_hub
+from mpack.settings import Settings
+from tests.factories import Clock, make_repo, make_user
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings.for_home(tmp_path / "hub", public_url="http://hub.test", job_threads=0)
+
+
+@pytest.fixture
+def hub(settings, clock):
+    hub = build_hub(settings, clock=clock)
+    yield hub
+    hub.stop_pool()
+    hub.db.close()
+
+
+@pytest.fixture
+def app(hub) -> webtest.TestApp:
+    return webtest.TestApp(create_app(hub))
+
+
+@pytest.fixture
+def owner(hub):
+    """(user, token) of the repo owner, 'gabriel'."""
+    return make_user(hub, "gabriel")
+
+
+@pytest.fixture
+def stranger(hub):
+    return make_user(hub, "mallory")
+
+
+@pytest.fixture
+def repo(hub, owner):
+    return make_repo(hub, owner[0], "song", "public")
+
+
+@pytest.fixture
+def private_repo(hub, owner):
+    return make_repo(hub, owner[0], "secret", "private")

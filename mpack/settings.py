@@ -74,6 +74,7 @@ class Settings:
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),
+            job_poll_seconds=env.float("MPACKHUB_JOB_POLL_SECONDS", 2.0, minimum=0.05, maximum=60.0),
             job_retention=env.int("MPACKHUB_JOB_RETENTION", 7 * DAY, minimum=0),
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
@@ -116,6 +117,20 @@ class _Env:
             value = int(raw)
         except ValueError:
             raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        return self._bounded(name, value, minimum, maximum)
+
+    def float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        return self._bounded(name, value, minimum, maximum)
+
+    @staticmethod
+    def _bounded(name: str, value, minimum, maximum):
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise SettingsError(f"{name}={value} is outside {minimum}..{maximum}")
         return value

@@ -1,0 +1,115 @@
+"""A real gunicorn (with gunicorn.conf.py) on 127.0.0.1 and a random port, for end-to-end tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+MSGPACK = "application/x-msgpack"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict
+
+    def data(self) -> dict:
+        return msgpack.unpackb(self.body, raw=False) if self.headers.get("content-type", "").startswith(MSGPACK) \
+            else json.loads(self.body)
+
+
+@dataclass
+class LiveHub:
+    url: str
+    home: Path
+    admin_token: str
+    process: subprocess.Popen
+
+    def call(self, method: str, path: str, body: dict | None = None, *, token: str | None = None,
+             as_json: bool = False, headers: dict | None = None) -> Reply:
+        """One HTTP call; msgpack both ways as the Muse CLI does, unless ``as_json``."""
+        sent = dict(headers or {})
+        sent["Accept"] = "application/json" if as_json else f"{MSGPACK}, application/json"
+        data = None
+        if body is not None:
+            sent["Content-Type"] = "application/json" if as_json else MSGPACK
+            data = json.dumps(body).encode() if as_json else msgpack.packb(body, use_bin_type=True)
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        target = path if path.startswith("http") else self.url + path
+        request = urllib.request.Request(target, data=data, method=method, headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return Reply(response.status, response.read(), {k.lower(): v for k, v in response.headers.items()})
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, exc.read(), {k.lower(): v for k, v in exc.headers.items()})
+
+    def create_user(self, name: str) -> str:
+        reply = self.call("POST", "/admin/users", {"username": name}, token=self.admin_token, as_json=True)
+        assert reply.status == 201, reply.body
+        return reply.data()["token"]
+
+    def create_repo(self, token: str, name: str, visibility: str = "public") -> dict:
+        reply = self.call("POST", "/api/repos", {"name": name, "visibility": visibility}, token=token, as_json=True)
+        assert reply.status == 201, reply.body
+        return reply.data()
+
+
+def wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 30.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("gunicorn did not become healthy")
+
+
+@contextmanager
+def live_hub(home: Path, *, workers: int = 2, env: dict | None = None):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin = "test-admin-token-" + os.urandom(8).hex()
+    environ = {
+        **os.environ, "MPACKHUB_HOME": str(home), "MPACKHUB_PUBLIC_URL": url, "MPACKHUB_BIND": f"127.0.0.1:{port}",
+        "MPACKHUB_ADMIN_TOKEN": admin, "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(),
+        "MPACKHUB_WORKERS": str(workers), "MPACKHUB_JOB_POLL_SECONDS": "0.2", **(env or {}),
+    }
+    log = open(home.parent / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 — closed below
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
+                               cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(url, process)
+        yield LiveHub(url, home, admin, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

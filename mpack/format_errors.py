@@ -18,7 +18,7 @@ class MPackError(HubError):
 
 
 class BadMagic(MPackError):
-    """The stream does not start with ``MUSE\\0``."""
+    """The stream does not start with the magic bytes ``MUSE`` NUL."""
 
     code = "mpack_bad_magic"
 

@@ -87,11 +87,6 @@ class JobRegistry:
         return sorted(self._handlers)
 
 
-def default_registry() -> JobRegistry:
-    """The registry of the production handlers."""
-    return JobRegistry()
-
-
 # -- ids and payloads ---------------------------------------------------------------
 
 def compute_job_id(repo_id: str | None, job_type: str, created_at_iso: str) -> str:
@@ -124,9 +119,11 @@ def _union(first: list, second: list) -> list:
 
 # -- enqueue ------------------------------------------------------------------------
 
-def enqueue(hub: Hub, repo_id: str | None, job_type: str, payload: dict, *, run_after: float | None = None) -> str:
-    """Add work for (repo, type): merged into its pending job if there is one. Returns the job id."""
-    job_id = _retry_integrity(hub, lambda: _enqueue_once(hub, repo_id, job_type, payload, run_after))
+def enqueue(hub: Hub, repo_id: str | None, job_type: str, payload: dict, *, run_after: float | None = None,
+            merge: Callable[[dict, dict], dict] | None = None) -> str:
+    """Add work for (repo, type): merged (by ``merge``, default ``merge_payloads``) into its pending job
+    if there is one. Returns the job id."""
+    job_id = _retry_integrity(hub, lambda: _enqueue_once(hub, repo_id, job_type, payload, run_after, merge))
     if hub.pool is not None:
         hub.pool.wake()
     return job_id
@@ -144,8 +141,9 @@ def _retry_integrity(hub: Hub, write: Callable[[], Any]) -> Any:
         return write()
 
 
-def _enqueue_once(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_after: float | None) -> str:
-    merged_into = _merge_pending(hub, repo_id, job_type, payload, run_after)
+def _enqueue_once(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_after: float | None,
+                  merge: Callable[[dict, dict], dict] | None = None) -> str:
+    merged_into = _merge_pending(hub, repo_id, job_type, payload, run_after, merge)
     return merged_into if merged_into is not None else _insert(hub, repo_id, job_type, payload, run_after)
 
 
@@ -155,12 +153,13 @@ def _pending_for(repo_id: str | None, job_type: str) -> BackgroundJob | None:
     return query.first()
 
 
-def _merge_pending(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_after: float | None) -> str | None:
+def _merge_pending(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_after: float | None,
+                   merge: Callable[[dict, dict], dict] | None = None) -> str | None:
     job = _pending_for(repo_id, job_type)
     if job is None:
         return None
     wanted = hub.now() if run_after is None else run_after
-    (BackgroundJob.update(payload=merge_payloads(job.payload or {}, payload), run_after=min(job.run_after, wanted))
+    (BackgroundJob.update(payload=(merge or merge_payloads)(job.payload or {}, payload), run_after=min(job.run_after, wanted))
      .where(BackgroundJob.job_id == job.job_id).execute())
     return job.job_id
 
@@ -258,12 +257,13 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
 
 # -- housekeeping and reports -------------------------------------------------------
 
-def prune_finished(hub: Hub, older_than: float) -> int:
-    """Delete done and failed jobs that finished before ``older_than``; returns how many."""
+def prune_finished(hub: Hub, older_than: float, *, dry_run: bool = False) -> int:
+    """Delete done and failed jobs that finished before ``older_than``; returns how many (would go)."""
+    finished = (BackgroundJob.status.in_((DONE, FAILED))) & (BackgroundJob.finished_at < older_than)
+    if dry_run:
+        return BackgroundJob.select().where(finished).count()
     with hub.db.atomic():
-        return (BackgroundJob.delete()
-                .where(BackgroundJob.status.in_((DONE, FAILED)), BackgroundJob.finished_at < older_than)
-                .execute())
+        return BackgroundJob.delete().where(finished).execute()
 
 
 def counts_by_status(hub: Hub) -> dict[str, int]:
@@ -276,6 +276,11 @@ def counts_by_status(hub: Hub) -> dict[str, int]:
 
 def get(hub: Hub, job_id: str) -> BackgroundJob | None:
     return BackgroundJob.get_or_none(BackgroundJob.job_id == job_id)
+
+
+def overview(hub: Hub, limit: int = 50) -> dict:
+    """``{"counts": {status: n}, "recent": [job, …]}`` for the admin endpoint and ``mpackhub jobs``."""
+    return {"counts": counts_by_status(hub), "recent": recent(hub, limit)}
 
 
 def recent(hub: Hub, limit: int = 50) -> list[dict]:

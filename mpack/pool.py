@@ -23,6 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Self
 
 from mpack import jobs
+from mpack.handlers import production_registry
 from mpack.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.models import BackgroundJob
 
@@ -42,7 +43,7 @@ class JobPool:
                  lease_seconds: float | None = None) -> None:
         self.hub = hub
         self.threads = threads
-        self.registry = registry if registry is not None else jobs.default_registry()
+        self.registry = registry if registry is not None else production_registry()
         self.worker_id = worker_id or default_worker_id()
         self.poll_seconds = hub.settings.job_poll_seconds if poll_seconds is None else poll_seconds
         self.lease_seconds = hub.settings.job_lease_seconds if lease_seconds is None else lease_seconds
@@ -82,7 +83,6 @@ class JobPool:
         return not any(thread.is_alive() for thread in self._threads)
 
     def _loop(self, worker_id: str) -> None:
-        self.hub.db.connect(reuse_if_open=True)
         try:
             while not self._stop.is_set():
                 self._wake.clear()
@@ -93,6 +93,7 @@ class JobPool:
 
     def _run_one(self, worker_id: str) -> bool:
         try:
+            self.hub.db.connect(reuse_if_open=True)  # this thread's own connection, kept between jobs
             return run_one(self.hub, self.registry, worker_id, self.lease_seconds)
         except Exception:  # the database itself failed (locked, gone): wait and try again
             self.hub.log.exception("job pool: claiming or recording a job failed", extra={"worker_id": worker_id})

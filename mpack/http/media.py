@@ -25,7 +25,10 @@ def read_body(req: falcon.Request, max_bytes: int) -> dict:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes}")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # A chunked body has no Content-Length; a server that ends the stream at the
+    # body's end says so with wsgi.input_terminated (gunicorn does).
+    chunked = length is None and req.env.get("wsgi.input_terminated")
+    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if not raw:
@@ -46,6 +49,8 @@ def _decode(raw: bytes, content_type: str) -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("malformed JSON: nested too deeply") from None
 
 
 def wants_msgpack(req: falcon.Request) -> bool:

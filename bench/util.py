@@ -11,6 +11,7 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -156,6 +157,15 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
 
 
 # -- memory -------------------------------------------------------------------------------
+#
+# Linux quirk that shapes this code: at exec(), the kernel folds the *old*
+# address space's high-water RSS into the new program's ru_maxrss. A child
+# that Python forks (or vforks) from a big parent therefore reports at least
+# the parent's RSS, whatever it does itself. So a command is started by a tiny
+# launcher interpreter (``python -S -I``, ~10 MiB), which spawns the target
+# and reports ``wait4`` of that one pid: the floor is the launcher's RSS, not
+# ours. A callable's child reads its own VmHWM (the new address space's peak,
+# not inherited) and its waited-for children's peak.
 
 @dataclass(frozen=True)
 class Measured:
@@ -166,36 +176,80 @@ class Measured:
     value: Any = None          # the callable's return value, or the command's exit status
 
 
+_LAUNCHER = r"""
+import os, signal, sys, time
+fd = int(sys.argv[1])
+os.set_inheritable(fd, False)
+argv = sys.argv[2:]
+t0 = time.perf_counter()
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ)
+except OSError as exc:
+    os.write(fd, b"-1 0 0 " + repr(exc).encode())
+    sys.exit(127)
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, lambda s, f: os.kill(pid, s))
+while True:
+    try:
+        _, status, usage = os.wait4(pid, 0)
+        break
+    except InterruptedError:
+        pass
+seconds = time.perf_counter() - t0
+code = os.waitstatus_to_exitcode(status)
+os.write(fd, f"{code} {usage.ru_maxrss} {seconds!r}".encode())
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _vm_hwm_kib() -> int:
+    """This process's own peak RSS in KiB (VmHWM; ru_maxrss where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _child_main(conn, fn, args, kwargs) -> None:
     try:
         value = fn(*args, **kwargs)
         error = None
     except BaseException as exc:  # reported to the parent
         value, error = None, f"{type(exc).__name__}: {exc}"
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak = max(_vm_hwm_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     try:
-        conn.send((value, error, max(own, kids)))
+        conn.send((value, error, peak))
     except Exception as exc:  # an unpicklable return value
-        conn.send((None, f"cannot send the result back: {exc}", max(own, kids)))
+        conn.send((None, f"cannot send the result back: {exc}", peak))
     conn.close()
 
 
 def measure(target: Callable[..., Any] | Sequence[str] | str, *args: Any,
             check: bool = True, **kwargs: Any) -> Measured:
-    """Run ``target`` in a child process and measure it alone.
+    """Run ``target`` in a child process; its wall time and peak RSS, and nothing else's.
 
-    ``target`` is a command (a list of arguments, or a string run through the
-    shell) or a callable. A command runs under ``subprocess`` and is reaped
-    with ``os.wait4``, whose rusage covers that child and the descendants it
-    waited for, nothing else this process ran. A callable runs in a fresh
-    ``multiprocessing`` "spawn" child (so it must be importable and its
-    arguments picklable); the child reports its own ``RUSAGE_SELF`` /
-    ``RUSAGE_CHILDREN`` peaks, so earlier children of this process never
-    count. The spawn child's peak includes a fresh interpreter (~10 MiB) and
-    whatever the callable's module imports. Extra keyword arguments go to
-    ``subprocess.Popen`` for commands and to the callable otherwise. With
-    ``check`` a failure raises RuntimeError.
+    ``target`` is a command (a list of arguments, or a string run by
+    ``/bin/sh -c``) or a callable.
+
+    A command is spawned by a small launcher interpreter and reaped with
+    ``os.wait4``; the peak covers the command and the descendants it waited
+    for (``git clone`` -> ``index-pack`` included), never this process or
+    its earlier children. Floor: ~10 MiB (the launcher's footprint, which
+    the kernel charges to the program it execs). ``seconds`` is timed by
+    the launcher around the command alone. Extra keyword arguments go to
+    ``subprocess.Popen`` (``cwd``, ``env``, ``stdout``…); ``value`` is the
+    exit status.
+
+    A callable runs in a fresh ``multiprocessing`` "spawn" child (so it must
+    be importable and its arguments picklable) and the child reports its own
+    peak (VmHWM) and its children's; that includes a fresh interpreter
+    (~10-20 MiB) and whatever the callable's module imports. Extra keyword
+    arguments go to the callable; ``value`` is its return value. With
+    ``check`` a failure (non-zero exit, exception) raises RuntimeError.
     """
     if callable(target):
         ctx = multiprocessing.get_context("spawn")
@@ -205,35 +259,48 @@ def measure(target: Callable[..., Any] | Sequence[str] | str, *args: Any,
         proc.start()
         child_conn.close()
         try:
-            value, error, maxrss = parent_conn.recv()
+            value, error, peak = parent_conn.recv()
         except EOFError:
-            value, error, maxrss = None, "the child died without reporting", 0
+            value, error, peak = None, "the child died without reporting", 0
+        finally:
+            parent_conn.close()
         proc.join()
         seconds = time.perf_counter() - started
         if error is None and proc.exitcode:
             error = f"the child exited with status {proc.exitcode}"
         if error and check:
             raise RuntimeError(f"measured callable failed: {error}")
-        return Measured(seconds, maxrss / 1024, value)
+        return Measured(seconds, peak / 1024, value)
 
-    shell = isinstance(target, str)
     if args:
         raise TypeError("pass a command's arguments inside the command itself")
+    argv = ["/bin/sh", "-c", target] if isinstance(target, str) else [os.fspath(a) for a in target]
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    started = time.perf_counter()
-    proc = subprocess.Popen(target, shell=shell, **kwargs)
+    read_fd, write_fd = os.pipe()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", _LAUNCHER, str(write_fd), *argv],
+                                pass_fds=(write_fd,), **kwargs)
     except BaseException:
-        proc.kill()
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as fh:
+            report = fh.read().decode()
+        proc.wait()
+    except BaseException:
+        proc.terminate()  # the launcher forwards it to the command
         proc.wait()
         raise
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code  # so Popen does not try to reap it again
+    parts = report.split(" ", 3)
+    if len(parts) < 3 or parts[0] == "-1":
+        why = parts[3] if len(parts) == 4 else f"launcher exited with {proc.returncode}"
+        raise RuntimeError(f"could not start {argv!r}: {why}")
+    code, maxrss, seconds = int(parts[0]), int(parts[1]), float(parts[2])
     if check and code != 0:
         raise RuntimeError(f"measured command failed with status {code}: {target!r}")
-    return Measured(seconds, usage.ru_maxrss / 1024, code)
+    return Measured(seconds, maxrss / 1024, code)
 
 
 def peak_rss_of(target: Callable[..., Any] | Sequence[str] | str, *args: Any, **kwargs: Any) -> float:

@@ -36,6 +36,9 @@ def config_values() -> dict[str, object]:
         "access_log_format": '{"ts":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s",'
                              '"status":%(s)s,"bytes":"%(B)s","ms":%(M)s}',
         "errorlog": "-",
+        # gunicorn 23+ opens a control socket under $HOME by default; several hubs on one
+        # host (and the tests) would share it. Management goes through signals instead.
+        "control_socket_disable": True,
         "post_fork": post_fork,
         "worker_exit": worker_exit,
     }

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 TOKEN_PREFIX = "mph_"
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# First path segments the hub's own routes use: an owner of that name would be shadowed.
+RESERVED_USERNAMES = frozenset({"admin", "api", "healthz", "metrics", "mpacks", "static"})
 
 
 def hash_token(token: str) -> str:
@@ -31,6 +33,8 @@ def hash_token(token: str) -> str:
 def check_username(name: object) -> str:
     if not isinstance(name, str) or not USERNAME.fullmatch(name) or name.endswith((".git", ".")):
         raise InvalidField("username", "1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+    if name.lower() in RESERVED_USERNAMES:
+        raise InvalidField("username", f"{name!r} is reserved")
     return name
 
 

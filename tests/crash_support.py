@@ -1,0 +1,26 @@
+"""Child-process targets for the prebuild crash test (multiprocessing 'spawn' imports them)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from mpack import build
+from mpack.handlers import production_registry
+from mpack.hub import build_hub
+from mpack.pool import run_until_idle
+from mpack.settings import Settings
+
+
+def build_then_hang(home: str, marker: str, lease_seconds: int) -> None:
+    """Claim the prebuild and stop dead half way through writing its pack (until killed)."""
+    hub = build_hub(Settings.for_home(home, public_url="http://hub.test", job_threads=0,
+                                      job_lease_seconds=lease_seconds))
+    real_add_snapshot = build.MPackWriter.add_snapshot
+
+    def hang(self, record):
+        real_add_snapshot(self, record)
+        Path(marker).write_text("blocked")  # the temp pack file exists now
+        threading.Event().wait()  # until SIGKILL
+
+    build.MPackWriter.add_snapshot = hang
+    run_until_idle(hub, production_registry(), "doomed-worker", lease_seconds=lease_seconds)

@@ -88,17 +88,28 @@ def _stats_of(row) -> cache.PackStats:
     return cache.PackStats(row.mpack_id, row.size, row.commit_count, row.blob_count)
 
 
+def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
+    row = cache.fresh_row(hub, repo, tip, base)
+    if row is None:
+        return None
+    cache.record_hit(hub, row)
+    return _answer(hub, _stats_of(row), cached=True, row=row)
+
+
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
     """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``."""
-    wants = resolve_wants(repo, want)
     haves = parse_haves(have)
-    tip = next(iter(wants.values())) if len(wants) == 1 else None
     base = cache.base_key(haves)
+    if len(want) == 1 and ids.is_id(want[0]):  # the clone's fast path: one primary-key lookup
+        answer = _cache_hit(hub, repo, want[0], base)
+        if answer is not None:
+            return answer
+    wants = resolve_wants(repo, want)
+    tip = next(iter(wants.values())) if len(wants) == 1 else None
     if tip is not None:
-        row = cache.fresh_row(hub, repo, tip, base)
-        if row is not None:
-            cache.record_hit(hub, row)
-            return _answer(hub, _stats_of(row), cached=True, row=row)
+        answer = _cache_hit(hub, repo, tip, base)
+        if answer is not None:
+            return answer
     key = f"{repo.repo_id}\0{','.join(sorted(wants))}\0{base}"
     stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
     return _answer(hub, stats, cached=cached, row=row)

@@ -64,7 +64,6 @@ def test_fmc_13_cache_hit_returns_presigned_url_without_walking(hub, repo, monke
                            mpack_id=cached_mpack, created_at=now, expires_at=now + 7 * 86400, last_used_at=now)
     walk = Spy(history.walk_commit_delta)
     monkeypatch.setattr(fetch, "_walk_commit_delta", walk)
-    monkeypatch.setattr(fetch, "resolve_wants", lambda repo, want: {tip[-64:]: tip})
 
     result = fetch.wire_fetch_mpack(hub, repo, want=[tip], have=[])
 

@@ -81,9 +81,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
-    if not ids.is_id(mpack_id):
-        raise MPackMissing("no such pack")
-    hub.store.signer.verify("GET", mpack_path(mpack_id), params)
+    hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
     digest = ids.hex_of(mpack_id)
     try:
         raw = hub.store.open(MPACKS, digest)

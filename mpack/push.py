@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mpack import ids, prebuild
-from mpack.errors import BadRequest, ContentMismatch, InvalidField, MissingReference, NonFastForward
+from mpack.errors import (
+    BadRequest,
+    ContentMismatch,
+    InvalidField,
+    MissingReference,
+    NonFastForward,
+)
 from mpack.history import is_ancestor, load_commits
 from mpack.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.repos import branch_heads
@@ -207,9 +213,10 @@ def _store_bytes(hub: Hub, blobs: Iterable[Blob]) -> None:
 
 def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
     """``POST /push/objects``: store verified blobs, record the repo's right to them."""
-    blobs = parse_objects(body.get("objects"))
-    if len(blobs) > MAX_OBJECTS_PER_CHUNK:
+    items = _list(body.get("objects"), "objects")
+    if len(items) > MAX_OBJECTS_PER_CHUNK:  # refused before any hashing
         raise BadRequest(f"at most {MAX_OBJECTS_PER_CHUNK} objects per request")
+    blobs = parse_objects(items)
     already = _present(Object, repo, (b.digest for b in blobs))
     fresh = {b.digest: b for b in blobs if b.digest not in already}
     _store_bytes(hub, fresh.values())
@@ -223,7 +230,15 @@ def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
 
 def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
     if bundle.commits:
-        return bundle.commits[0]  # the CLI sends commits breadth-first from its head
+        # The CLI sends commits breadth-first from its head, so commits[0] is the tip; a
+        # reordered bundle still names its tip unambiguously if only one commit has no child.
+        children_of = {p for c in bundle.commits for p in c.parents}
+        heads = [c for c in bundle.commits if c.digest not in children_of]
+        if bundle.commits[0] in heads:
+            return bundle.commits[0]
+        if len(heads) == 1:
+            return heads[0]
+        raise BadRequest("the bundle has several unrelated tips: push one branch head, tip first")
     head = body.get("head")
     if head is None:
         raise BadRequest("the bundle has no commits: nothing to push")

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 import peewee as pw
 
-from mpack.errors import AlreadyExists, Forbidden, InvalidField, RepoNotFound, Unauthorized
+from mpack.errors import (
+    AlreadyExists,
+    Forbidden,
+    InvalidField,
+    RepoNotFound,
+    Unauthorized,
+)
 from mpack.models import Branch, Repo, User
 
 if TYPE_CHECKING:
@@ -57,10 +63,11 @@ def readable_repo(owner: str, name: str, user: User | None) -> Repo:
 
 
 def writable_repo(owner: str, name: str, user: User | None) -> Repo:
-    """The repo if ``user`` owns it: 401 anonymous, 404 private, 403 public but not the owner."""
+    """The repo if ``user`` owns it: 404 unknown or private (to anyone else, anonymous
+    included: existence is not revealed), then 401 anonymous, 403 public but not the owner."""
+    repo = readable_repo(owner, name, user)
     if user is None:
         raise Unauthorized("pushing needs 'Authorization: Bearer <token>'")
-    repo = readable_repo(owner, name, user)
     if user.username != repo.owner:
         raise Forbidden(f"{user.username} may not write to {owner}/{name}")
     return repo

@@ -94,43 +94,7 @@ START = _dt.datetime(2023, 1, 2, 9, 0, 0, tzinfo=_dt.UTC)
 
 MASK64 = (1 << 64) - 1
 
-WORDS = (
-    "able about above access account across action active actor adapter address "
-    "after again agent align alpha amount anchor angle answer apply archive area "
-    "array arrow asset async atlas audio author auto average axis backend badge "
-    "balance band base batch beam before begin below best beta binary bind bit "
-    "block blue board body bold bond book boot border bottom bound box branch "
-    "bridge brief buffer build bundle button byte cache call canvas capture card "
-    "carry case cast catalog cell center chain change channel chapter chart check "
-    "child chord chunk circle claim class clean clear client clock clone close "
-    "cloud cluster code color column commit common compact config connect context "
-    "copy core corner count cover create cursor curve cycle daemon data date "
-    "debug decode default delay delta depth design detail device digest direct "
-    "domain double draft drain draw drive drop dynamic early edge editor effect "
-    "element empty encode engine entry error event exact export extent factor "
-    "fallback feature fetch field figure file filter final first flag flat float "
-    "flow focus folder format frame fresh front future gain gate general global "
-    "graph green grid group guard handle harbor hash header heap height helper "
-    "history hold hook host hour index inner input insert install interval item "
-    "join journal key kind label large last layer layout lead leaf level light "
-    "limit line link list load local lock logic loop lower machine major manual "
-    "map margin mark match matrix measure media memory merge message meter method "
-    "middle minor mirror mode model module motion native network next node noise "
-    "normal note number object offset open option order origin outer output owner "
-    "packet page pair panel parent parse part patch path pattern peak phase pitch "
-    "pixel plain plan point policy pool port post power prefix press primary probe "
-    "process profile project prompt proxy pulse query queue quick random range "
-    "rate reader record region release remote render report request reset result "
-    "review rhythm root round route rule sample scale scene schema scope score "
-    "screen search second section segment select sender series server session "
-    "shadow shape share shift signal simple size slice slot small socket source "
-    "space span spec split stack stage state static status step store stream "
-    "string style subject summary switch symbol sync table tag target task tempo "
-    "tensor term test text theme thread tile timer token tone topic total trace "
-    "track train tree trigger tune type union unit update upper usage user value "
-    "vector verse view voice volume watch weight while width window worker write "
-    "yield zone café naïve über façade"
-).split()
+WORDS = ["able", "about", "above", "access", "account", "across", "action", "active", "actor", "adapter", "address", "after", "again", "agent", "align", "alpha", "amount", "anchor", "angle", "answer", "apply", "archive", "area", "array", "arrow", "asset", "async", "atlas", "audio", "author", "auto", "average", "axis", "backend", "badge", "balance", "band", "base", "batch", "beam", "before", "begin", "below", "best", "beta", "binary", "bind", "bit", "block", "blue", "board", "body", "bold", "bond", "book", "boot", "border", "bottom", "bound", "box", "branch", "bridge", "brief", "buffer", "build", "bundle", "button", "byte", "cache", "call", "canvas", "capture", "card", "carry", "case", "cast", "catalog", "cell", "center", "chain", "change", "channel", "chapter", "chart", "check", "child", "chord", "chunk", "circle", "claim", "class", "clean", "clear", "client", "clock", "clone", "close", "cloud", "cluster", "code", "color", "column", "commit", "common", "compact", "config", "connect", "context", "copy", "core", "corner", "count", "cover", "create", "cursor", "curve", "cycle", "daemon", "data", "date", "debug", "decode", "default", "delay", "delta", "depth", "design", "detail", "device", "digest", "direct", "domain", "double", "draft", "drain", "draw", "drive", "drop", "dynamic", "early", "edge", "editor", "effect", "element", "empty", "encode", "engine", "entry", "error", "event", "exact", "export", "extent", "factor", "fallback", "feature", "fetch", "field", "figure", "file", "filter", "final", "first", "flag", "flat", "float", "flow", "focus", "folder", "format", "frame", "fresh", "front", "future", "gain", "gate", "general", "global", "graph", "green", "grid", "group", "guard", "handle", "harbor", "hash", "header", "heap", "height", "helper", "history", "hold", "hook", "host", "hour", "index", "inner", "input", "insert", "install", "interval", "item", "join", "journal", "key", "kind", "label", "large", "last", "layer", "layout", "lead", "leaf", "level", "light", "limit", "line", "link", "list", "load", "local", "lock", "logic", "loop", "lower", "machine", "major", "manual", "map", "margin", "mark", "match", "matrix", "measure", "media", "memory", "merge", "message", "meter", "method", "middle", "minor", "mirror", "mode", "model", "module", "motion", "native", "network", "next", "node", "noise", "normal", "note", "number", "object", "offset", "open", "option", "order", "origin", "outer", "output", "owner", "packet", "page", "pair", "panel", "parent", "parse", "part", "patch", "path", "pattern", "peak", "phase", "pitch", "pixel", "plain", "plan", "point", "policy", "pool", "port", "post", "power", "prefix", "press", "primary", "probe", "process", "profile", "project", "prompt", "proxy", "pulse", "query", "queue", "quick", "random", "range", "rate", "reader", "record", "region", "release", "remote", "render", "report", "request", "reset", "result", "review", "rhythm", "root", "round", "route", "rule", "sample", "scale", "scene", "schema", "scope", "score", "screen", "search", "second", "section", "segment", "select", "sender", "series", "server", "session", "shadow", "shape", "share", "shift", "signal", "simple", "size", "slice", "slot", "small", "socket", "source", "space", "span", "spec", "split", "stack", "stage", "state", "static", "status", "step", "store", "stream", "string", "style", "subject", "summary", "switch", "symbol", "sync", "table", "tag", "target", "task", "tempo", "tensor", "term", "test", "text", "theme", "thread", "tile", "timer", "token", "tone", "topic", "total", "trace", "track", "train", "tree", "trigger", "tune", "type", "union", "unit", "update", "upper", "usage", "user", "value", "vector", "verse", "view", "voice", "volume", "watch", "weight", "while", "width", "window", "worker", "write", "yield", "zone", "café", "naïve", "über", "façade"]
 _NW = len(WORDS)
 AUTHORS = (
     "Ada Lovelace <ada@example.org>",

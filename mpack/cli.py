@@ -51,7 +51,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     print("  ".join(f"{status}: {count}" for status, count in sorted(overview["counts"].items())) or "no jobs")
     for job in overview["recent"]:
-        print(f"{job['job_id'][:12]}  {job['status']:8}  {job['job_type']:24}  attempt {job['attempt']}  {job.get('last_error') or ''}")
+        error = job.get("last_error") or ""
+        print(f"{job['job_id'][:12]}  {job['status']:8}  {job['job_type']:24}  attempt {job['attempt']}  {error}")
     return 0
 
 

@@ -46,7 +46,9 @@ def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) ->
     resolved: dict[str, str] = {}
     unknown: list[str] = []
     names = [w for w in want if not ids.is_id(w)]
-    heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))} if names else {}
+    heads = {}
+    if names:
+        heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))}
     digests = {ids.hex_of(w): w for w in want if ids.is_id(w)}
     digests.update({ids.hex_of(h): n for n, h in heads.items()})
     rows = {r.digest: r.commit_id for r in Commit.select(Commit.digest, Commit.commit_id)

@@ -143,7 +143,8 @@ def parse_bundle(bundle: object) -> Bundle:
     for index, record in enumerate(_list(bundle.get("snapshots"), "bundle.snapshots")):
         digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]")
         parsed.snapshots[digest] = record
-    parsed.commits = [parse_commit(r, f"bundle.commits[{i}]") for i, r in enumerate(_list(bundle.get("commits"), "bundle.commits"))]
+    commits = _list(bundle.get("commits"), "bundle.commits")
+    parsed.commits = [parse_commit(record, f"bundle.commits[{i}]") for i, record in enumerate(commits)]
     return parsed
 
 

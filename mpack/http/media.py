@@ -43,7 +43,7 @@ def _decode(raw: bytes, content_type: str) -> object:
     if "msgpack" in content_type:
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types
+        except Exception as exc:  # noqa: BLE001 — msgpack raises many unrelated types (ValueError, ExtraData, TypeError, …)
             raise MalformedBody(f"malformed msgpack: {type(exc).__name__}") from None
     try:
         return json.loads(raw)

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from mpack import build, cache, fetch, history
-from mpack.format_reader import iter_mpack
 from mpack.format import BlobRecord, CommitRecord, SnapshotRecord
+from mpack.format_reader import iter_mpack
 from mpack.models import FetchMPackCache
 from tests.factories import History, fake_mpack_id, push_history, unpack, wire
 

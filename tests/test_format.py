@@ -27,7 +27,6 @@ from mpack.format import (
     canonical_order_commits,
     encode_record,
 )
-from mpack.format_reader import iter_mpack, verify_mpack
 from mpack.format_errors import (
     BadMagic,
     ChecksumMismatch,
@@ -38,6 +37,7 @@ from mpack.format_errors import (
     Truncated,
     UnsupportedVersion,
 )
+from mpack.format_reader import iter_mpack, verify_mpack
 
 # -- factories: real records with correct ids ----------------------------------------
 

@@ -15,8 +15,8 @@ from mpack.format import (
     SnapshotRecord,
     canonical_order_commits,
 )
-from mpack.format_reader import iter_mpack
 from mpack.format_errors import MPackError, Truncated
+from mpack.format_reader import iter_mpack
 from tests.test_format import (
     build_mpack,
     make_blob,

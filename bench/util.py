@@ -26,10 +26,12 @@ __all__ = [
     "Timer",
     "free_port",
     "hashlib_sha256_mbps",
+    "machine_summary",
     "measure",
     "median",
     "peak_rss_of",
     "timer",
+    "wait_until",
 ]
 
 MB = 1_000_000
@@ -72,6 +74,19 @@ def timer():
         yield t
     finally:
         t.end = time.perf_counter()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005,
+               what: str = "a condition") -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 # -- output -----------------------------------------------------------------------------
@@ -306,6 +321,15 @@ def measure(target: Callable[..., Any] | Sequence[str] | str, *args: Any,
 def peak_rss_of(target: Callable[..., Any] | Sequence[str] | str, *args: Any, **kwargs: Any) -> float:
     """Peak resident set size in MiB of ``target`` run alone in a child (see ``measure``)."""
     return measure(target, *args, **kwargs).peak_rss_mb
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+def machine_summary() -> str:
+    """``2 CPUs, 23.4 GiB RAM, Python 3.11.7``: what a result was measured on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpus} CPUs, {ram:.1f} GiB RAM, Python {sys.version.split()[0]}"
 
 
 # -- physical limits ------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from mpack import ids
 from mpack.cache import PackStats
-from mpack.format import MPackWriter, canonical_order_commits
-from mpack.history import load_commits
-from mpack.models import Commit, Object, Repo, Snapshot
+from mpack.format import MPackWriter
+from mpack.history import CommitNode, iter_records, load_commits, topological
+from mpack.models import Object, Repo, Snapshot
 from storage.base import BLOBS, MPACKS
 
 if TYPE_CHECKING:
@@ -39,11 +39,11 @@ def _manifest_blobs(repo: Repo, snapshot_digests: set[str]) -> dict[str, str]:
     blobs: dict[str, str] = {}
     for snapshot in _snapshots(repo, snapshot_digests):
         for object_id in snapshot.record["manifest"].values():
-            blobs.setdefault(ids.hex_of(object_id), object_id)
+            blobs.setdefault(object_id[-64:], object_id)  # ids were verified when pushed
     return blobs
 
 
-def blobs_for(repo: Repo, commits: dict[str, Commit]) -> dict[str, str]:
+def blobs_for(repo: Repo, commits: dict[str, CommitNode]) -> dict[str, str]:
     """Blobs the delta's snapshots name, less those of the boundary commits the receiver has."""
     wanted = _manifest_blobs(repo, {c.snapshot for c in commits.values()})
     boundary = {p for c in commits.values() for p in c.parents if p not in commits}
@@ -62,7 +62,7 @@ def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
     return sizes
 
 
-def build_mpack(hub: Hub, repo: Repo, commits: dict[str, Commit]) -> PackStats:
+def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
     blobs = blobs_for(repo, commits)
     digests = sorted(blobs)
@@ -77,7 +77,7 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, Commit]) -> PackStats:
                 writer.add_blob(blobs[digest], source, sizes[digest])
         for snapshot in _snapshots(repo, {c.snapshot for c in commits.values()}):
             writer.add_snapshot(snapshot.record)
-        for record in canonical_order_commits([c.record for c in commits.values()]):
+        for record in iter_records(repo, topological(commits)):
             writer.add_commit(record)
         writer.finish()
         size = pending.size

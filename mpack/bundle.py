@@ -12,8 +12,7 @@ from mpack import ids
 from mpack.build import EMPTY_BLOB, blobs_for
 from mpack.errors import BundleTooLarge, InvalidField
 from mpack.fetch import _walk_commit_delta, parse_haves, resolve_wants
-from mpack.format import canonical_order_commits
-from mpack.history import load_commits
+from mpack.history import iter_records, load_commits, topological
 from mpack.models import Object, Repo, Snapshot
 from mpack.repos import branch_heads
 from storage.base import BLOBS
@@ -42,7 +41,7 @@ def wire_fetch_bundle(hub: Hub, repo: Repo, body: dict) -> dict:
     snapshots = [s.record for s in Snapshot.select().where(
         (Snapshot.repo == repo) & Snapshot.digest.in_(snapshot_digests)).order_by(Snapshot.digest)] if commits else []
     return {
-        "commits": list(reversed(canonical_order_commits([c.record for c in commits.values()]))),
+        "commits": list(reversed(list(iter_records(repo, topological(commits))))),
         "snapshots": snapshots,
         "objects": [{"object_id": blobs[d], "content": _read(hub, d)} for d in sorted(blobs)],
         "branch_heads": branch_heads(repo),

@@ -43,16 +43,23 @@ def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> Fetch
     return row if row is not None and row.expires_at > hub.now() else None
 
 
-def record_hit(hub: Hub, row: FetchMPackCache) -> None:
+def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
+    """Count a hit and slide the expiry (written at most once a minute) → False if the row is gone.
+
+    ``row`` changes only if the database did: a row GC deleted since it was read
+    keeps its old expiry, so a URL priced from it still ends before GC acts.
+    """
     now = hub.now()
     if now - row.last_used_at < HIT_WRITE_INTERVAL:
-        return
+        return True
     expires = max(row.expires_at, now + hub.settings.cache_ttl)
     with hub.db.atomic():
-        FetchMPackCache.update(
+        applied = FetchMPackCache.update(
             hits=FetchMPackCache.hits + 1, last_used_at=now, expires_at=expires,
         ).where(FetchMPackCache.cache_id == row.cache_id).execute()
-    row.expires_at, row.last_used_at = expires, now
+    if applied:
+        row.expires_at, row.last_used_at = expires, now
+    return bool(applied)
 
 
 class PackVanished(Exception):

@@ -92,9 +92,8 @@ def _stats_of(row) -> cache.PackStats:
 
 def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
     row = cache.fresh_row(hub, repo, tip, base)
-    if row is None:
+    if row is None or not cache.record_hit(hub, row):  # gone since read (GC): a miss
         return None
-    cache.record_hit(hub, row)
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
 

@@ -2,34 +2,43 @@
 
 Safety rules (docs/gc.md says why):
 - A URL never outlives the cache row it was issued from (cache.url_ttl_for),
-  so once a row has expired its file may go at once (FMC_20) — unless another
-  live row, of any repo, still names it.
+  so once a row has been expired for ``EXPIRY_SLACK`` its file may go (FMC_20)
+  — unless another row, of any repo, still names it. The slack absorbs the
+  whole-second expiry of URLs and the clock reads between pricing a URL and
+  signing it.
 - Files no row names (multi-tip builds, crash leftovers) are kept for the
-  grace period (default: the longest URL lifetime) after their last
-  publication, which is when a URL to them may last have been issued.
-- Every file is deleted inside a write transaction that first re-checks that
-  no row names it; cache rows are written inside one that checks the file
-  exists. The two serialise, so no row ever names a missing file.
+  grace period (default: the longest URL lifetime) plus the slack after their
+  last publication, which is when a URL to them may last have been issued.
+- Every row is deleted by a statement that re-checks why it may go (still
+  expired, still unused), so a row refreshed or rebuilt since GC listed it
+  stays. Every file is deleted inside a write transaction that first
+  re-checks that no row names it (and, for orphans, its age); cache rows are
+  written inside one that checks the file exists. The two serialise, so no
+  row ever names a missing file.
 - The byte quota evicts least-recently-used rows, but never a row used within
   the longest URL lifetime (a URL from it may still be live).
+- A dry run counts exactly what a real run would delete: the rows it would
+  delete are treated as gone.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import peewee as pw
 
 from mpack import cache, ids, jobs
-from mpack.errors import InvalidField, RepoNotFound
+from mpack.errors import InvalidField, RepoNotFound, StoredObjectMissing
 from mpack.models import FetchMPackCache, Repo
 from storage.base import MPACKS
+from storage.signing import CLOCK_SLACK
 
 if TYPE_CHECKING:
     from mpack.hub import Hub
 
 TEMP_GRACE = 3600.0  # a temp file untouched for an hour belongs to a dead build
+EXPIRY_SLACK = float(CLOCK_SLACK)  # how long past any expiry GC waits before acting on it
 
 
 @dataclass
@@ -45,6 +54,14 @@ class GcReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _Gone:
+    """What a dry run has counted as deleted so far (a real run deletes it instead)."""
+
+    rows: set[str] = field(default_factory=set)  # cache ids
+    packs: set[str] = field(default_factory=set)  # digests
 
 
 def parse_request(body: dict) -> tuple[Repo | None, bool]:
@@ -68,41 +85,62 @@ def _scoped(query, repo: Repo | None):
     return query if repo is None else query.where(FetchMPackCache.repo == repo)
 
 
-def _named_by_a_row(mpack_id: str) -> bool:
-    spellings = ids.spellings(mpack_id)
-    return FetchMPackCache.select().where(FetchMPackCache.mpack_id.in_(spellings)).exists()
+def _named_by_a_row(mpack_id: str, gone: set[str] | frozenset[str] = frozenset()) -> bool:
+    """True if a row names this pack; rows in ``gone`` (a dry run's would-be deletions) do not count."""
+    names = FetchMPackCache.select(FetchMPackCache.cache_id).where(FetchMPackCache.mpack_id.in_(ids.spellings(mpack_id)))
+    if not gone:
+        return names.exists()
+    return any(cache_id not in gone for (cache_id,) in names.tuples())
 
 
-def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, *, orphan: bool = False) -> None:
-    """Delete a pack file if no row names it (checked inside the write transaction)."""
+def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
+                    published_before: float | None = None) -> None:
+    """Delete a pack file if no row names it (and, for an orphan, it was published before the cutoff).
+
+    Both are checked inside the write transaction that deletes it.
+    """
     digest = ids.hex_of(mpack_id)
+    if digest in gone.packs:
+        return
     with hub.db.atomic():
-        if _named_by_a_row(digest) or not hub.store.exists(MPACKS, digest):
+        if _named_by_a_row(digest, gone.rows):
             return
-        size = hub.store.size(MPACKS, digest)
-        if not report.dry_run:
+        try:
+            size, mtime = hub.store.stat(MPACKS, digest)
+        except StoredObjectMissing:
+            return
+        if published_before is not None and mtime >= published_before:
+            return  # republished since it was listed: a URL to it may have just been issued
+        if report.dry_run:
+            gone.packs.add(digest)
+        else:
             hub.store.delete(MPACKS, digest)
     report.bytes_freed += size
-    if orphan:
+    if published_before is not None:
         report.orphans_deleted += 1
     else:
         report.mpacks_deleted += 1
 
 
-def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport) -> set[str]:
-    now = hub.now()
+def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
+    """Delete rows expired for longer than the slack → the packs they named."""
+    cutoff = hub.now() - EXPIRY_SLACK
     expired = list(_scoped(FetchMPackCache.select(FetchMPackCache.cache_id, FetchMPackCache.mpack_id), repo)
-                   .where(FetchMPackCache.expires_at <= now).tuples())
-    report.cache_rows_deleted = len(expired)
-    if expired and not report.dry_run:
+                   .where(FetchMPackCache.expires_at <= cutoff).tuples())
+    if report.dry_run:
+        report.cache_rows_deleted = len(expired)
+        gone.rows.update(cache_id for cache_id, _ in expired)
+    elif expired:
         with hub.db.atomic():
             for start in range(0, len(expired), 500):
                 chunk = [cache_id for cache_id, _ in expired[start:start + 500]]
-                FetchMPackCache.delete().where(FetchMPackCache.cache_id.in_(chunk)).execute()
+                # Re-checked: a row rebuilt or hit since the listing is no longer expired.
+                report.cache_rows_deleted += FetchMPackCache.delete().where(
+                    FetchMPackCache.cache_id.in_(chunk) & (FetchMPackCache.expires_at <= cutoff)).execute()
     return {mpack_id for _, mpack_id in expired}
 
 
-def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: set[str]) -> set[str]:
+def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
     quota = hub.settings.cache_max_bytes
     if quota <= 0:
         return set()
@@ -112,32 +150,42 @@ def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: set[st
     total = sum(size for _, size in live.tuples())
     if total <= quota:
         return set()
-    protected_since = now - hub.settings.url_ttl_max - cache.HIT_WRITE_INTERVAL
-    candidates = _scoped(FetchMPackCache.select(), repo).where(
-        (FetchMPackCache.expires_at > now) & (FetchMPackCache.last_used_at < protected_since)
-    ).order_by(FetchMPackCache.last_used_at, FetchMPackCache.cache_id)
+    protected_since = now - hub.settings.url_ttl_max - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
+    unused = (FetchMPackCache.expires_at > now) & (FetchMPackCache.last_used_at < protected_since)
+    candidates = _scoped(FetchMPackCache.select(), repo).where(unused).order_by(
+        FetchMPackCache.last_used_at, FetchMPackCache.cache_id)
     evicted: set[str] = set()
     for row in candidates.iterator():
         if total <= quota:
             break
-        if not report.dry_run:
-            with hub.db.atomic():
-                FetchMPackCache.delete().where(FetchMPackCache.cache_id == row.cache_id).execute()
-            if not _named_by_a_row(row.mpack_id):
-                total -= row.size
-        elif row.mpack_id not in evicted:
+        if report.dry_run:
+            gone.rows.add(row.cache_id)
+        elif not _delete_if(hub, (FetchMPackCache.cache_id == row.cache_id) & unused):
+            continue  # used (or rebuilt) since the listing: a URL from it may be live
+        if not _named_by_a_row(row.mpack_id, gone.rows):
             total -= row.size
         report.quota_rows_evicted += 1
         evicted.add(row.mpack_id)
     return evicted
 
 
-def _sweep_orphans(hub: Hub, report: GcReport) -> None:
-    cutoff = hub.now() - hub.settings.effective_gc_grace
+def _delete_if(hub: Hub, condition) -> int:
+    with hub.db.atomic():
+        return FetchMPackCache.delete().where(condition).execute()
+
+
+def _published_before(hub: Hub, digest: str, cutoff: float) -> bool:
+    try:
+        return hub.store.stat(MPACKS, digest)[1] < cutoff
+    except StoredObjectMissing:
+        return False
+
+
+def _sweep_orphans(hub: Hub, report: GcReport, gone: _Gone) -> None:
+    cutoff = hub.now() - hub.settings.effective_gc_grace - EXPIRY_SLACK
     for digest in list(hub.store.iter_digests(MPACKS)):
-        _, mtime = hub.store.stat(MPACKS, digest)
-        if mtime < cutoff:
-            _delete_unnamed(hub, digest, report, orphan=True)
+        if _published_before(hub, digest, cutoff):  # cheap first look; re-checked in the transaction
+            _delete_unnamed(hub, digest, report, gone, published_before=cutoff)
     temp_cutoff = hub.now() - TEMP_GRACE
     for name, mtime in list(hub.store.iter_temp()):
         if mtime < temp_cutoff and (report.dry_run or hub.store.remove_temp(name)):
@@ -148,29 +196,17 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     """One GC pass over one repo or all; idempotent. Orphans and jobs are swept only for all."""
     started = time.perf_counter()
     report = GcReport(dry_run=dry_run)
-    candidates = _expire_rows(hub, repo, report)
-    candidates |= _evict_for_quota(hub, repo, report, candidates)
+    gone = _Gone()
+    candidates = _expire_rows(hub, repo, report, gone)
+    candidates |= _evict_for_quota(hub, repo, report, gone)
     for mpack_id in sorted(candidates):
-        if dry_run:
-            _count_if_unnamed_after_expiry(hub, mpack_id, report)
-        else:
-            _delete_unnamed(hub, mpack_id, report)
+        _delete_unnamed(hub, mpack_id, report, gone)
     if repo is None:
-        _sweep_orphans(hub, report)
+        _sweep_orphans(hub, report, gone)
         report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
     return report
-
-
-def _count_if_unnamed_after_expiry(hub: Hub, mpack_id: str, report: GcReport) -> None:
-    """Dry run: would this file go once the expired rows are gone?"""
-    now = hub.now()
-    live = FetchMPackCache.select().where(
-        FetchMPackCache.mpack_id.in_(ids.spellings(mpack_id)) & (FetchMPackCache.expires_at > now)).exists()
-    if not live and hub.store.exists(MPACKS, mpack_id):
-        report.mpacks_deleted += 1
-        report.bytes_freed += hub.store.size(MPACKS, mpack_id)
 
 
 def gc_fetch_mpack_cache(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> int:

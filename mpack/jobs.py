@@ -181,24 +181,38 @@ def _insert(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_aft
 
 # -- claim and lease ----------------------------------------------------------------
 
-def _ready(model: type[BackgroundJob], now: float) -> pw.Expression:
-    pending = (model.status == PENDING) & (model.run_after <= now)
-    abandoned = (model.status == RUNNING) & (model.locked_until < now)
-    return pending | abandoned
+def _pending(model: type[BackgroundJob], now: float) -> pw.Expression:
+    return (model.status == PENDING) & (model.run_after <= now)
+
+
+def _abandoned(model: type[BackgroundJob], now: float) -> pw.Expression:
+    return (model.status == RUNNING) & (model.locked_until < now)
 
 
 def claim(hub: Hub, worker_id: str, lease_seconds: float) -> BackgroundJob | None:
-    """Atomically take the next ready job (pending and due, or with an expired lease)."""
+    """Atomically take the next ready job: one whose lease expired (a dead worker's), else a due pending one.
+
+    Each kind is its own single ``UPDATE … WHERE job_id = (SELECT … LIMIT 1) RETURNING``, so SQLite
+    walks the (status, run_after) index instead of sorting every ready job on each claim.
+    """
+    for ready in (_abandoned, _pending):
+        job = _claim_one(hub, worker_id, lease_seconds, ready)
+        if job is not None:
+            return job
+    return None
+
+
+def _claim_one(hub: Hub, worker_id: str, lease_seconds: float, ready) -> BackgroundJob | None:
     now = hub.now()
     candidate = BackgroundJob.alias("candidate")
-    pick = (candidate.select(candidate.job_id).where(_ready(candidate, now))
-            .order_by(candidate.run_after, candidate.created_at).limit(1))
+    pick = (candidate.select(candidate.job_id).where(ready(candidate, now))
+            .order_by(candidate.status, candidate.run_after).limit(1))
     if isinstance(hub.db, pw.PostgresqlDatabase):
         pick = pick.for_update(skip_locked=True)
     query = (BackgroundJob
              .update(status=RUNNING, attempt=BackgroundJob.attempt + 1,
                      locked_by=worker_id, locked_until=now + lease_seconds)
-             .where(BackgroundJob.job_id == pick, _ready(BackgroundJob, now))
+             .where(BackgroundJob.job_id == pick, ready(BackgroundJob, now))
              .returning(BackgroundJob))
     with hub.db.atomic():
         rows = list(query.execute())

@@ -260,7 +260,7 @@ def push(hub: Hub, repo: Repo, body: dict) -> dict:
     with hub.db.atomic():
         _insert_history(repo, bundle, generations)
         tip_id, tip_digest = _resolve_tip(repo, tip)
-        previous = _move_branch(hub, repo, branch, tip_id, tip_digest, force)
+        previous = _move_branch(hub, repo, bundle, branch, tip_id, tip_digest, force)
         if repo.default_branch is None:
             Repo.update(default_branch=branch).where(Repo.repo_id == repo.repo_id).execute()
         if previous != tip_id:
@@ -292,7 +292,29 @@ def _resolve_tip(repo: Repo, tip: ParsedCommit | str) -> tuple[str, str]:
     return row.commit_id, row.digest
 
 
-def _move_branch(hub: Hub, repo: Repo, name: str, tip_id: str, tip_digest: str, force: bool) -> str | None:
+def _bundle_reaches(bundle: Bundle, tip: str, target: str) -> bool:
+    """Whether ``target`` is ``tip`` or a parent reached through this push's commits (no queries)."""
+    by_digest = {c.digest: c for c in bundle.commits}
+    stack, seen = [tip], set()
+    while stack:
+        digest = stack.pop()
+        if digest == target:
+            return True
+        if digest in seen or digest not in by_digest:
+            continue
+        seen.add(digest)
+        stack.extend(by_digest[digest].parents)
+    return False
+
+
+def _is_fast_forward(repo: Repo, bundle: Bundle, previous: str, tip: str) -> bool:
+    """The usual push names the old head as a parent of its oldest commit: answer that in memory."""
+    target = ids.hex_of(previous)
+    return _bundle_reaches(bundle, tip, target) or is_ancestor(repo, target, tip)
+
+
+def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, tip_digest: str,
+                 force: bool) -> str | None:
     """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head."""
     current = Branch.get_or_none((Branch.repo == repo) & (Branch.name == name))
     if current is None:
@@ -301,7 +323,7 @@ def _move_branch(hub: Hub, repo: Repo, name: str, tip_id: str, tip_digest: str, 
     previous = current.head_commit_id
     if previous == tip_id:
         return previous
-    if not force and not is_ancestor(repo, ids.hex_of(previous), tip_digest):
+    if not force and not _is_fast_forward(repo, bundle, previous, tip_digest):
         raise NonFastForward(name, previous, tip_id)
     Branch.update(head_commit_id=tip_id, updated_at=hub.now()).where(Branch.id == current.id).execute()
     return previous

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from mpack import cli
 from tests.factories import History, push_history
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def admin(hub) -> dict:
@@ -27,23 +32,29 @@ def test_admin_jobs_refuses_post(app, hub):
     app.post("/admin/jobs", headers=admin(hub), status=405)
 
 
-def test_cli_jobs_prints_counts_as_json(app, hub, owner, repo, monkeypatch, capsys):
+def mpackhub(hub, *args: str) -> subprocess.CompletedProcess:
+    """The console command, in its own process, on this hub's home (as an operator runs it)."""
+    env = {**os.environ, "MPACKHUB_HOME": str(hub.settings.home)}
+    hub.db.close()  # the test's connection must not hold SQLite's write lock meanwhile
+    return subprocess.run([sys.executable, "-m", "mpack.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_jobs_prints_counts_as_json(app, hub, owner, repo):
     push_history(app, owner[1], "/gabriel/song", History().linear(2))
-    monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
-    assert cli.main(["jobs", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["counts"]["pending"] == 1
+    done = mpackhub(hub, "jobs", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"]["pending"] == 1
 
 
-def test_cli_create_user_prints_a_working_token(app, hub, monkeypatch, capsys):
-    monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
-    assert cli.main(["admin", "create-user", "alice"]) == 0
-    token = capsys.readouterr().out.strip()
+def test_cli_create_user_prints_a_working_token(app, hub):
+    done = mpackhub(hub, "admin", "create-user", "alice")
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
     app.post_json("/api/repos", {"name": "tune"}, headers={"Authorization": f"Bearer {token}"}, status=201)
 
 
-def test_cli_reports_bad_input_in_one_line(hub, monkeypatch, capsys):
-    monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
-    assert cli.main(["admin", "create-user", "admin"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("mpackhub: ") and err.count("\n") == 1
+def test_cli_reports_bad_input_in_one_line(hub):
+    done = mpackhub(hub, "admin", "create-user", "admin")
+    assert done.returncode == 1
+    assert done.stderr.startswith("mpackhub: ") and done.stderr.count("\n") == 1

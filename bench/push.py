@@ -1,0 +1,147 @@
+"""Push throughput (issue 2): a generated history pushed to a live gunicorn hub as the Muse CLI does it, next to the disk.
+
+The history is ``bench.synth`` (seed 1; ``--scale`` scales it, default 0.25 ≈
+500 commits / 85 MB). It is pushed in pushes of up to 100 commits over HTTP
+(msgpack; refs → filter-objects → push/objects in chunks of 400 → push) to
+gunicorn with gunicorn.conf.py, 2 workers, job threads off so that prebuilds
+do not compete with the pushes. Then the same blobs are written into a fresh
+``LocalStore`` (``put_bytes``, fsync on) and, as the anchor, into plain files
+(open/write/fsync/close) in a fresh directory on the same disk, alternately,
+the median of three rounds each. Generation time is never counted.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.synth import CommitStep, Synth
+from bench.util import MB, Table, median, timer
+from bench.wire import OBJECTS_PER_CALL, PushTimes, batches, call, push_batch
+from storage.base import BLOBS
+from storage.local import LocalStore
+from storage.signing import UrlSigner
+from tests.server import LiveHub, live_hub
+
+SEED = 1
+DEFAULT_SCALE = 0.25
+QUICK_SCALE = 0.05
+COMMITS_PER_PUSH = 100
+ROUNDS, QUICK_ROUNDS = 3, 1
+PATH = "/bench/push"
+
+
+@dataclass
+class History:
+    scale: float
+    steps: list[CommitStep]
+
+    @property
+    def blobs(self) -> list[tuple[str, bytes]]:
+        return [blob for step in self.steps for blob in step.new_blobs]
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(len(data) for _, data in self.blobs)
+
+
+@dataclass
+class HttpRun:
+    times: PushTimes
+    pushes: int
+    resend_seconds: float  # push/objects of every blob again, once all are stored
+
+
+def push_over_http(workdir: Path, history: History) -> HttpRun:
+    """Push the history to a fresh live hub, then send every blob again (transport and hashing only)."""
+    run = HttpRun(PushTimes(), 0, 0.0)
+    with live_hub(workdir / "hub", workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as hub:
+        token = hub.create_user("bench")
+        hub.create_repo(token, "push")
+        for batch in batches(history.steps, COMMITS_PER_PUSH):
+            push_batch(hub, token, PATH, batch, run.times)
+            run.pushes += 1
+        heads = call(hub, "GET", f"{PATH}/refs", None, token)["branch_heads"]
+        run.resend_seconds = resend_objects(hub, token, history.blobs)
+    if heads.get("main") != history.steps[-1].commit["commit_id"]:
+        raise RuntimeError(f"after the pushes main is {heads.get('main')}, not the history's tip")
+    return run
+
+
+def resend_objects(hub: LiveHub, token: str, blobs: list[tuple[str, bytes]]) -> float:
+    """push/objects of blobs the hub already holds: HTTP, msgpack and re-hashing, no disk writes."""
+    objects = [{"object_id": oid, "content": data} for oid, data in blobs]
+    with timer() as t:
+        for start in range(0, len(objects), OBJECTS_PER_CALL):
+            answer = call(hub, "POST", f"{PATH}/push/objects", {"objects": objects[start:start + OBJECTS_PER_CALL]}, token)
+            if answer["stored"]:
+                raise RuntimeError("a resent object was stored again")
+    return t.seconds
+
+
+def store_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
+    """``LocalStore.put_bytes`` of every blob into a fresh store (fsync on)."""
+    store = LocalStore(root, UrlSigner([("k1", b"bench-signing-key-0123")], base_url="http://127.0.0.1"))
+    with timer() as t:
+        for oid, data in blobs:
+            store.put_bytes(BLOBS, oid, data)
+    return t.seconds
+
+
+def plain_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
+    """The anchor: each blob to its own file with open/write/fsync/close, in one fresh directory."""
+    root.mkdir(parents=True)
+    with timer() as t:
+        for oid, data in blobs:
+            with open(root / oid, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return t.seconds
+
+
+def disk_rounds(workdir: Path, blobs: list[tuple[str, bytes]], rounds: int) -> tuple[float, float]:
+    """Store and plain writes alternately, fresh directories each round → median seconds of each."""
+    store, plain = [], []
+    for n in range(rounds):
+        plain.append(plain_write_seconds(workdir / f"plain{n}", blobs))
+        store.append(store_write_seconds(workdir / f"store{n}", blobs))
+        shutil.rmtree(workdir / f"plain{n}")
+        shutil.rmtree(workdir / f"store{n}")
+    return median(store), median(plain)
+
+
+def stage_table(history: History, http: HttpRun) -> Table:
+    times, pushes = http.times, http.pushes
+    mb, commits = history.blob_bytes / MB, len(history.steps)
+    title = (f"push over HTTP: {commits:,} commits, {len(history.blobs):,} blobs, {mb:,.1f} MB "
+             f"(synth seed {SEED}, scale {history.scale:g}) in {pushes} pushes; rates = whole history ÷ stage time")
+    table = Table("stage", "seconds", "share %", "MB/s", "commits/s", title=title)
+    for stage, seconds in (("refs + filter-objects", times.negotiate), ("push/objects (blob bytes)", times.objects),
+                           ("push (commits + snapshots)", times.records), ("total", times.total)):
+        table.add(stage, seconds, 100 * seconds / times.total, mb / seconds, commits / seconds)
+    return table
+
+
+def ratio_table(history: History, http: HttpRun, store_s: float, plain_s: float, rounds: int) -> Table:
+    mb, total = history.blob_bytes / MB, http.times.total
+    title = f"push vs the disk: the same {mb:,.1f} MB of blobs (median of {rounds}); ratio = MB/s ÷ anchor MB/s"
+    table = Table("measurement", "seconds", "MB/s", "ratio", title=title)
+    table.add("plain open/write/fsync/close per blob (anchor)", plain_s, mb / plain_s, 1.0)
+    table.add("LocalStore.put_bytes, fsync on", store_s, mb / store_s, plain_s / store_s)
+    table.add("push over HTTP, end to end", total, mb / total, plain_s / total)
+    table.add("push/objects again, all already stored (HTTP + msgpack + hashing)", http.resend_seconds,
+              mb / http.resend_seconds, plain_s / http.resend_seconds)
+    return table
+
+
+def run(scale: float | None, quick: bool) -> list[Table]:
+    history = History(scale or (QUICK_SCALE if quick else DEFAULT_SCALE), [])
+    history.steps = list(Synth(SEED, history.scale))
+    rounds = QUICK_ROUNDS if quick else ROUNDS
+    with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
+        http = push_over_http(Path(tmp), history)
+        store_s, plain_s = disk_rounds(Path(tmp), history.blobs, rounds)
+    return [stage_table(history, http), ratio_table(history, http, store_s, plain_s, rounds)]

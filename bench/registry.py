@@ -1,0 +1,23 @@
+"""The benchmarks ``python -m bench`` knows: name → module.
+
+A benchmark is a module with ``run(scale: float | None, quick: bool) ->
+list[Table]``: ``scale`` None means the module's own default, ``quick`` a
+smaller, faster run. Add one by writing ``bench/<name>.py`` and a line here;
+modules are imported only when their benchmark runs.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BENCHMARKS: dict[str, str] = {
+    "push": "bench.push",          # issue 2: push throughput vs plain fsync'd writes
+    "prebuild": "bench.prebuild",  # issue 4: push → cache row latency; job pool throughput
+    "gc": "bench.gc",              # issue 5: GC over 100k cache rows and 10k packs
+    "fetch": "bench.fetch_path",   # issue 3: cold build vs sha256, peak RSS 1×/4×, clone vs git, deltas
+}
+
+
+def load(name: str) -> ModuleType:
+    """The module of benchmark ``name``; KeyError when it is not registered."""
+    return importlib.import_module(BENCHMARKS[name])

@@ -1,0 +1,264 @@
+"""The client against a real gunicorn: clone, fetch, pull, push, verify and resumed downloads."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from mpack import cli, client_cli, ids, sync
+from mpack.client import ClientError, HubClient
+from mpack.layout import MuseRepo
+from tests.factories import History
+from tests.server import LiveHub, live_hub
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with live_hub(tmp_path_factory.mktemp("client") / "hub", workers=2) as hub:
+        yield hub
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_env(monkeypatch):
+    monkeypatch.delenv("MPACKHUB_TOKEN", raising=False)
+
+
+def wire_push(server: LiveHub, token: str, path: str, history: History, commits: list[dict], branch: str = "main"):
+    """Push as the Muse CLI does: filter-objects → push/objects (chunks of 400) → push."""
+    bundle = history.bundle(commits)
+    wanted = sorted(o["object_id"] for o in bundle["objects"])
+    missing = set(server.call("POST", f"{path}/filter-objects", {"object_ids": wanted}, token=token).data()["missing"])
+    objects = [o for o in bundle["objects"] if o["object_id"] in missing]
+    for start in range(0, len(objects), 400):
+        reply = server.call("POST", f"{path}/push/objects", {"objects": objects[start:start + 400]}, token=token)
+        assert reply.status == 200, reply.body
+    bundle["objects"] = []
+    reply = server.call("POST", f"{path}/push", {"bundle": bundle, "branch": branch, "force": False}, token=token)
+    assert reply.status == 200, reply.body
+
+
+def work_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".muse" not in p.relative_to(root).parts}
+
+
+def expected_tree(history: History, manifest: dict[str, str] | None = None) -> dict[str, bytes]:
+    return {path: history.blobs[object_id] for path, object_id in (manifest or history.files).items()}
+
+
+def local_commit(repo: MuseRepo, parent: str, changes: dict[str, bytes], message: str) -> dict:
+    """A commit written straight into the clone with Muse's id rules, as the Muse CLI would."""
+    parent_record = repo.read_commit(parent)
+    manifest = dict(repo.read_snapshot(parent_record["snapshot_id"])["manifest"])
+    for path, content in changes.items():
+        object_id = ids.object_digest(content)
+        repo.write_object(object_id, content)
+        manifest[path] = object_id
+    snapshot_id = ids.snapshot_digest(manifest)
+    committed_at = "2026-12-01T10:00:00.000001+00:00"
+    repo.write_snapshot({"snapshot_id": snapshot_id, "manifest": manifest, "created_at": committed_at})
+    commit = {"commit_id": ids.commit_digest([parent], snapshot_id, message, committed_at), "repo_id": "local",
+              "branch": "main", "snapshot_id": snapshot_id, "message": message, "committed_at": committed_at,
+              "parent_commit_id": parent, "parent2_commit_id": None, "author": "ada", "metadata": {}}
+    repo.write_commit(commit)
+    return commit
+
+
+def fifty_commits() -> History:
+    history = History()
+    for n in range(50):
+        changes = {f"dir{n % 5}/track{n}.mid": f"notes {n}\n".encode() * (n + 1), "README": f"version {n}".encode()}
+        if n == 10:
+            changes["empty.txt"] = b""
+        if n == 20:
+            changes["stems/big.wav"] = bytes(range(256)) * 6000  # 1.5 MiB: more than one chunk
+        history.commit(changes)
+    return history
+
+
+def assert_clone_holds(repo: MuseRepo, history: History) -> None:
+    assert work_tree(repo.root) == expected_tree(history)
+    for commit in history.commits:
+        assert json.loads((repo.muse / "commits" / f"{commit['commit_id']}.json").read_text()) == commit
+    for snapshot_id, snapshot in history.snapshots.items():
+        assert json.loads((repo.muse / "snapshots" / f"{snapshot_id}.json").read_text()) == snapshot
+    for object_id, content in history.blobs.items():
+        assert repo.object_path(object_id).read_bytes() == content
+
+
+def test_clone_fetch_pull_and_push_through_the_hub(server, tmp_path, monkeypatch, capsys):
+    token = server.create_user("ada")
+    server.create_repo(token, "opus")
+    history = fifty_commits()
+    wire_push(server, token, "/ada/opus", history, history.commits)
+    url = f"{server.url}/ada/opus"
+
+    target = tmp_path / "opus"
+    assert cli.main(["clone", url, str(target)]) == 0
+    repo = MuseRepo(target)
+    assert_clone_holds(repo, history)
+    assert (repo.muse / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert repo.branch_head("main") == history.tip and repo.remote_head("main") == history.tip
+    assert repo.meta()["repo_id"] == server.call("GET", "/ada/opus/refs").data()["repo_id"]
+    assert repo.origin_url() == url and repo.config()["remotes"]["origin"]["branch"] == "main"
+    assert [p.name for p in tmp_path.iterdir()] == ["opus"]  # no temp directory left beside it
+
+    old_tip = history.tip
+    news = [history.commit({"dir1/track1.mid": b"rewritten"}), history.commit({"README": None, "new/part.mid": b"p"}),
+            history.commit()]
+    wire_push(server, token, "/ada/opus", history, news)
+    monkeypatch.chdir(target / "dir0")  # the commands find the clone from a subdirectory too
+    assert cli.main(["fetch"]) == 0
+    assert repo.remote_head("main") == history.tip and repo.branch_head("main") == old_tip
+    assert cli.main(["pull"]) == 0
+    assert repo.branch_head("main") == history.tip
+    assert_clone_holds(repo, history)
+
+    mine = local_commit(repo, history.tip, {"dir0/mine.mid": b"from the clone"}, "a local commit")
+    repo.set_branch_head("main", mine["commit_id"])
+    assert cli.main(["push", "--token", token]) == 0
+    assert server.call("GET", "/ada/opus/refs").data()["branch_heads"] == {"main": mine["commit_id"]}
+    assert repo.remote_head("main") == mine["commit_id"]
+
+    rival = local_commit(repo, history.tip, {"dir0/rival.mid": b"elsewhere"}, "a diverging commit")
+    repo.set_branch_head("main", rival["commit_id"])
+    capsys.readouterr()
+    assert cli.main(["push", "--token", token]) == 1
+    assert capsys.readouterr().err == "mpackhub: rejected: non-fast-forward (fetch and pull first, or push --force)\n"
+    assert cli.main(["pull"]) == 1
+    assert capsys.readouterr().err.startswith("mpackhub: diverged: merge with the Muse CLI")
+    assert repo.branch_head("main") == rival["commit_id"]
+
+
+def download_pack(server: LiveHub, path: str, want: str) -> tuple[dict, bytes]:
+    answer = server.call("POST", f"{path}/fetch/mpack", {"want": [want], "have": []}).data()
+    reply = server.call("GET", answer["mpack_url"])
+    assert reply.status == 200
+    return answer, reply.body
+
+
+def test_verify_accepts_a_served_pack_and_refuses_a_corrupted_one(server, tmp_path, capsys):
+    token = server.create_user("vera")
+    server.create_repo(token, "checks")
+    history = History().linear(5)
+    wire_push(server, token, "/vera/checks", history, history.commits)
+    answer, data = download_pack(server, "/vera/checks", "main")
+    good = tmp_path / "good.mpack"
+    good.write_bytes(data)
+    assert cli.main(["verify", str(good)]) == 0
+    assert "5 commits" in capsys.readouterr().out
+    bad = tmp_path / "bad.mpack"
+    bad.write_bytes(data[:100] + bytes([data[100] ^ 0x40]) + data[101:])
+    assert cli.main(["verify", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mpackhub: ") and err.count("\n") == 1
+    assert cli.main(["verify", str(tmp_path / "absent.mpack")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_private_repo_needs_a_token_and_a_failed_clone_leaves_nothing(server, tmp_path, capsys):
+    token = server.create_user("priv")
+    server.create_repo(token, "secret", "private")
+    history = History().linear(3)
+    wire_push(server, token, "/priv/secret", history, history.commits)
+    url = f"{server.url}/priv/secret"
+    assert cli.main(["clone", url, str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mpackhub: HTTP 404") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "yes").mkdir()  # an empty directory is a fine target
+    assert cli.main(["clone", url, str(tmp_path / "yes"), "--token", token]) == 0
+    assert work_tree(tmp_path / "yes") == expected_tree(history)
+    assert cli.main(["clone", url, str(tmp_path / "yes"), "--token", token]) == 1  # not empty any more
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_download_resumes_from_a_partial_file(server, tmp_path):
+    token = server.create_user("rita")
+    server.create_repo(token, "resume")
+    history = History()
+    history.commit({"noise.bin": hashlib.sha256(b"seed").digest() * 40000})  # 1.2 MiB
+    wire_push(server, token, "/rita/resume", history, history.commits)
+    answer, data = download_pack(server, "/rita/resume", history.tip)
+    client = HubClient(f"{server.url}/rita/resume")
+    part = tmp_path / "pack.mpack.part"
+    part.write_bytes(data[:len(data) // 2])
+    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is True  # the hub answered 206
+    assert hashlib.sha256(part.read_bytes()).hexdigest() == ids.hex_of(answer["mpack_id"])
+    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is True  # 416: complete already
+    part.write_bytes(b"\0" * (len(data) // 2))  # a partial file that is not a prefix of the pack
+    with pytest.raises(ClientError, match="does not match its id"):
+        client.download(answer["mpack_url"], part, answer["mpack_id"])
+    assert not part.exists()
+    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is False
+    assert part.read_bytes() == data
+
+
+class _CutOnce:
+    """A pack server (stdlib http.server) that breaks off its first full answer half-way, then honours Range."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.ranges = data, []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                header = self.headers.get("Range")
+                owner.ranges.append(header)
+                if header is None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(owner.data)))
+                    self.end_headers()
+                    self.wfile.write(owner.data[:len(owner.data) // 2])  # then the connection drops
+                    self.close_connection = True
+                    return
+                start = int(header.removeprefix("bytes=").rstrip("-"))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(owner.data) - 1}/{len(owner.data)}")
+                self.send_header("Content-Length", str(len(owner.data) - start))
+                self.end_headers()
+                self.wfile.write(owner.data[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_broken_download_is_retried_and_resumes_where_it_stopped(tmp_path):
+    data = b"MUSE-not-really-a-pack" * 50000
+    answer = {"mpack_id": hashlib.sha256(data).hexdigest(), "mpack_url": "/mpacks/x?sig=1"}
+    server = _CutOnce(data)
+    with server as base:
+        client = HubClient(f"{base}/o/r")
+        part = tmp_path / "x.mpack.part"
+        assert sync.download_pack(client, answer, part, "test") is True
+    assert part.read_bytes() == data
+    assert server.ranges == [None, f"bytes={len(data) // 2}-"]
+
+
+def test_tokens_never_travel_over_plain_http_to_another_host(monkeypatch):
+    with pytest.raises(ClientError, match="plain http"):
+        HubClient("http://hub.example.com/o/r", "secret")
+    assert HubClient("https://hub.example.com/o/r", "secret").token == "secret"
+    assert HubClient("http://[::1]:8000/o/r", "secret").token == "secret"
+    monkeypatch.setenv("MPACKHUB_TOKEN", "from-env")
+    args = argparse.Namespace(token=None)
+    assert client_cli._client("http://hub.example.com/o/r", args).token is None
+    assert client_cli._client("http://localhost:9/o/r", args).token == "from-env"

@@ -106,27 +106,27 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
         if answer is not None:
             return answer
     wants = resolve_wants(repo, want)
-    tip = next(iter(wants.values())) if len(wants) == 1 else None
-    if tip is not None:
-        answer = _cache_hit(hub, repo, tip, base)
-        if answer is not None:
-            return answer
+    # Several wants are cached under their sorted ids joined by commas: every URL the hub
+    # hands out then comes from a row, and no URL outlives its row (GC relies on it).
+    tip = ",".join(sorted(wants.values()))
+    answer = _cache_hit(hub, repo, tip, base)
+    if answer is not None:
+        return answer
     key = f"{repo.repo_id}\0{','.join(sorted(wants))}\0{base}"
     stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
     return _answer(hub, stats, cached=cached, row=row)
 
 
-def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str | None, base: str):
+def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
-    if tip is not None:
-        row = cache.fresh_row(hub, repo, tip, base)
-        if row is not None:
-            return _stats_of(row), True, row
+    row = cache.fresh_row(hub, repo, tip, base)
+    if row is not None:
+        return _stats_of(row), True, row
     commits = _walk_commit_delta(repo, list(wants), haves)
     for _ in range(3):
         stats = build_mpack(hub, repo, commits)
         try:
-            row = cache.write_row(hub, repo, tip, base, stats) if tip is not None else None
+            row = cache.write_row(hub, repo, tip, base, stats)
             break
         except cache.PackVanished:  # GC removed the identical older file between commit and row
             continue

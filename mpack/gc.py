@@ -150,7 +150,7 @@ def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone)
     total = sum(size for _, size in live.tuples())
     if total <= quota:
         return set()
-    protected_since = now - hub.settings.url_ttl_max - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
+    protected_since = now - hub.settings.url_ttl - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
     unused = (FetchMPackCache.expires_at > now) & (FetchMPackCache.last_used_at < protected_since)
     candidates = _scoped(FetchMPackCache.select(), repo).where(unused).order_by(
         FetchMPackCache.last_used_at, FetchMPackCache.cache_id)

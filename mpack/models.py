@@ -113,7 +113,7 @@ class FetchMPackCache(BaseModel):
 
     cache_id = pw.CharField(max_length=64, primary_key=True)
     repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
-    tip_commit_id = pw.CharField(max_length=71)
+    tip_commit_id = pw.TextField()  # one id, or several joined by "," (multi-want packs)
     base = pw.TextField(default="")  # sorted have digests joined by ","; "" = full pack
     mpack_id = pw.CharField(max_length=71, index=True)
     created_at = pw.FloatField()

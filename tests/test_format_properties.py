@@ -97,7 +97,8 @@ JSONISH = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-RESERVED = {"commit_id", "snapshot_id", "message", "committed_at", "parent_commit_id", "parent2_commit_id"}
+RESERVED = {"commit_id", "snapshot_id", "message", "committed_at", "parent_commit_id", "parent2_commit_id",
+            "snapshot", "parents"}  # the last two are make_commit's own parameter names
 EXTRA = st.dictionaries(st.text(max_size=10).filter(lambda key: key not in RESERVED), JSONISH, max_size=3)
 
 

@@ -20,8 +20,8 @@ MSGPACK = "application/x-msgpack"
 JSON = "application/json"
 
 
-def read_body(req: falcon.Request, max_bytes: int) -> dict:
-    """The request body as a dict (msgpack or JSON by Content-Type)."""
+def read_body(req: falcon.Request, max_bytes: int, *, optional: bool = False) -> dict:
+    """The request body as a dict (msgpack or JSON by Content-Type); ``{}`` when absent and ``optional``."""
     length = req.content_length
     if length is not None and length > max_bytes:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes}")
@@ -32,6 +32,8 @@ def read_body(req: falcon.Request, max_bytes: int) -> dict:
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if not raw:
+        if optional:
+            return {}
         raise MalformedBody("empty request body")
     body = _decode(raw, (req.content_type or "").lower())
     if not isinstance(body, dict):

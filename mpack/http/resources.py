@@ -17,8 +17,8 @@ class Resource:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def body(self, req: falcon.Request) -> dict:
-        return read_body(req, self.hub.settings.max_body_bytes)
+    def body(self, req: falcon.Request, *, optional: bool = False) -> dict:
+        return read_body(req, self.hub.settings.max_body_bytes, optional=optional)
 
     @staticmethod
     def user(req: falcon.Request):
@@ -47,7 +47,7 @@ class AdminJobs(Resource):
 class AdminGc(Resource):
     def on_post(self, req, resp):
         auth.require_admin(self.hub, req.get_header("Authorization"))
-        repo, dry_run = gc.parse_request(self.body(req) if req.content_length else {})
+        repo, dry_run = gc.parse_request(self.body(req, optional=True))
         send(req, resp, gc.run_gc(self.hub, repo=repo, dry_run=dry_run).as_dict())
 
 

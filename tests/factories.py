@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -134,3 +135,13 @@ def push_history(app, token: str, path: str, history: History, *, branch: str = 
         wire(app, "POST", f"{path}/push/objects", {"objects": objects[start:start + chunk]}, token=token, status=200)
     bundle["objects"] = []
     return wire(app, "POST", f"{path}/push", {"bundle": bundle, "branch": branch, "force": force}, token=token, status=status)
+
+
+def error_of(response, status: int) -> dict:
+    """Assert an error answer: the status, a JSON ``{"error", "detail"}`` body, no traceback."""
+    assert response.status_int == status, response.body[:400]
+    assert response.content_type == "application/json"
+    body = json.loads(response.body)
+    assert set(body) == {"error", "detail"}
+    assert "Traceback" not in response.text
+    return body

@@ -15,23 +15,14 @@ from mpack.jobs import JobRegistry
 from mpack.models import Repo
 from mpack.pool import JobPool, run_until_idle
 from mpack.settings import Settings
+from tests.factories import Clock
 
 RECORD = "test.record"
 BLOCK = "test.block"
 EXECUTIONS = "executions.log"
 
 
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = Clock  # the hand-moved clock of tests/factories.py
 
 
 def open_hub(home: Path | str, *, clock: Callable[[], float] = time.time, **overrides: object) -> Hub:

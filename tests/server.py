@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgpack
 
+from tests.factories import History
+
 ROOT = Path(__file__).resolve().parent.parent
 MSGPACK = "application/x-msgpack"
 
@@ -113,3 +115,19 @@ def live_hub(home: Path, *, workers: int = 2, env: dict | None = None):
             process.kill()
             process.wait()
         log.close()
+
+
+def push_like_cli(server: LiveHub, token: str, path: str, history: History, commits: list[dict], branch: str = "main"):
+    """The Muse CLI's push: refs → filter-objects → push/objects (chunks of 400) → push."""
+    assert server.call("GET", f"{path}/refs", token=token).status == 200
+    bundle = history.bundle(commits)
+    wanted = sorted(o["object_id"] for o in bundle["objects"])
+    missing = set(server.call("POST", f"{path}/filter-objects", {"object_ids": wanted}, token=token).data()["missing"])
+    objects = [o for o in bundle["objects"] if o["object_id"] in missing]
+    for start in range(0, len(objects), 400):
+        reply = server.call("POST", f"{path}/push/objects", {"objects": objects[start:start + 400]}, token=token)
+        assert reply.status == 200, reply.body
+    bundle["objects"] = []
+    reply = server.call("POST", f"{path}/push", {"bundle": bundle, "branch": branch, "force": False}, token=token)
+    assert reply.status == 200, reply.body
+    return reply.data()

@@ -5,14 +5,13 @@ token is checked before the disk is touched; every refusal is a JSON 403.
 """
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
 from mpack import ids
 from storage import MPACKS
-from tests.factories import History, push_history, unpack, wire
+from tests.factories import History, error_of, push_history, unpack, wire
 
 JSON = "application/json"
 SONG = "/gabriel/song"
@@ -21,14 +20,6 @@ HUB = "http://hub.test"
 
 # -- helpers ----------------------------------------------------------------------
 
-def error_of(response, status: int) -> dict:
-    """Assert an error answer: the status, a JSON ``{"error", "detail"}`` body, no traceback."""
-    assert response.status_int == status, response.body[:400]
-    assert response.content_type == JSON
-    body = json.loads(response.body)
-    assert set(body) == {"error", "detail"}
-    assert "Traceback" not in response.text
-    return body
 
 
 def fetch_mpack(app, want: str) -> dict:

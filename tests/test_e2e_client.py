@@ -14,7 +14,7 @@ from mpack import cli, client_cli, ids, sync
 from mpack.client import ClientError, HubClient
 from mpack.layout import MuseRepo
 from tests.factories import History
-from tests.server import LiveHub, live_hub
+from tests.server import LiveHub, live_hub, push_like_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -28,20 +28,6 @@ def server(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_token_in_env(monkeypatch):
     monkeypatch.delenv("MPACKHUB_TOKEN", raising=False)
-
-
-def wire_push(server: LiveHub, token: str, path: str, history: History, commits: list[dict], branch: str = "main"):
-    """Push as the Muse CLI does: filter-objects → push/objects (chunks of 400) → push."""
-    bundle = history.bundle(commits)
-    wanted = sorted(o["object_id"] for o in bundle["objects"])
-    missing = set(server.call("POST", f"{path}/filter-objects", {"object_ids": wanted}, token=token).data()["missing"])
-    objects = [o for o in bundle["objects"] if o["object_id"] in missing]
-    for start in range(0, len(objects), 400):
-        reply = server.call("POST", f"{path}/push/objects", {"objects": objects[start:start + 400]}, token=token)
-        assert reply.status == 200, reply.body
-    bundle["objects"] = []
-    reply = server.call("POST", f"{path}/push", {"bundle": bundle, "branch": branch, "force": False}, token=token)
-    assert reply.status == 200, reply.body
 
 
 def work_tree(root: Path) -> dict[str, bytes]:
@@ -97,7 +83,7 @@ def test_clone_fetch_pull_and_push_through_the_hub(server, tmp_path, monkeypatch
     token = server.create_user("ada")
     server.create_repo(token, "opus")
     history = fifty_commits()
-    wire_push(server, token, "/ada/opus", history, history.commits)
+    push_like_cli(server, token, "/ada/opus", history, history.commits)
     url = f"{server.url}/ada/opus"
 
     target = tmp_path / "opus"
@@ -113,7 +99,7 @@ def test_clone_fetch_pull_and_push_through_the_hub(server, tmp_path, monkeypatch
     old_tip = history.tip
     news = [history.commit({"dir1/track1.mid": b"rewritten"}), history.commit({"README": None, "new/part.mid": b"p"}),
             history.commit()]
-    wire_push(server, token, "/ada/opus", history, news)
+    push_like_cli(server, token, "/ada/opus", history, news)
     monkeypatch.chdir(target / "dir0")  # the commands find the clone from a subdirectory too
     assert cli.main(["fetch"]) == 0
     assert repo.remote_head("main") == history.tip and repo.branch_head("main") == old_tip
@@ -148,7 +134,7 @@ def test_verify_accepts_a_served_pack_and_refuses_a_corrupted_one(server, tmp_pa
     token = server.create_user("vera")
     server.create_repo(token, "checks")
     history = History().linear(5)
-    wire_push(server, token, "/vera/checks", history, history.commits)
+    push_like_cli(server, token, "/vera/checks", history, history.commits)
     answer, data = download_pack(server, "/vera/checks", "main")
     good = tmp_path / "good.mpack"
     good.write_bytes(data)
@@ -167,7 +153,7 @@ def test_a_private_repo_needs_a_token_and_a_failed_clone_leaves_nothing(server, 
     token = server.create_user("priv")
     server.create_repo(token, "secret", "private")
     history = History().linear(3)
-    wire_push(server, token, "/priv/secret", history, history.commits)
+    push_like_cli(server, token, "/priv/secret", history, history.commits)
     url = f"{server.url}/priv/secret"
     assert cli.main(["clone", url, str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
@@ -185,7 +171,7 @@ def test_a_download_resumes_from_a_partial_file(server, tmp_path):
     server.create_repo(token, "resume")
     history = History()
     history.commit({"noise.bin": hashlib.sha256(b"seed").digest() * 40000})  # 1.2 MiB
-    wire_push(server, token, "/rita/resume", history, history.commits)
+    push_like_cli(server, token, "/rita/resume", history, history.commits)
     answer, data = download_pack(server, "/rita/resume", history.tip)
     client = HubClient(f"{server.url}/rita/resume")
     part = tmp_path / "pack.mpack.part"

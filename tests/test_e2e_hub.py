@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.factories import History
-from tests.server import LiveHub, live_hub
+from tests.server import live_hub, push_like_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -16,22 +16,6 @@ pytestmark = pytest.mark.e2e
 def hub_server(tmp_path_factory):
     with live_hub(tmp_path_factory.mktemp("live") / "hub", workers=2) as server:
         yield server
-
-
-def cli_push(server: LiveHub, token: str, path: str, history: History, commits: list[dict], branch: str = "main"):
-    """The Muse CLI's push: refs → filter-objects → push/objects (chunks of 400) → push."""
-    assert server.call("GET", f"{path}/refs", token=token).status == 200
-    bundle = history.bundle(commits)
-    wanted = sorted(o["object_id"] for o in bundle["objects"])
-    missing = set(server.call("POST", f"{path}/filter-objects", {"object_ids": wanted}, token=token).data()["missing"])
-    objects = [o for o in bundle["objects"] if o["object_id"] in missing]
-    for start in range(0, len(objects), 400):
-        reply = server.call("POST", f"{path}/push/objects", {"objects": objects[start:start + 400]}, token=token)
-        assert reply.status == 200, reply.body
-    bundle["objects"] = []
-    reply = server.call("POST", f"{path}/push", {"bundle": bundle, "branch": branch, "force": False}, token=token)
-    assert reply.status == 200, reply.body
-    return reply.data()
 
 
 def wait_for(predicate, deadline_s: float = 30.0, what: str = "condition"):
@@ -50,7 +34,7 @@ def test_push_of_a_50_commit_history_reads_back_from_refs(hub_server):
     history = History()
     for n in range(50):
         history.commit({f"dir{n % 7}/file{n}.txt": f"line {n}\n".encode() * (n + 1), "README": f"v{n}".encode()})
-    answer = cli_push(hub_server, token, "/pusher/fifty", history, history.commits)
+    answer = push_like_cli(hub_server, token, "/pusher/fifty", history, history.commits)
     assert answer["ok"] is True
     refs = hub_server.call("GET", "/pusher/fifty/refs").data()
     assert refs["branch_heads"] == {"main": history.tip}
@@ -61,13 +45,13 @@ def test_a_push_is_prebuilt_and_fetches_are_cache_hits(hub_server):
     token = hub_server.create_user("builder")
     hub_server.create_repo(token, "beats")
     history = History().linear(8)
-    cli_push(hub_server, token, "/builder/beats", history, history.commits)
+    push_like_cli(hub_server, token, "/builder/beats", history, history.commits)
     dev = history.commit({"dev.txt": b"dev"}, parents=[history.commits[4]["commit_id"]])
-    cli_push(hub_server, token, "/builder/beats", history, [dev], branch="dev")
+    push_like_cli(hub_server, token, "/builder/beats", history, [dev], branch="dev")
     previous = history.commits[7]["commit_id"]
     more = history.commit({"more.txt": b"more"}, parents=[previous])
     main_tip = more["commit_id"]
-    cli_push(hub_server, token, "/builder/beats", history, [more])
+    push_like_cli(hub_server, token, "/builder/beats", history, [more])
 
     def done() -> bool:
         counts = hub_server.call("GET", "/admin/jobs", token=hub_server.admin_token, as_json=True).data()["counts"]
@@ -87,7 +71,7 @@ def test_signed_download_streams_and_ranges_through_gunicorn(hub_server):
     hub_server.create_repo(token, "tracks")
     history = History()
     history.commit({"big.bin": bytes(range(256)) * 8192})  # 2 MiB, compressible
-    cli_push(hub_server, token, "/fetcher/tracks", history, history.commits)
+    push_like_cli(hub_server, token, "/fetcher/tracks", history, history.commits)
     answer = hub_server.call("POST", "/fetcher/tracks/fetch/mpack", {"want": ["main"]}).data()
     full = hub_server.call("GET", answer["mpack_url"])
     assert full.status == 200

@@ -19,7 +19,7 @@ from mpack import ids
 from mpack.models import BackgroundJob, Branch, Commit, Object, Repo, Snapshot
 from mpack.settings import Settings
 from storage import BLOBS
-from tests.factories import History, make_repo, push_history, unpack, wire
+from tests.factories import History, error_of, make_repo, push_history, unpack, wire
 
 MSGPACK = "application/x-msgpack"
 JSON = "application/json"
@@ -44,14 +44,6 @@ def call(app, path: str, raw: bytes, *, token: str | None = None, content_type: 
     return app.do_request(request, status="*", expect_errors=True)
 
 
-def error_of(response, status: int) -> dict:
-    """Assert an error answer: the status, a JSON ``{"error", "detail"}`` body, no traceback."""
-    assert response.status_int == status, response.body[:400]
-    assert response.content_type == JSON
-    body = json.loads(response.body)
-    assert set(body) == {"error", "detail"}
-    assert "Traceback" not in response.text
-    return body
 
 
 def assert_unauthorized(response) -> None:

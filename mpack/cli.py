@@ -26,10 +26,11 @@ def _hub():
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.bind:
+        os.environ["MPACKHUB_BIND"] = args.bind  # the workers read the environment too
     settings = Settings.from_env(os.environ)
     build_hub(settings).db.close()  # create the home, database and secrets before the workers start
-    overrides = {"bind": args.bind} if args.bind else {}
-    server = HubServer(overrides)
+    server = HubServer()
     print(f"mpackhub {settings.public_url} (listening on {server.values['bind']})", file=sys.stderr)
     print(f"  home: {settings.home}", file=sys.stderr)
     if not os.environ.get("MPACKHUB_ADMIN_TOKEN"):

@@ -65,7 +65,8 @@ class Settings:
         values: dict[str, object] = dict(
             home=home,
             database_url=env.str("MPACKHUB_DATABASE_URL", f"sqlite:///{home / 'mpackhub.sqlite3'}"),
-            public_url=env.str("MPACKHUB_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            # Unset, the public URL is the bind address: right for a local hub, to be set behind a proxy.
+            public_url=env.str("MPACKHUB_PUBLIC_URL", "http://" + env.str("MPACKHUB_BIND", "127.0.0.1:8000")).rstrip("/"),
             admin_token=env.str("MPACKHUB_ADMIN_TOKEN", "") or str(generated.get("admin_token", "")),
             signing_keys=_parse_keys(env.str("MPACKHUB_SIGNING_KEYS", "") or str(generated.get("signing_keys", ""))),
             cache_ttl=env.int("MPACKHUB_CACHE_TTL", 7 * DAY, minimum=60),

@@ -1,0 +1,52 @@
+"""Settings from the environment: defaults, bounds, generated secrets kept private."""
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from mpack.settings import Settings, SettingsError, secrets_path
+
+
+def test_defaults_live_under_home(tmp_path):
+    settings = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'mpackhub.sqlite3'}"
+    assert (settings.cache_ttl, settings.url_ttl, settings.url_ttl_max) == (7 * 86400, 3600, 7 * 86400)
+    assert settings.public_url == "http://127.0.0.1:8000"
+
+
+def test_public_url_follows_the_bind_address_unless_set(tmp_path):
+    env = {"MPACKHUB_HOME": str(tmp_path), "MPACKHUB_BIND": "127.0.0.1:9001"}
+    assert Settings.from_env(env).public_url == "http://127.0.0.1:9001"
+    assert Settings.from_env({**env, "MPACKHUB_PUBLIC_URL": "https://hub.example/"}).public_url == "https://hub.example"
+
+
+def test_missing_secrets_are_generated_once_with_mode_0600(tmp_path):
+    first = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
+    second = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
+    assert first.admin_token == second.admin_token and first.signing_keys == second.signing_keys
+    assert stat.S_IMODE(secrets_path(tmp_path).stat().st_mode) == 0o600
+
+
+def test_secrets_never_show_in_repr_or_description(tmp_path):
+    settings = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
+    secret = settings.signing_keys[0][1].decode()
+    for shown in (repr(settings), str(settings.describe())):
+        assert settings.admin_token not in shown and secret not in shown
+
+
+def test_signing_keys_rotate_oldest_to_newest(tmp_path):
+    settings = Settings.from_env({"MPACKHUB_HOME": str(tmp_path), "MPACKHUB_ADMIN_TOKEN": "a" * 20,
+                                  "MPACKHUB_SIGNING_KEYS": "old:" + "x" * 16 + ",new:" + "y" * 16})
+    assert [kid for kid, _ in settings.signing_keys] == ["old", "new"]
+    assert not secrets_path(tmp_path).exists()  # nothing generated when both are configured
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MPACKHUB_CACHE_TTL", "soon"), ("MPACKHUB_JOB_THREADS", "-1"), ("MPACKHUB_URL_TTL", "999999999"),
+    ("MPACKHUB_URL_TTL_MAX", "99999999"), ("MPACKHUB_SIGNING_KEYS", "nokey"), ("MPACKHUB_ADMIN_TOKEN", "short"),
+    ("MPACKHUB_JOB_POLL_SECONDS", "fast"),
+])
+def test_bad_values_are_refused_with_the_variable_named(tmp_path, name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({"MPACKHUB_HOME": str(tmp_path), name: value})

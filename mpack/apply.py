@@ -51,8 +51,8 @@ class StagedPack:
 
     def missing_references(self, repo: MuseRepo) -> IncompletePack | None:
         """The first kind of reference neither the pack nor ``repo`` can satisfy, or None."""
-        objects = sorted({o for s in self.snapshots.values() for o in s["manifest"].values()
-                          if not self._has_object(repo, o)})
+        named = {o for s in self.snapshots.values() for o in s["manifest"].values()}  # snapshots share most ids
+        objects = sorted(o for o in named if not self._has_object(repo, o))
         if objects:
             return IncompletePack("objects", objects)
         snapshots = sorted({c["snapshot_id"] for c in self.commits.values()

@@ -8,6 +8,7 @@ the hex part.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -21,8 +22,12 @@ _BRANCH_BAD_PARTS = {"", ".", ".."}
 
 def is_id(value: object) -> bool:
     """True when ``value`` is a well-formed id in either spelling."""
-    if not isinstance(value, str):
-        return False
+    return isinstance(value, str) and len(value) in (64, 64 + len(PREFIX)) and _is_id_text(value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_id_text(value: str) -> bool:
+    # Cached: manifests repeat the same ids across thousands of snapshots.
     if value.startswith(PREFIX):
         value = value[len(PREFIX):]
     return len(value) == 64 and _HEX64.fullmatch(value) is not None

@@ -296,7 +296,8 @@ class MuseRepo:
         if self._record_path(kind, record_id) is not None:
             return  # content-addressed: the same id is the same record
         try:
-            data = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+            # Snapshots are whole manifests: compact JSON lets the C encoder write them (indent does not).
+            data = json.dumps(record, indent=2 if kind == "commits" else None, ensure_ascii=False) + "\n"
         except (TypeError, ValueError) as exc:
             raise LayoutError(f"{kind[:-1]} {record_id} cannot be stored as JSON: {exc}") from None
         atomic_write(self.muse / kind / f"{record_id}.json", data.encode("utf-8"))

@@ -15,92 +15,22 @@ the work tree next to ``.muse``. Guarantees:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import tomllib
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mpack import ids
-from mpack.errors import HubError
+from mpack.errors import LayoutError, NotARepo, UnsafePath
+from mpack.files import atomic_write, file_digest, unlink_quietly
+from mpack.worktree import MUSE_DIR, WorkTree
 
-MUSE_DIR = ".muse"
+__all__ = ["LayoutError", "MuseRepo", "NotARepo", "UnsafePath", "atomic_write", "file_digest"]
+
 SCHEMA_VERSION = "2"  # what the Muse CLI writes in repo.json
-_READ_CHUNK = 1 << 20
-
-
-class LayoutError(HubError):
-    """A Muse repository on disk is missing, damaged, or asked to do something unsafe."""
-
-    code = "layout_error"
-
-
-class NotARepo(LayoutError):
-    code = "not_a_repo"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"not a Muse repository (no {MUSE_DIR}/repo.json): {path}")
-        self.path = path
-
-
-class UnsafePath(LayoutError):
-    code = "unsafe_path"
-
-    def __init__(self, path: object, why: str) -> None:
-        super().__init__(f"refusing to check out {path!r}: {why}")
-        self.path, self.why = path, why
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write ``data`` to a temp file next to ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def file_digest(path: Path) -> str:
-    """Hex sha256 of a file, read in bounded chunks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as source:
-        while block := source.read(_READ_CHUNK):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def safe_parts(path: object) -> tuple[str, ...]:
-    """The components of a manifest path that stays inside the work tree, else UnsafePath."""
-    if not isinstance(path, str) or not path:
-        raise UnsafePath(path, "not a non-empty string")
-    if "\0" in path or "\\" in path:
-        raise UnsafePath(path, "NUL or backslash in the path")
-    if path.startswith("/"):
-        raise UnsafePath(path, "absolute path")
-    parts = tuple(path.split("/"))
-    if any(part in ("", ".", "..") for part in parts):
-        raise UnsafePath(path, "empty, '.' or '..' component")
-    if parts[0] == MUSE_DIR:
-        raise UnsafePath(path, f"inside {MUSE_DIR}/")
-    return parts
 
 
 def toml_string(value: str) -> str:
@@ -120,7 +50,7 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-class MuseRepo:
+class MuseRepo(WorkTree):
     """One Muse repository: ``root`` is the work tree, ``root/.muse`` the store."""
 
     def __init__(self, root: Path | str) -> None:
@@ -248,7 +178,7 @@ class MuseRepo:
         """Rename an already verified file into the store (``source`` on the same file system)."""
         target = self.object_path(object_id)
         if target.is_file():
-            _unlink(source)
+            unlink_quietly(source)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
@@ -360,73 +290,3 @@ class MuseRepo:
             raise LayoutError(f"no [remotes.origin] url in {self.muse / 'config.toml'}")
         return url
 
-    # -- work tree -----------------------------------------------------------------
-
-    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None) -> None:
-        """Make the work tree hold ``manifest`` (path → object id).
-
-        With ``previous`` (the manifest checked out now), only changed files are
-        written and files gone from ``manifest`` are removed. Every path is
-        checked, and every object found, before the first file is touched.
-        """
-        previous = previous or {}
-        changed = {path: oid for path, oid in manifest.items() if previous.get(path) != oid}
-        removed = [path for path in previous if path not in manifest]
-        targets = {path: self._work_path(path) for path in (*changed, *removed)}
-        missing = [oid for oid in changed.values() if not self.has_object(oid)]
-        if missing:
-            raise LayoutError(f"cannot check out: {len(missing)} objects missing, e.g. {missing[0]}")
-        for path in removed:
-            _unlink(targets[path])
-            self._prune_dirs(targets[path].parent)
-        for path, oid in changed.items():
-            target = targets[path]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
-            self._copy_object(oid, target)
-
-    def modified_paths(self, checked_out: Mapping[str, str], incoming: Mapping[str, str]) -> list[str]:
-        """Work-tree paths a move from ``checked_out`` to ``incoming`` would overwrite or delete unsaved.
-
-        A path differs when its file exists and hashes neither to what is checked
-        out nor to what is coming (a missing file is not a change worth keeping).
-        """
-        touched = {p for p in {*checked_out, *incoming} if checked_out.get(p) != incoming.get(p)}
-        dirty = []
-        for path in sorted(touched):
-            target = self._work_path(path)
-            if not target.is_file():
-                continue
-            digest = file_digest(target)
-            known = {ids.hex_of(o) for o in (checked_out.get(path), incoming.get(path)) if o}
-            if digest not in known:
-                dirty.append(path)
-        return dirty
-
-    def _work_path(self, path: str) -> Path:
-        target = self.root.joinpath(*safe_parts(path))
-        self._refuse_symlinks(path, target)
-        return target
-
-    def _refuse_symlinks(self, path: str, target: Path) -> None:
-        current = self.root
-        for part in target.relative_to(self.root).parts:
-            current = current / part
-            if current.is_symlink():
-                raise UnsafePath(path, f"{current} is a symlink")
-
-    def _copy_object(self, object_id: str, target: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
-                while block := source.read(_READ_CHUNK):
-                    out.write(block)
-            os.replace(tmp, target)  # replaces a file; a symlink was refused above
-        except BaseException:
-            _unlink(Path(tmp))
-            raise
-
-    def _prune_dirs(self, folder: Path) -> None:
-        while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.gitserver import GitSmartHttp, git_http_missing
 from bench.seed_hub import populate, push_batch
-from bench.synth import Synth, make_git_repo
+from bench.synth import Synth
+from bench.synth_export import make_git_repo
 from bench.util import MB, Table, hashlib_sha256_mbps, measure, median, timer
 from mpack import fetch, ids
 from mpack.hub import Hub, build_hub

@@ -72,7 +72,7 @@ class GitSmartHttp:
 
     ``fcgi_children`` is fcgiwrap's number of preforked workers (concurrent
     requests to git-http-backend). Pushes are accepted when a repository has
-    ``http.receivepack`` set (``bench.synth.make_git_repo`` sets it); requests
+    ``http.receivepack`` set (``bench.synth_export.make_git_repo`` sets it); requests
     are anonymous. Besides the parameters BENCHMARKS.md names, the config
     passes ``GIT_PROTOCOL`` so clients get protocol v2, as from any modern
     git host.

@@ -33,9 +33,9 @@ Use it as a library::
 
 or from the shell::
 
-    python -m bench.synth --scale 1 --out DIR          # Muse layout in DIR/.muse
-    python -m bench.synth --scale 1 --git DIR.git      # bare git repo (needs git)
-    python -m bench.synth --scale 1 --fast-import -    # git fast-import stream
+    python -m bench.synth_export --scale 1 --out DIR          # Muse layout in DIR/.muse
+    python -m bench.synth_export --scale 1 --git DIR.git      # bare git repo (needs git)
+    python -m bench.synth_export --scale 1 --fast-import -    # git fast-import stream
 
 Iterating a ``Synth`` twice gives the same history (each iteration reseeds),
 so one object can feed both the Muse writer and the git writer.
@@ -47,23 +47,16 @@ git: same paths, blobs, messages, authors and dates (git keeps whole seconds;
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
-import json
-import os
 import random
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
+from bench.synth_text import _RENDER, AUTHORS, WORDS, _md_line
 from mpack.ids import commit_digest, object_digest, snapshot_digest
 
 __all__ = [
@@ -71,9 +64,6 @@ __all__ = [
     "Stats",
     "Synth",
     "generate",
-    "make_git_repo",
-    "write_git_fast_import",
-    "write_muse_repo",
 ]
 
 KIB = 1024
@@ -91,97 +81,6 @@ BINARY_MIN, BINARY_MAX = 100 * KIB, 2 * MIB     # bytes of a binary file
 # size = MIN + (MAX - MIN) * u ** BINARY_SKEW: mean ~1.48 MB, so ~340 MB in all
 BINARY_SKEW = 0.45
 START = _dt.datetime(2023, 1, 2, 9, 0, 0, tzinfo=_dt.UTC)
-
-MASK64 = (1 << 64) - 1
-
-WORDS = ["able", "about", "above", "access", "account", "across", "action", "active", "actor", "adapter", "address", "after", "again", "agent", "align", "alpha", "amount", "anchor", "angle", "answer", "apply", "archive", "area", "array", "arrow", "asset", "async", "atlas", "audio", "author", "auto", "average", "axis", "backend", "badge", "balance", "band", "base", "batch", "beam", "before", "begin", "below", "best", "beta", "binary", "bind", "bit", "block", "blue", "board", "body", "bold", "bond", "book", "boot", "border", "bottom", "bound", "box", "branch", "bridge", "brief", "buffer", "build", "bundle", "button", "byte", "cache", "call", "canvas", "capture", "card", "carry", "case", "cast", "catalog", "cell", "center", "chain", "change", "channel", "chapter", "chart", "check", "child", "chord", "chunk", "circle", "claim", "class", "clean", "clear", "client", "clock", "clone", "close", "cloud", "cluster", "code", "color", "column", "commit", "common", "compact", "config", "connect", "context", "copy", "core", "corner", "count", "cover", "create", "cursor", "curve", "cycle", "daemon", "data", "date", "debug", "decode", "default", "delay", "delta", "depth", "design", "detail", "device", "digest", "direct", "domain", "double", "draft", "drain", "draw", "drive", "drop", "dynamic", "early", "edge", "editor", "effect", "element", "empty", "encode", "engine", "entry", "error", "event", "exact", "export", "extent", "factor", "fallback", "feature", "fetch", "field", "figure", "file", "filter", "final", "first", "flag", "flat", "float", "flow", "focus", "folder", "format", "frame", "fresh", "front", "future", "gain", "gate", "general", "global", "graph", "green", "grid", "group", "guard", "handle", "harbor", "hash", "header", "heap", "height", "helper", "history", "hold", "hook", "host", "hour", "index", "inner", "input", "insert", "install", "interval", "item", "join", "journal", "key", "kind", "label", "large", "last", "layer", "layout", "lead", "leaf", "level", "light", "limit", "line", "link", "list", "load", "local", "lock", "logic", "loop", "lower", "machine", "major", "manual", "map", "margin", "mark", "match", "matrix", "measure", "media", "memory", "merge", "message", "meter", "method", "middle", "minor", "mirror", "mode", "model", "module", "motion", "native", "network", "next", "node", "noise", "normal", "note", "number", "object", "offset", "open", "option", "order", "origin", "outer", "output", "owner", "packet", "page", "pair", "panel", "parent", "parse", "part", "patch", "path", "pattern", "peak", "phase", "pitch", "pixel", "plain", "plan", "point", "policy", "pool", "port", "post", "power", "prefix", "press", "primary", "probe", "process", "profile", "project", "prompt", "proxy", "pulse", "query", "queue", "quick", "random", "range", "rate", "reader", "record", "region", "release", "remote", "render", "report", "request", "reset", "result", "review", "rhythm", "root", "round", "route", "rule", "sample", "scale", "scene", "schema", "scope", "score", "screen", "search", "second", "section", "segment", "select", "sender", "series", "server", "session", "shadow", "shape", "share", "shift", "signal", "simple", "size", "slice", "slot", "small", "socket", "source", "space", "span", "spec", "split", "stack", "stage", "state", "static", "status", "step", "store", "stream", "string", "style", "subject", "summary", "switch", "symbol", "sync", "table", "tag", "target", "task", "tempo", "tensor", "term", "test", "text", "theme", "thread", "tile", "timer", "token", "tone", "topic", "total", "trace", "track", "train", "tree", "trigger", "tune", "type", "union", "unit", "update", "upper", "usage", "user", "value", "vector", "verse", "view", "voice", "volume", "watch", "weight", "while", "width", "window", "worker", "write", "yield", "zone", "café", "naïve", "über", "façade"]
-_NW = len(WORDS)
-AUTHORS = (
-    "Ada Lovelace <ada@example.org>",
-    "Grace Hopper <grace@example.org>",
-    "Alan Turing <alan@example.org>",
-    "Zoë Ångström <zoe@example.org>",
-    "Ken Thompson <ken@example.org>",
-    "Barbara Liskov <barbara@example.org>",
-    "Edsger Dijkstra <edsger@example.org>",
-)
-
-
-def _mix(x: int) -> int:
-    """splitmix64's finaliser: a well-spread 64-bit value from any integer."""
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
-
-
-def _w(h: int, shift: int) -> str:
-    return WORDS[((h >> shift) & 1023) % _NW]
-
-
-# -- one line of text from one 64-bit seed ------------------------------------------
-
-def _py_line(seed: int) -> str:
-    h = _mix(seed)
-    t = h & 31
-    a, b, c, d = _w(h, 5), _w(h, 15), _w(h, 25), _w(h, 35)
-    n = (h >> 45) & 1023
-    ind = "    " * (1 + ((h >> 55) & 1))
-    if t < 3:
-        return ""
-    if t == 3:
-        return f"def {a}_{b}({c}, {d}=None):"
-    if t == 4:
-        return f"class {a.capitalize()}{b.capitalize()}({c.capitalize()}):"
-    if t == 5:
-        return f"from {a}.{b} import {c}_{d}"
-    if t == 6:
-        return f"import {a}"
-    if t < 10:
-        return f"{ind}# {a} {b} {c} {d}, see {a}_{c}()"
-    if t < 13:
-        return f"{ind}if {a}.{b} is not None and {c} > {n}:"
-    if t < 15:
-        return f"{ind}for {a} in {b}_{c}({d}):"
-    if t < 18:
-        return f"{ind}    return {a}_{b} + {c}[{n % 16}]"
-    if t < 21:
-        return f"{ind}self.{a}_{b} = {c}.get({d!r}, {n})"
-    if t < 24:
-        return f"{ind}{a} = {b}({c}={d}, limit={n})"
-    if t < 26:
-        return f'{ind}raise {a.capitalize()}Error(f"{b} {c}: {{{d}}}")'
-    if t < 28:
-        return f"{ind}yield {a}, {b}.{c}"
-    return f"{ind}{a}.{b}_{c}({d})"
-
-
-def _md_line(seed: int) -> str:
-    h = _mix(seed)
-    t = h & 15
-    if t == 0:
-        return ""
-    if t == 1:
-        return f"## {_w(h, 4).capitalize()} {_w(h, 14)} {_w(h, 24)}"
-    h2 = _mix(h)
-    words = [_w(h, s) for s in (4, 14, 24, 34, 44)] + [_w(h2, s) for s in (0, 10, 20, 30, 40, 50)]
-    words = words[: 6 + (h2 >> 60)]
-    if t == 2:
-        return "- " + " ".join(words[:5]) + "."
-    text = " ".join(words)
-    return text[0].upper() + text[1:] + ("." if t & 4 else ", " + _w(h2, 54) + ".")
-
-
-def _csv_line(seed: int) -> str:
-    h = _mix(seed)
-    return (f"{_w(h, 0)},{_w(h, 10)},{(h >> 20) & 65535},"
-            f"{(h >> 36) & 4095}.{(h >> 48) & 999:03d},{_w(h, 54)}")
-
-
-_RENDER = {".py": _py_line, ".md": _md_line, ".csv": _csv_line}
-
-
-# -- records ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CommitStep:
@@ -544,203 +443,3 @@ def generate(seed: int, scale: float = 1.0) -> Iterator[tuple[str, bytes] | dict
 
 
 # -- writers ---------------------------------------------------------------------
-
-def _dump_json(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def write_muse_repo(synth: Synth, directory: str | os.PathLike, *, checkout: bool = False,
-                    domain: str = "code") -> Stats:
-    """Write the history as a Muse repository at ``directory`` (``directory/.muse/…``).
-
-    Layout per shared/PROTOCOL.md: ``objects/<2>/<62>`` raw bytes,
-    ``commits/<id>.json``, ``snapshots/<id>.json``, ``refs/heads/<branch>``,
-    ``HEAD``, ``repo.json``, an empty ``config.toml`` (no remotes).
-    ``checkout=True`` also writes the head snapshot's files into ``directory``.
-    """
-    root = Path(directory)
-    muse = root / ".muse"
-    for sub in ("objects", "commits", "snapshots", "refs/heads"):
-        (muse / sub).mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    last: CommitStep | None = None
-    made_dirs: set[str] = set()
-    for step in synth:
-        for oid, data in step.new_blobs:
-            if oid[:2] not in made_dirs:
-                (muse / "objects" / oid[:2]).mkdir(exist_ok=True)
-                made_dirs.add(oid[:2])
-            (muse / "objects" / oid[:2] / oid[2:]).write_bytes(data)
-        _dump_json(muse / "snapshots" / f"{step.snapshot['snapshot_id']}.json", step.snapshot)
-        _dump_json(muse / "commits" / f"{step.commit['commit_id']}.json", step.commit)
-        last = step
-    assert last is not None
-    head = last.commit
-    (muse / "refs" / "heads" / synth.branch).write_text(head["commit_id"] + "\n")
-    (muse / "HEAD").write_text(f"ref: refs/heads/{synth.branch}\n")
-    _dump_json(muse / "repo.json", {
-        "repo_id": synth.repo_id,
-        "schema_version": "1",
-        "created_at": synth_created_at(),
-        "domain": domain,
-    })
-    (muse / "config.toml").write_text("# written by bench.synth; no remotes\n")
-    if checkout:
-        for path, oid in last.snapshot["manifest"].items():
-            dest = root / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(muse / "objects" / oid[:2] / oid[2:], dest)
-    stats = synth.last_stats or Stats()
-    stats.seconds = time.perf_counter() - started
-    return stats
-
-
-def synth_created_at() -> str:
-    """The creation time recorded for synthetic repositories (fixed, for reproducibility)."""
-    return _iso(START)
-
-
-def _git_ident(author: str, when: str) -> bytes:
-    name, _, email = author.partition(" <")
-    seconds = int(_dt.datetime.fromisoformat(when).timestamp())
-    return f"{name} <{email.rstrip('>')}> {seconds} +0000".encode()
-
-
-def write_git_fast_import(synth: Synth, stream: BinaryIO, *, ref: str | None = None) -> Stats:
-    """Write a ``git fast-import`` stream of the same history to a binary ``stream``.
-
-    Blobs come as ``blob``/``mark``/``data``, each commit on ``refs/heads/<branch>``
-    with the Muse message, author (as author and committer) and date in whole
-    seconds, its changes as ``M 100644 :mark path`` / ``D path`` lines. The
-    stream starts with ``feature done`` and ends with ``done``, so a truncated
-    stream is an error for git.
-    """
-    started = time.perf_counter()
-    ref = ref or f"refs/heads/{synth.branch}"
-    w = stream.write
-    w(b"feature done\n")
-    marks: dict[str, int] = {}
-    next_mark = 1
-    prev_mark = 0
-    for step in synth:
-        for oid, data in step.new_blobs:
-            marks[oid] = next_mark
-            w(b"blob\nmark :%d\ndata %d\n" % (next_mark, len(data)))
-            w(data)
-            w(b"\n")
-            next_mark += 1
-        c = step.commit
-        ident = _git_ident(c["author"], c["committed_at"])
-        msg = c["message"].encode()
-        out = [b"commit %s\nmark :%d\n" % (ref.encode(), next_mark),
-               b"author " + ident + b"\n", b"committer " + ident + b"\n",
-               b"data %d\n" % len(msg), msg, b"\n"]
-        if prev_mark:
-            out.append(b"from :%d\n" % prev_mark)
-        for op, path, oid in step.changes:
-            if op == "M":
-                out.append(b"M 100644 :%d %s\n" % (marks[oid], path.encode()))
-            else:
-                out.append(b"D %s\n" % path.encode())
-        out.append(b"\n")
-        w(b"".join(out))
-        prev_mark = next_mark
-        next_mark += 1
-    w(b"done\n")
-    stats = synth.last_stats or Stats()
-    stats.seconds = time.perf_counter() - started
-    return stats
-
-
-def _git(*args: str, cwd: str | os.PathLike | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, **kw)
-
-
-def make_git_repo(synth: Synth, directory: str | os.PathLike, *, packed: bool = True) -> Stats:
-    """Build a bare git repository at ``directory`` holding the same history.
-
-    Runs ``git init --bare``, ``git fast-import`` fed by ``write_git_fast_import``,
-    then ``git repack -adfb`` (``packed=True``, the anchor's layout). With
-    ``packed=False`` the fast-import pack is exploded into loose objects
-    instead (the "unpacked repository" anchor). Needs git (Debian package
-    ``git``) on PATH. ``stats.extra`` gets the timings of each stage and the
-    repository's on-disk size.
-    """
-    if shutil.which("git") is None:
-        raise RuntimeError("make_git_repo needs the git executable (apt-get install git)")
-    repo = Path(directory)
-    started = time.perf_counter()
-    _git("init", "--bare", "--quiet", "--initial-branch", synth.branch, str(repo))
-    _git("config", "gc.auto", "0", cwd=repo)
-    _git("config", "http.receivepack", "true", cwd=repo)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=repo,
-                            stdin=subprocess.PIPE)
-    assert proc.stdin is not None
-    try:
-        stats = write_git_fast_import(synth, proc.stdin)
-        proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if proc.wait() != 0:
-        raise RuntimeError(f"git fast-import failed with status {proc.returncode}")
-    t1 = time.perf_counter()
-    pack_dir = repo / "objects" / "pack"
-    if packed:
-        _git("repack", "-adfb", "--quiet", cwd=repo)
-    else:
-        for pack in sorted(pack_dir.glob("*.pack")):
-            moved = repo / pack.name
-            pack.rename(moved)
-            for other in pack_dir.glob(pack.stem + ".*"):
-                other.unlink()
-            with open(moved, "rb") as fh:
-                _git("unpack-objects", "-q", cwd=repo, stdin=fh)
-            moved.unlink()
-    t2 = time.perf_counter()
-    stats.seconds = t2 - started
-    stats.extra = {
-        "fast_import_seconds": round(t1 - t0, 3),
-        ("repack_seconds" if packed else "unpack_seconds"): round(t2 - t1, 3),
-        "git_bytes": sum(p.stat().st_size for p in repo.rglob("*") if p.is_file()),
-    }
-    return stats
-
-
-# -- command line ----------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.synth", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--out", help="write a Muse repository (DIR/.muse)")
-    p.add_argument("--checkout", action="store_true", help="with --out: also write the head files")
-    p.add_argument("--git", metavar="DIR", help="build a bare git repository (needs git)")
-    p.add_argument("--loose", action="store_true", help="with --git: loose objects, no repack")
-    p.add_argument("--fast-import", metavar="FILE", help="write a git fast-import stream ('-' = stdout)")
-    args = p.parse_args(argv)
-    if not (args.out or args.git or args.fast_import):
-        p.error("nothing to do: give --out, --git and/or --fast-import")
-    synth = Synth(args.seed, args.scale)
-    report = {"seed": synth.seed, "scale": synth.scale, "repo_id": synth.repo_id}
-    if args.out:
-        stats = write_muse_repo(synth, args.out, checkout=args.checkout)
-        report["muse"] = stats.as_dict() | {"dir": str(Path(args.out).resolve())}
-    if args.git:
-        stats = make_git_repo(synth, args.git, packed=not args.loose)
-        report["git"] = stats.as_dict() | {"dir": str(Path(args.git).resolve())}
-    if args.fast_import:
-        if args.fast_import == "-":
-            stats = write_git_fast_import(synth, sys.stdout.buffer)
-        else:
-            with open(args.fast_import, "wb") as fh:
-                stats = write_git_fast_import(synth, fh)
-        report["fast_import"] = stats.as_dict()
-    print(json.dumps(report, indent=2), file=sys.stderr if args.fast_import == "-" else sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from bench import synth as S
+from bench import synth_export as X
 from bench.gitserver import GitSmartHttp, git_http_missing
 from bench.util import (
     Table,
@@ -99,7 +100,7 @@ def test_generate_is_flat_dependency_order():
 
 
 def test_write_muse_repo_layout(tmp_path, steps):
-    stats = S.write_muse_repo(S.Synth(7, SCALE), tmp_path, checkout=True)
+    stats = X.write_muse_repo(S.Synth(7, SCALE), tmp_path, checkout=True)
     muse = tmp_path / ".muse"
     head = steps[-1].commit
     assert (muse / "HEAD").read_text() == "ref: refs/heads/main\n"
@@ -120,7 +121,7 @@ def test_write_muse_repo_layout(tmp_path, steps):
 
 def test_fast_import_stream_shape():
     buf = io.BytesIO()
-    S.write_git_fast_import(S.Synth(7, SCALE), buf)
+    X.write_git_fast_import(S.Synth(7, SCALE), buf)
     data = buf.getvalue()
     assert data.startswith(b"feature done\n") and data.endswith(b"done\n")
     assert data.count(b"\ncommit refs/heads/main\n") + data.startswith(b"commit") == 20
@@ -129,7 +130,7 @@ def test_fast_import_stream_shape():
 @pytest.mark.skipif(not HAVE_GIT, reason="git is not installed")
 def test_make_git_repo_matches(tmp_path, steps):
     repo = tmp_path / "ref.git"
-    stats = S.make_git_repo(S.Synth(7, SCALE), repo)
+    stats = X.make_git_repo(S.Synth(7, SCALE), repo)
     count = subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=repo, check=True,
                            capture_output=True, text=True).stdout.strip()
     assert int(count) == len(steps) == stats.commits
@@ -149,7 +150,7 @@ def test_make_git_repo_matches(tmp_path, steps):
 def test_clone_through_git_smart_http(tmp_path):
     root = tmp_path / "repos"
     root.mkdir()
-    S.make_git_repo(S.Synth(7, SCALE), root / "ref.git")
+    X.make_git_repo(S.Synth(7, SCALE), root / "ref.git")
     with GitSmartHttp(root) as server:
         assert server.url.startswith("http://127.0.0.1:")
         subprocess.run(["git", "clone", "-q", "--no-checkout", server.repo_url("ref.git"),

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from mpack import jobs
 from mpack.db import migrate, open_database
 from mpack.hub import Hub
@@ -31,6 +33,20 @@ def open_hub(home: Path | str, *, clock: Callable[[], float] = time.time, **over
     database = open_database(f"sqlite:///{home / 'jobs.sqlite3'}")
     migrate(database)
     return Hub(settings=Settings.for_home(home, **overrides), db=database, store=None, clock=clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The job tests' hand-moved clock (imported into their modules as a fixture)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def hub(tmp_path, clock):
+    """A jobs-only hub (no store) on tmp_path."""
+    hub = open_hub(tmp_path, clock=clock)
+    yield hub
+    hub.db.close()
 
 
 def make_repos(hub: Hub, count: int) -> list[str]:

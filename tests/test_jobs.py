@@ -10,21 +10,9 @@ import pytest
 from mpack import jobs
 from mpack.jobs import compute_job_id, merge_payloads
 from mpack.models import BackgroundJob
-from tests.jobs_support import FakeClock, enqueue_each, make_repos, open_hub
+from tests.jobs_support import clock, enqueue_each, hub, make_repos  # noqa: F401 — clock and hub are fixtures
 
 PREBUILD = "fetch.mpack.prebuild"
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def hub(tmp_path, clock):
-    hub = open_hub(tmp_path, clock=clock)
-    yield hub
-    hub.db.close()
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from mpack.jobs import JobRegistry, PermanentJobError
 from mpack.models import BackgroundJob
 from mpack.pool import JobPool, run_one, run_until_idle
 from tests import jobs_support
-from tests.jobs_support import (
+from tests.jobs_support import (  # noqa: F401 — clock and hub are fixtures
     FakeClock,
+    clock,
     enqueue_each,
+    hub,
     make_repos,
     open_hub,
     read_executions,
@@ -25,18 +27,6 @@ from tests.jobs_support import (
 )
 
 NOOP = "test.noop"
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def hub(tmp_path, clock):
-    hub = open_hub(tmp_path, clock=clock)
-    yield hub
-    hub.db.close()
 
 
 @pytest.fixture

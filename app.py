@@ -11,10 +11,11 @@ import os
 import falcon
 
 from mpack.http import errors as http_errors
+from mpack.http.logs import configure_logging
 from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
-from mpack.hub import Hub, build_hub
-from mpack.logs import configure_logging
-from mpack.settings import Settings
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 
 WIRE_SUFFIXES = {
     "refs": "refs", "filter-objects": "filter_objects", "presign": "presign",

@@ -1,4 +1,4 @@
 """gunicorn configuration: ``gunicorn -c gunicorn.conf.py`` (values and hooks live in mpack.serving)."""
-from mpack.serving import config_values
+from mpack.http.serving import config_values
 
 globals().update(config_values())

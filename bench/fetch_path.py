@@ -19,16 +19,18 @@ import tempfile
 from pathlib import Path
 
 from bench.gitserver import GitSmartHttp, git_http_missing
+from bench.live_hub import live_hub
 from bench.seed_hub import populate, push_batch
 from bench.synth import Synth
 from bench.synth_export import make_git_repo
 from bench.util import MB, Table, hashlib_sha256_mbps, measure, median, timer
-from mpack import fetch, ids
-from mpack.hub import Hub, build_hub
-from mpack.models import FetchMPackCache, Object, Repo
-from mpack.settings import Settings
+from mpack.format import ids
+from mpack.hub import fetch
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.models import FetchMPackCache, Object, Repo
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 from storage.base import BLOBS
-from tests.server import live_hub
 
 REPO = "reference"
 CLONE_RUNS = 3

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.util import Table, timer
-from mpack import auth, repos
-from mpack.db import SQLITE_PRAGMAS
-from mpack.gc import GcReport, run_gc
-from mpack.hub import Hub, build_hub
-from mpack.models import FetchMPackCache, Repo
-from mpack.settings import Settings
+from mpack.hub import auth, repos
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.db import SQLITE_PRAGMAS
+from mpack.hub.gc import GcReport, run_gc
+from mpack.hub.models import FetchMPackCache, Repo
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 from storage.base import MPACKS
 from storage.local import LocalStore
 

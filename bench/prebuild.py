@@ -21,18 +21,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.live_hub import live_hub
 from bench.synth import CommitStep, Synth
 from bench.util import Table, median, timer, wait_until
 from bench.wire import HubDb, batches, push_batch
-from mpack import cache, fetch, jobs
-from mpack.db import SQLITE_PRAGMAS, migrate, open_database
-from mpack.hub import Hub, build_hub
-from mpack.jobs import JobRegistry
-from mpack.models import FetchMPackCache, Repo
-from mpack.pool import JobPool
-from mpack.settings import Settings
+from mpack.hub import cache, fetch, jobs
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.db import SQLITE_PRAGMAS, migrate, open_database
+from mpack.hub.jobs import JobRegistry
+from mpack.hub.models import FetchMPackCache, Repo
+from mpack.hub.pool import JobPool
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 from storage.base import MPACKS
-from tests.server import live_hub
 
 SEED = 1
 DEFAULT_SCALE, QUICK_SCALE = 0.25, 0.02

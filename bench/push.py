@@ -17,13 +17,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.live_hub import LiveHub, live_hub
 from bench.synth import CommitStep, Synth
 from bench.util import MB, Table, median, timer
 from bench.wire import OBJECTS_PER_CALL, PushTimes, batches, call, push_batch
 from storage.base import BLOBS
 from storage.local import LocalStore
 from storage.signing import UrlSigner
-from tests.server import LiveHub, live_hub
 
 SEED = 1
 DEFAULT_SCALE = 0.25

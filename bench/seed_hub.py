@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from bench.synth import Synth
-from mpack import auth, push, repos
-from mpack.hub import Hub
-from mpack.models import Repo, User
+from mpack.hub import auth, push, repos
+from mpack.hub.models import Repo, User
+from mpack.hub.services import Hub
 
 OBJECTS_PER_CALL = 400
 

@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bench.synth_text import _RENDER, AUTHORS, WORDS, _md_line
-from mpack.ids import commit_digest, object_digest, snapshot_digest
+from mpack.format.ids import commit_digest, object_digest, snapshot_digest
 
 __all__ = [
     "CommitStep",

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.live_hub import LiveHub
 from bench.synth import CommitStep
 from bench.util import timer
-from tests.server import LiveHub
 
 OBJECTS_PER_CALL = 400
 

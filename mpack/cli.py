@@ -11,12 +11,13 @@ import json
 import os
 import sys
 
-from mpack import auth, client_cli, gc, jobs
-from mpack.errors import HubError
-from mpack.hub import build_hub
-from mpack.logs import configure_logging
-from mpack.serving import HubServer
-from mpack.settings import Settings, secrets_path
+from mpack.client import commands as client_cli
+from mpack.format.errors import MuseError
+from mpack.http.logs import configure_logging
+from mpack.http.serving import HubServer
+from mpack.hub import auth, gc, jobs
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.settings import Settings, secrets_path
 
 
 def _hub():
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except HubError as exc:
+    except MuseError as exc:
         print(f"mpackhub: {exc.detail}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

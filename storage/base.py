@@ -29,8 +29,8 @@ import secrets
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from mpack.errors import ContentMismatch
-from mpack.ids import hex_of
+from mpack.format.ids import hex_of
+from storage.errors import ContentMismatch
 from storage.signing import UrlSigner, mpack_path
 
 BLOBS = "blobs"

@@ -27,7 +27,6 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO
 
-from mpack.errors import StorageError, StoredObjectMissing
 from storage.base import (
     PendingFile,
     Store,
@@ -37,6 +36,7 @@ from storage.base import (
     is_temp_name,
     new_temp_name,
 )
+from storage.errors import StorageError, StoredObjectMissing
 from storage.signing import UrlSigner
 
 _SHARD = re.compile(r"[0-9a-f]{2}")

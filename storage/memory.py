@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from mpack.errors import StorageError, StoredObjectMissing
 from storage.base import (
     PendingFile,
     Store,
@@ -22,6 +21,7 @@ from storage.base import (
     check_temp_name,
     new_temp_name,
 )
+from storage.errors import StorageError, StoredObjectMissing
 from storage.signing import UrlSigner
 
 

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
-from mpack.errors import InvalidUrlToken
-from mpack.ids import hex_of
+from mpack.format.ids import hex_of
+from storage.errors import InvalidUrlToken
 
 DEFAULT_MAX_TTL = 7 * 24 * 3600
 CLOCK_SLACK = 60  # seconds a verifier's clock may lag the signer's

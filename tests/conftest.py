@@ -5,8 +5,8 @@ import pytest
 import webtest
 
 from app import create_app
-from mpack.hub import build_hub
-from mpack.settings import Settings
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.settings import Settings
 from tests.factories import Clock, make_repo, make_user
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from mpack import build
-from mpack.handlers import production_registry
-from mpack.hub import build_hub
-from mpack.pool import run_until_idle
-from mpack.settings import Settings
+from mpack.hub import build
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.handlers import production_registry
+from mpack.hub.pool import run_until_idle
+from mpack.hub.settings import Settings
 
 
 def build_then_hang(home: str, marker: str, lease_seconds: int) -> None:

@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 
 import msgpack
 
-from mpack import auth, ids, repos
-from mpack.hub import Hub
-from mpack.models import Repo, User
+from mpack.format import ids
+from mpack.hub import auth, repos
+from mpack.hub.models import Repo, User
+from mpack.hub.services import Hub
 
 MSGPACK = "application/x-msgpack"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mpack import jobs
-from mpack.db import migrate, open_database
-from mpack.hub import Hub
-from mpack.jobs import JobRegistry
-from mpack.models import Repo
-from mpack.pool import JobPool, run_until_idle
-from mpack.settings import Settings
+from mpack.hub import jobs
+from mpack.hub.db import migrate, open_database
+from mpack.hub.jobs import JobRegistry
+from mpack.hub.models import Repo
+from mpack.hub.pool import JobPool, run_until_idle
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 from tests.factories import Clock
 
 RECORD = "test.record"

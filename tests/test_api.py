@@ -10,7 +10,7 @@ import json
 import msgpack
 import pytest
 
-from mpack.settings import Settings
+from mpack.hub.settings import Settings
 from tests.factories import make_repo
 
 MSGPACK = "application/x-msgpack"

@@ -21,7 +21,7 @@ from bench.util import (
     peak_rss_of,
     timer,
 )
-from mpack.ids import commit_digest, is_id, object_digest, snapshot_digest
+from mpack.format.ids import commit_digest, is_id, object_digest, snapshot_digest
 
 SCALE = 0.01
 HAVE_GIT = shutil.which("git") is not None

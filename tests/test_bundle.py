@@ -7,8 +7,8 @@ import pytest
 import webtest
 
 from app import create_app
-from mpack.hub import build_hub
-from mpack.settings import Settings
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.settings import Settings
 from tests.factories import History, make_repo, make_user, push_history, unpack, wire
 
 PATH = "/gabriel/song"

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from mpack import ids
+from mpack.format import ids
 from storage import MPACKS
 from tests.factories import History, error_of, push_history, unpack, wire
 

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from mpack import cli, client_cli, ids, sync
-from mpack.client import ClientError, HubClient
-from mpack.layout import MuseRepo
+from bench.live_hub import LiveHub, live_hub, push_like_cli
+from mpack import cli
+from mpack.client import commands as client_cli
+from mpack.client import sync
+from mpack.client.hub_client import ClientError, HubClient
+from mpack.client.layout import MuseRepo
+from mpack.format import ids
 from tests.factories import History
-from tests.server import LiveHub, live_hub, push_like_cli
 
 pytestmark = pytest.mark.e2e
 

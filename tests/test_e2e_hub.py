@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from bench.live_hub import live_hub, push_like_cli
 from tests.factories import History
-from tests.server import live_hub, push_like_cli
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from mpack import build, cache, fetch, history
-from mpack.format import BlobRecord, CommitRecord, SnapshotRecord
-from mpack.format_reader import iter_mpack
-from mpack.models import FetchMPackCache
+from mpack.format.reader import iter_mpack
+from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord
+from mpack.hub import build, cache, fetch, history
+from mpack.hub.models import FetchMPackCache
 from tests.factories import History, fake_mpack_id, push_history, unpack, wire
 
 PATH = "/gabriel/song"

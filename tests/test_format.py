@@ -11,9 +11,20 @@ import msgpack
 import pytest
 import zstandard
 
-from mpack import ids
-from mpack.errors import HubError
-from mpack.format import (
+from mpack.format import ids
+from mpack.format.errors import (
+    BadMagic,
+    ChecksumMismatch,
+    IdMismatch,
+    MalformedRecord,
+    MPackError,
+    MuseError,
+    OversizedRecord,
+    Truncated,
+    UnsupportedVersion,
+)
+from mpack.format.reader import iter_mpack, verify_mpack
+from mpack.format.writer import (
     CHUNK_SIZE,
     CODEC_RAW,
     CODEC_ZSTD,
@@ -27,17 +38,6 @@ from mpack.format import (
     canonical_order_commits,
     encode_record,
 )
-from mpack.format_errors import (
-    BadMagic,
-    ChecksumMismatch,
-    IdMismatch,
-    MalformedRecord,
-    MPackError,
-    OversizedRecord,
-    Truncated,
-    UnsupportedVersion,
-)
-from mpack.format_reader import iter_mpack, verify_mpack
 
 # -- factories: real records with correct ids ----------------------------------------
 
@@ -581,7 +581,7 @@ def test_commit_without_its_parent_keys_reads_as_no_parents():
 def test_every_format_error_is_a_hub_error():
     for cls in (BadMagic, UnsupportedVersion, Truncated, ChecksumMismatch, IdMismatch, OversizedRecord,
                 MalformedRecord):
-        assert issubclass(cls, MPackError) and issubclass(cls, HubError)
+        assert issubclass(cls, MPackError) and issubclass(cls, MuseError)
 
 
 # -- canonical commit order ----------------------------------------------------------

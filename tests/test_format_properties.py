@@ -8,15 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpack import ids
-from mpack.format import (
-    CHUNK_SIZE,
-    CommitRecord,
-    SnapshotRecord,
-    canonical_order_commits,
-)
-from mpack.format_errors import MPackError, Truncated
-from mpack.format_reader import iter_mpack
+from mpack.format import ids
+from mpack.format.errors import MPackError, Truncated
+from mpack.format.reader import iter_mpack
+from mpack.format.writer import CHUNK_SIZE, CommitRecord, SnapshotRecord, canonical_order_commits
 from tests.test_format import (
     build_mpack,
     make_blob,

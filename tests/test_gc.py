@@ -15,10 +15,11 @@ import pytest
 import webtest
 
 from app import create_app
-from mpack import cache, cli, fetch, gc, jobs
-from mpack.hub import build_hub
-from mpack.models import BackgroundJob, FetchMPackCache
-from mpack.settings import Settings
+from mpack import cli
+from mpack.hub import cache, fetch, gc, jobs
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.models import BackgroundJob, FetchMPackCache
+from mpack.hub.settings import Settings
 from storage.base import MPACKS, new_temp_name
 from tests.factories import History, fake_commit_id, make_repo, make_user, push_history
 

@@ -26,10 +26,10 @@ import pytest
 import webtest
 
 from app import create_app
-from mpack import fetch, gc, handlers, pool
-from mpack.hub import build_hub
-from mpack.models import BackgroundJob, FetchMPackCache, Repo
-from mpack.settings import Settings
+from mpack.hub import fetch, gc, handlers, pool
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.models import BackgroundJob, FetchMPackCache, Repo
+from mpack.hub.settings import Settings
 from storage.base import MPACKS
 from tests.factories import History, make_repo, make_user, push_history
 

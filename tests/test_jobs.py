@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mpack import jobs
-from mpack.jobs import compute_job_id, merge_payloads
-from mpack.models import BackgroundJob
+from mpack.hub import jobs
+from mpack.hub.jobs import compute_job_id, merge_payloads
+from mpack.hub.models import BackgroundJob
 from tests.jobs_support import clock, enqueue_each, hub, make_repos  # noqa: F401 — clock and hub are fixtures
 
 PREBUILD = "fetch.mpack.prebuild"

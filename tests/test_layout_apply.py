@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mpack import ids
-from mpack.apply import IncompletePack, apply_pack, stage_pack
-from mpack.format import MPackWriter, canonical_order_commits
-from mpack.format_errors import ChecksumMismatch, IdMismatch, MPackError, Truncated
-from mpack.layout import LayoutError, MuseRepo, UnsafePath
-from mpack.sync import ClientError, fast_forward, manifest_of
+from mpack.client.apply import IncompletePack, apply_pack, stage_pack
+from mpack.client.layout import LayoutError, MuseRepo, UnsafePath
+from mpack.client.sync import ClientError, fast_forward, manifest_of
+from mpack.format import ids
+from mpack.format.errors import ChecksumMismatch, IdMismatch, MPackError, Truncated
+from mpack.format.writer import MPackWriter, canonical_order_commits
 from tests.factories import History
 
 EMPTY = ids.object_digest(b"")

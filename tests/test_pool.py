@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from mpack import jobs
-from mpack.jobs import JobRegistry, PermanentJobError
-from mpack.models import BackgroundJob
-from mpack.pool import JobPool, run_one, run_until_idle
+from mpack.hub import jobs
+from mpack.hub.jobs import JobRegistry, PermanentJobError
+from mpack.hub.models import BackgroundJob
+from mpack.hub.pool import JobPool, run_one, run_until_idle
 from tests import jobs_support
 from tests.jobs_support import (  # noqa: F401 — clock and hub are fixtures
     FakeClock,

@@ -5,10 +5,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from mpack import cache, fetch, jobs, prebuild
-from mpack.handlers import production_registry
-from mpack.models import BackgroundJob, Branch, FetchMPackCache
-from mpack.pool import run_until_idle
+from mpack.hub import cache, fetch, jobs, prebuild
+from mpack.hub.handlers import production_registry
+from mpack.hub.models import BackgroundJob, Branch, FetchMPackCache
+from mpack.hub.pool import run_until_idle
 from tests.factories import History, fake_commit_id, fake_mpack_id, push_history
 
 PATH = "/gabriel/song"

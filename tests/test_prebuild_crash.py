@@ -10,12 +10,12 @@ from pathlib import Path
 import webtest
 
 from app import create_app
-from mpack import gc
-from mpack.handlers import production_registry
-from mpack.hub import build_hub
-from mpack.models import BackgroundJob, FetchMPackCache
-from mpack.pool import run_until_idle
-from mpack.settings import Settings
+from mpack.hub import gc
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.handlers import production_registry
+from mpack.hub.models import BackgroundJob, FetchMPackCache
+from mpack.hub.pool import run_until_idle
+from mpack.hub.settings import Settings
 from tests.crash_support import build_then_hang
 from tests.factories import History, make_repo, make_user, push_history
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from mpack.settings import Settings, SettingsError, secrets_path
+from mpack.hub.settings import Settings, SettingsError, secrets_path
 
 
 def test_defaults_live_under_home(tmp_path):

@@ -6,8 +6,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from mpack.errors import InvalidId, InvalidUrlToken
+from mpack.format.errors import InvalidId
 from storage import UrlSigner, mpack_path
+from storage.errors import InvalidUrlToken
 
 HEX = hashlib.sha256(b"an mpack").hexdigest()
 PATH = "/mpacks/" + HEX

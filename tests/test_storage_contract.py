@@ -7,8 +7,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from mpack.errors import ContentMismatch, InvalidId, StorageError, StoredObjectMissing
+from mpack.format.errors import InvalidId
 from storage import BLOBS, MPACKS, LocalStore, MemoryStore, UrlSigner
+from storage.errors import ContentMismatch, StorageError, StoredObjectMissing
 
 DATA = b"hello muse\n"
 DIGEST = hashlib.sha256(DATA).hexdigest()

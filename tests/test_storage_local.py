@@ -11,8 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from mpack.errors import StorageError
 from storage import BLOBS, MPACKS, LocalStore, UrlSigner
+from storage.errors import StorageError
 
 DATA = b"hello muse\n"
 DIGEST = hashlib.sha256(DATA).hexdigest()

@@ -15,9 +15,9 @@ import msgpack
 import pytest
 import webtest
 
-from mpack import ids
-from mpack.models import BackgroundJob, Branch, Commit, Object, Repo, Snapshot
-from mpack.settings import Settings
+from mpack.format import ids
+from mpack.hub.models import BackgroundJob, Branch, Commit, Object, Repo, Snapshot
+from mpack.hub.settings import Settings
 from storage import BLOBS
 from tests.factories import History, error_of, make_repo, push_history, unpack, wire
 

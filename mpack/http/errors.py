@@ -10,27 +10,31 @@ import logging
 
 import falcon
 
-from mpack import errors
-from mpack.format_errors import MPackError
+from mpack.format.errors import MPackError
+from mpack.hub import errors
 
 log = logging.getLogger("mpackhub.http")
 
-STATUS_BY_ERROR: list[tuple[type[errors.HubError], str]] = [
+STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.BadRequest, falcon.HTTP_400),
+    (errors.InvalidId, falcon.HTTP_400),
     (errors.Unauthorized, falcon.HTTP_401),
     (errors.Forbidden, falcon.HTTP_403),
+    (errors.InvalidUrlToken, falcon.HTTP_403),
     (errors.NotFound, falcon.HTTP_404),
+    (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
+    (errors.ContentMismatch, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
     (MPackError, falcon.HTTP_500),
 ]
 
 
-def status_for(exc: errors.HubError) -> str:
+def status_for(exc: errors.MuseError) -> str:
     for cls, status in STATUS_BY_ERROR:
         if isinstance(exc, cls):
             return status
@@ -41,7 +45,7 @@ def _error_body(code: str, detail: str) -> bytes:
     return json.dumps({"error": code, "detail": detail}).encode()
 
 
-def handle_hub_error(req, resp, exc: errors.HubError, params) -> None:
+def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     status = status_for(exc)
     if status == falcon.HTTP_500:
         log.error("internal error", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
@@ -72,5 +76,5 @@ def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
 
 def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(errors.HubError, handle_hub_error)
+    app.add_error_handler(errors.MuseError, handle_hub_error)
     app.set_error_serializer(serialize_http_error)

@@ -14,7 +14,7 @@ import json
 import falcon
 import msgpack
 
-from mpack.errors import BodyTooLarge, MalformedBody
+from mpack.hub.errors import BodyTooLarge, MalformedBody
 
 MSGPACK = "application/x-msgpack"
 JSON = "application/json"

@@ -5,12 +5,12 @@ from typing import TYPE_CHECKING
 
 import falcon
 
-from mpack import auth, bundle, download, fetch, gc, health, jobs, push, repos
-from mpack.errors import InvalidField
 from mpack.http.media import read_body, send
+from mpack.hub import auth, bundle, download, fetch, gc, health, jobs, push, repos
+from mpack.hub.errors import InvalidField
 
 if TYPE_CHECKING:
-    from mpack.hub import Hub
+    from mpack.hub.services import Hub
 
 
 class Resource:

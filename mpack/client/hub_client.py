@@ -1,0 +1,309 @@
+"""The HTTP side of the client: wire calls to a hub, signed pack downloads, the push protocol.
+
+Stdlib ``urllib`` only, one request per connection, no redirects (as the Muse
+CLI). Bodies are msgpack (``use_bin_type=True``); responses are decoded by
+their ``Content-Type`` (msgpack or JSON). Every failure is one ``ClientError``
+whose detail is a single line; connection-level failures are the
+``TransportError`` subclass, which a caller may retry (a download then
+resumes where it stopped). A token is never sent over plain http except to
+localhost, 127.0.0.1 or ::1.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urljoin, urlsplit
+
+import msgpack
+
+from mpack.client.layout import file_digest
+from mpack.format import ids
+from mpack.format.errors import MuseError
+
+MSGPACK = "application/x-msgpack"
+ACCEPT = f"{MSGPACK}, application/json"
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_RESPONSE = 64 << 20  # the Muse CLI reads at most this much of a wire response
+PUSH_CHUNK_OBJECTS = 400
+PUSH_CHUNK_BYTES = 32 << 20  # keeps a chunk of large blobs well under the hub's body limit
+DOWNLOAD_CHUNK = 1 << 20
+EMPTY_BLOB = ids.object_digest(b"")  # never transferred: every hub holds it
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
+
+Progress = Callable[[int, int | None], None]
+
+
+class ClientError(MuseError):
+    """A call to the hub failed; ``status`` is the HTTP status when there was one."""
+
+    code = "client_error"
+
+    def __init__(self, detail: str, status: int | None = None, headers: dict | None = None) -> None:
+        super().__init__(" ".join(detail.split()))  # always one line
+        self.status, self.headers = status, headers or {}
+
+
+class TransportError(ClientError):
+    """The connection failed or broke off; retrying may succeed."""
+
+    code = "transport_error"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError for the 3xx itself
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_NoRedirect)
+
+
+def _error_detail(body: bytes, content_type: str) -> str:
+    try:
+        data = msgpack.unpackb(body, raw=False) if "msgpack" in content_type else json.loads(body)
+    except Exception:  # noqa: BLE001 — any undecodable body is shown as text
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("detail"), str):
+        return data["detail"]
+    return body[:400].decode("utf-8", errors="replace") or "(empty body)"
+
+
+def _decode(raw: bytes, content_type: str) -> dict:
+    try:
+        data = json.loads(raw) if "json" in content_type else msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # noqa: BLE001 — msgpack raises many unrelated types
+        raise ClientError(f"malformed response from the hub: {type(exc).__name__}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_limited(response, limit: int = MAX_RESPONSE) -> bytes:
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ClientError(f"response of {length} bytes exceeds the limit of {limit}")
+    raw = response.read(limit + 1)
+    if len(raw) > limit:
+        raise ClientError(f"response exceeds the limit of {limit} bytes")
+    return raw
+
+
+def _one_request_per_connection(request: urllib.request.Request) -> urllib.request.Request:
+    request.add_header("Connection", "close")
+    return request
+
+
+def _chunks(object_ids: list[str], read_object: Callable[[str], bytes]) -> Iterator[list[dict]]:
+    chunk, size = [], 0
+    for object_id in object_ids:
+        content = read_object(object_id)
+        if chunk and (len(chunk) >= PUSH_CHUNK_OBJECTS or size + len(content) > PUSH_CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append({"object_id": object_id, "content": content})
+        size += len(content)
+    if chunk:
+        yield chunk
+
+
+def token_allowed(remote_url: str) -> bool:
+    """True when a token may travel to this remote: https, or plain http to this machine."""
+    parts = urlsplit(remote_url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS)
+
+
+class HubClient:
+    """One remote repository: ``http(s)://host[:port]/{owner}/{repo}``."""
+
+    def __init__(self, remote_url: str, token: str | None = None, *, timeout: float = 60.0) -> None:
+        self.url = remote_url.rstrip("/")
+        parts = urlsplit(self.url)
+        path = parts.path.strip("/").split("/")
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(path) != 2 or not all(path):
+            raise ClientError(f"remote must look like https://host/owner/repo, not {remote_url!r}")
+        if token and not token_allowed(self.url):
+            raise ClientError(f"refusing to send a token over plain http to {parts.hostname}; use https")
+        self.host, self.token, self.timeout = parts.netloc, token or None, timeout
+        self._opener = _opener()
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _open(self, request: urllib.request.Request):
+        try:
+            return self._opener.open(_one_request_per_connection(request), timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                body = exc.read(64 << 10) if exc.fp is not None else b""
+            except _NETWORK_ERRORS:
+                body = b""
+            finally:
+                exc.close()
+            headers = {k.lower(): v for k, v in exc.headers.items()} if exc.headers else {}
+            detail = _error_detail(body, headers.get("content-type", ""))
+            raise ClientError(f"HTTP {exc.code} from {self.host}: {detail}", exc.code, headers) from None
+        except _NETWORK_ERRORS as exc:
+            raise TransportError(f"cannot reach {self.host}: {getattr(exc, 'reason', exc)}") from None
+
+    def call(self, method: str, suffix: str, body: dict | None = None) -> dict:
+        """One wire call (``{url}/{suffix}``), msgpack both ways; the decoded map."""
+        headers = {"Accept": ACCEPT}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = MSGPACK
+            data = msgpack.packb(body, use_bin_type=True)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(f"{self.url}/{suffix}", data=data, method=method, headers=headers)
+        with self._open(request) as response:
+            try:
+                raw = _read_limited(response)
+            except _NETWORK_ERRORS as exc:
+                raise TransportError(f"connection to {self.host} broke off: {exc}") from None
+            return _decode(raw, response.headers.get("Content-Type", ""))
+
+    # -- reading ----------------------------------------------------------------------
+
+    def refs(self) -> dict:
+        """``GET /refs``: ``{repo_id, domain, default_branch, branch_heads}`` with the CLI's defaults."""
+        answer = self.call("GET", "refs")
+        heads = answer.get("branch_heads")
+        answer["branch_heads"] = heads if isinstance(heads, dict) else {}
+        answer.setdefault("domain", "midi")
+        answer.setdefault("default_branch", "main")
+        return answer
+
+    def fetch_mpack(self, want: list[str], have: Iterable[str]) -> dict:
+        """``POST /fetch/mpack``: ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, …}``."""
+        answer = self.call("POST", "fetch/mpack", {"want": list(want), "have": list(have)})
+        if not ids.is_id(answer.get("mpack_id")) or not isinstance(answer.get("mpack_url"), str):
+            raise ClientError("the hub answered fetch/mpack without an mpack_id and mpack_url")
+        return answer
+
+    def download(self, url: str, dest_path: str | Path, expected_id: str, progress: Progress | None = None) -> bool:
+        """Download a signed pack URL into ``dest_path``, resuming a partial file; True if it resumed.
+
+        An existing ``dest_path`` is continued with ``Range: bytes=<size>-`` (206
+        appends, 200 starts over, 416 with a matching size means complete). The
+        finished file's sha256 must equal the hex of ``expected_id``; otherwise
+        it is deleted and ``ClientError`` raised. A connection that breaks off
+        raises ``TransportError`` and keeps the partial file for the next try.
+        No token is sent: the URL carries its own signature.
+        """
+        dest = Path(dest_path)
+        offset = dest.stat().st_size if dest.is_file() else 0
+        resumed, total = self._download_from(urljoin(self.url + "/", url), dest, offset, progress)
+        size = dest.stat().st_size
+        if total is not None and size < total:
+            raise TransportError(f"download from {self.host} stopped at {size} of {total} bytes")
+        actual = file_digest(dest)
+        if actual != ids.hex_of(expected_id):
+            dest.unlink()
+            raise ClientError(f"downloaded pack does not match its id {expected_id} (sha256 {actual}); deleted it")
+        return resumed
+
+    def _download_from(self, url: str, dest: Path, offset: int, progress: Progress | None) -> tuple[bool, int | None]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = self._open(urllib.request.Request(url, headers=headers))
+        except ClientError as exc:
+            if exc.status != 416 or not offset:
+                raise
+            match = _UNSATISFIED_RANGE.fullmatch(exc.headers.get("content-range", ""))
+            if match and int(match.group(1)) == offset:
+                return True, offset  # the partial file is already the whole pack
+            dest.unlink()
+            return self._download_from(url, dest, 0, progress)
+        with response:
+            start, total = _window(response, offset)
+            if start is None:  # a 206 for another range than asked: start over
+                dest.unlink()
+                return self._download_from(url, dest, 0, progress)
+            self._copy(response, dest, start, total, progress)
+        return response.status == 206, total
+
+    def _copy(self, response, dest: Path, start: int, total: int | None, progress: Progress | None) -> None:
+        done = start
+        with open(dest, "ab" if start else "wb") as out:
+            try:
+                while chunk := response.read(DOWNLOAD_CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            except _NETWORK_ERRORS as exc:
+                raise TransportError(f"download from {self.host} broke off at {done} bytes: {exc}") from None
+
+    # -- pushing ----------------------------------------------------------------------
+
+    def push(self, commits: list[dict], snapshots: list[dict], read_object: Callable[[str], bytes],
+             branch: str, force: bool = False) -> dict:
+        """The Muse CLI's push: ``filter-objects`` → ``push/objects`` in chunks → ``push``.
+
+        Args:
+            commits: Commit records, breadth-first from the new tip (tip first).
+            snapshots: The snapshots those commits name.
+            read_object: Returns the bytes of an object id.
+            branch: The branch to move.
+            force: Replace the branch head even if it is not an ancestor.
+
+        Returns:
+            The hub's answer ``{ok, message, branch_heads}``.
+
+        Raises:
+            ClientError: With ``status == 409`` for a non-fast-forward push.
+        """
+        object_ids = sorted({o for s in snapshots for o in s["manifest"].values() if ids.hex_of(o) != EMPTY_BLOB})
+        missing: set = set()
+        if object_ids:
+            missing = set(self.call("POST", "filter-objects", {"object_ids": object_ids}).get("missing") or [])
+        for chunk in _chunks([o for o in object_ids if o in missing], read_object):
+            self.call("POST", "push/objects", {"objects": chunk})
+        bundle = {"commits": commits, "snapshots": snapshots, "objects": []}
+        answer = self.call("POST", "push", {"bundle": bundle, "branch": branch, "force": force})
+        if answer.get("ok") is not True:
+            raise ClientError(f"push refused: {answer.get('message') or 'no reason given'}")
+        return answer
+
+
+def _window(response, offset: int) -> tuple[int | None, int | None]:
+    """(start, total size) of a download response; start None if a 206 is not the range asked for."""
+    if response.status != 206:
+        length = response.headers.get("Content-Length")
+        return 0, int(length) if length and length.isdigit() else None
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    if match is None or int(match.group(1)) != offset:
+        return None, None
+    return offset, int(match.group(3))
+
+
+class TerminalProgress:
+    """A one-line progress bar on a terminal stream, redrawn at most ten times a second."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label, self.stream, self._last = label, stream, 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if not finished and now - self._last < 0.1:
+            return
+        self._last = now
+        shown = f"{done / 1048576:.1f} MiB"
+        if total:
+            shown = f"{100 * done // total:3d}% {shown} of {total / 1048576:.1f} MiB"
+        self.stream.write(f"\r{self.label} {shown}" + ("\n" if finished else ""))
+        self.stream.flush()
+
+
+def terminal_progress(label: str, stream: TextIO | None = None) -> Progress | None:
+    """A progress callback drawing on ``stream`` (stderr) if it is a terminal, else None."""
+    stream = sys.stderr if stream is None else stream
+    return TerminalProgress(label, stream) if stream.isatty() else None

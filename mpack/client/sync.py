@@ -1,0 +1,220 @@
+"""Clone, fetch, pull and push between a hub and a clone in the Muse layout.
+
+The operations behind ``mpackhub clone|fetch|pull|push`` (``mpack.client_cli``
+parses arguments and prints). Guarantees:
+
+    * clone builds the whole repository in a hidden sibling temp directory and
+      renames it to its target at the end; any failure deletes the temp
+      directory, so the target is either complete or absent.
+    * fetch applies every pack (verified, all or nothing each) before it moves
+      any remote-tracking ref, and moves them only after every branch arrived.
+    * pull fast-forwards only, refuses to overwrite local changes, and moves
+      the branch ref after the work tree.
+    * A pack download that breaks off is retried in place and resumes
+      (``Range``); a fetch that gives up keeps the partial file under
+      ``.muse/tmp`` so that the next fetch resumes it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpack.client.apply import apply_pack
+from mpack.client.hub_client import ClientError, HubClient, TransportError, terminal_progress
+from mpack.client.layout import MuseRepo
+from mpack.format import ids
+
+DOWNLOAD_ATTEMPTS = 3
+
+
+@dataclass
+class Cloned:
+    path: Path
+    branch: str
+    head: str | None
+    commit_count: int
+
+
+def download_pack(client: HubClient, answer: dict, part: Path, label: str) -> bool:
+    """Download ``answer['mpack_url']`` to ``part``, retrying broken connections (each retry resumes)."""
+    progress = terminal_progress(label)
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return client.download(answer["mpack_url"], part, answer["mpack_id"], progress)
+        except TransportError:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+    return False  # not reached
+
+
+def fetch_pack(client: HubClient, repo: MuseRepo, want: list[str], have: list[str], label: str) -> dict:
+    """Ask the hub for a pack of ``want`` minus ``have``, download it and apply it to ``repo``."""
+    answer = client.fetch_mpack(want, have)
+    part = repo.tmp_dir / f"{ids.hex_of(answer['mpack_id'])}.mpack.part"
+    download_pack(client, answer, part, label)
+    try:
+        apply_pack(part, repo)
+    finally:
+        part.unlink(missing_ok=True)
+    return answer
+
+
+def _require_commit(repo: MuseRepo, commit_id: str) -> None:
+    if not repo.has_commit(commit_id):
+        raise ClientError(f"the pack from the hub does not contain the requested commit {commit_id}")
+
+
+def manifest_of(repo: MuseRepo, commit_id: str | None) -> dict[str, str]:
+    """The manifest of a commit's snapshot ({} for no commit)."""
+    if commit_id is None:
+        return {}
+    return dict(repo.read_snapshot(repo.read_commit(commit_id)["snapshot_id"])["manifest"])
+
+
+def remote_heads(refs: dict) -> dict[str, str]:
+    """The ``branch_heads`` of a refs answer, every name and id validated before it becomes a path."""
+    return {ids.check_branch_name(branch): ids.check_id(head, "branch head") for branch, head in refs["branch_heads"].items()}
+
+
+# -- clone ------------------------------------------------------------------------------
+
+def check_clone_target(target: Path) -> None:
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ClientError(f"{target} already exists and is not an empty directory")
+    if not target.absolute().parent.is_dir():
+        raise ClientError(f"{target.absolute().parent} does not exist")
+
+
+def _pick_branch(refs: dict, heads: dict[str, str], requested: str | None) -> str:
+    if requested is not None:
+        if requested not in heads:
+            raise ClientError(f"the remote has no branch {requested!r} (it has: {', '.join(sorted(heads)) or 'none'})")
+        return requested
+    default = refs.get("default_branch") or "main"
+    if default in heads or not heads:
+        return ids.check_branch_name(default)
+    return sorted(heads)[0]
+
+
+def clone(url: str, target: Path, client: HubClient, branch: str | None = None) -> Cloned:
+    """Clone ``branch`` (default: the remote's default branch) of ``url`` into ``target``."""
+    check_clone_target(target)
+    refs = client.refs()
+    heads = remote_heads(refs)
+    branch = _pick_branch(refs, heads, branch)
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.absolute().name}.clone-", dir=target.absolute().parent))
+    try:
+        repo = MuseRepo.init(temp, repo_id=str(refs.get("repo_id") or ""), domain=str(refs.get("domain") or "midi"))
+        count = _clone_branch(client, repo, branch, heads.get(branch))
+        repo.write_config(url, branch)
+        repo.set_head_branch(branch)
+        shutil.rmtree(repo.muse / "tmp", ignore_errors=True)
+        os.rename(temp, target)  # replaces an empty target directory atomically
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return Cloned(target, branch, heads.get(branch), count)
+
+
+def _clone_branch(client: HubClient, repo: MuseRepo, branch: str, head: str | None) -> int:
+    if head is None:  # an empty remote: a clone with no commits, ready to push
+        return 0
+    answer = fetch_pack(client, repo, [head], [], f"clone {branch}")
+    _require_commit(repo, head)
+    repo.checkout(manifest_of(repo, head))
+    repo.set_branch_head(branch, head)
+    repo.set_remote_head(branch, head)
+    return int(answer.get("commit_count") or 0)
+
+
+# -- fetch and pull ---------------------------------------------------------------------
+
+def _haves(repo: MuseRepo, tracking: str | None) -> list[str]:
+    if tracking is not None and repo.has_commit(tracking):
+        return [tracking]
+    return sorted({h for h in repo.branches().values() if h and repo.has_commit(h)})
+
+
+def fetch(repo: MuseRepo, client: HubClient) -> dict[str, tuple[str | None, str]]:
+    """Bring every remote branch's history in and move ``remotes/origin/*``; {branch: (old, new)}."""
+    heads = remote_heads(client.refs())
+    changes = {}
+    for branch, head in sorted(heads.items()):
+        tracking = repo.remote_head(branch)
+        if not repo.has_commit(head):
+            fetch_pack(client, repo, [head], _haves(repo, tracking), f"fetch {branch}")
+            _require_commit(repo, head)
+        if tracking != head:
+            changes[branch] = (tracking, head)
+    for branch, (_, head) in changes.items():  # refs last, once every branch has arrived
+        repo.set_remote_head(branch, head)
+    return changes
+
+
+def pull(repo: MuseRepo, client: HubClient) -> tuple[str, str | None, str]:
+    """Fetch, then fast-forward the current branch and its work tree: (branch, old head, new head)."""
+    fetch(repo, client)
+    branch = repo.current_branch()
+    if branch is None:
+        raise ClientError("HEAD does not name a branch; check out a branch first")
+    remote = repo.remote_head(branch)
+    if remote is None:
+        raise ClientError(f"the remote has no branch {branch!r}")
+    local = repo.branch_head(branch)
+    if local is not None and repo.is_ancestor(remote, local):
+        return branch, local, local  # up to date, or ahead
+    if local is not None and not repo.is_ancestor(local, remote):
+        raise ClientError(f"diverged: merge with the Muse CLI ({branch} {local[:12]} vs origin/{branch} {remote[:12]})")
+    fast_forward(repo, branch, local, remote)
+    return branch, local, remote
+
+
+def fast_forward(repo: MuseRepo, branch: str, local: str | None, remote: str) -> None:
+    """Move the work tree from ``local``'s snapshot to ``remote``'s, then the branch ref."""
+    old, new = manifest_of(repo, local), manifest_of(repo, remote)
+    changed = repo.modified_paths(old, new)
+    if changed:
+        shown = ", ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
+        raise ClientError(f"local changes would be overwritten ({len(changed)} files: {shown}); commit or remove them first")
+    repo.checkout(new, old)
+    repo.set_branch_head(branch, remote)
+
+
+# -- push ---------------------------------------------------------------------------------
+
+def outgoing(repo: MuseRepo, local: str, remote_heads_: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """Commits reachable from ``local`` and from no remote head (tip first, breadth-first) and their snapshots."""
+    known: set[str] = set()
+    for head in remote_heads_.values():
+        known |= repo.ancestors(head)
+    commits = list(repo.walk(local, stop=known))
+    snapshots: dict[str, dict] = {}
+    for commit in commits:
+        digest = ids.hex_of(commit["snapshot_id"])
+        if digest not in snapshots:
+            snapshots[digest] = repo.read_snapshot(commit["snapshot_id"])
+    return commits, list(snapshots.values())
+
+
+def push(repo: MuseRepo, client: HubClient, branch: str, force: bool = False) -> int:
+    """Push ``branch``; the number of commits sent (0 when the remote has them all)."""
+    local = repo.branch_head(branch)
+    if local is None:
+        raise ClientError(f"no local branch {branch!r}")
+    heads = remote_heads(client.refs())
+    commits, snapshots = outgoing(repo, local, heads)
+    if not commits:  # every commit is on the remote already
+        return 0
+    try:
+        client.push(commits, snapshots, repo.read_object, branch, force)
+    except ClientError as exc:
+        if exc.status == 409:
+            raise ClientError("rejected: non-fast-forward (fetch and pull first, or push --force)", 409) from None
+        raise
+    repo.set_remote_head(branch, local)
+    return len(commits)

@@ -1,0 +1,110 @@
+"""The work tree of a client's clone: checking out snapshots safely.
+
+A checkout refuses any manifest path that could escape the work tree
+(absolute, ``..``, into ``.muse``, or through a symlink) before it writes a
+single file, writes each file through a temp file and a rename, and touches
+only what changed between two snapshots.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from mpack.client.errors import LayoutError, UnsafePath
+from mpack.client.files import READ_CHUNK, file_digest, unlink_quietly
+from mpack.format import ids
+
+MUSE_DIR = ".muse"
+
+
+def safe_parts(path: object) -> tuple[str, ...]:
+    """The components of a manifest path that stays inside the work tree, else UnsafePath."""
+    if not isinstance(path, str) or not path:
+        raise UnsafePath(path, "not a non-empty string")
+    if "\0" in path or "\\" in path:
+        raise UnsafePath(path, "NUL or backslash in the path")
+    if path.startswith("/"):
+        raise UnsafePath(path, "absolute path")
+    parts = tuple(path.split("/"))
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafePath(path, "empty, '.' or '..' component")
+    if parts[0] == MUSE_DIR:
+        raise UnsafePath(path, f"inside {MUSE_DIR}/")
+    return parts
+
+
+class WorkTree:
+    """Work-tree operations of ``MuseRepo`` (which provides ``root``, ``has_object`` and ``object_path``)."""
+
+    root: Path
+
+    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None) -> None:
+        """Make the work tree hold ``manifest`` (path → object id).
+
+        With ``previous`` (the manifest checked out now), only changed files are
+        written and files gone from ``manifest`` are removed. Every path is
+        checked, and every object found, before the first file is touched.
+        """
+        previous = previous or {}
+        changed = {path: oid for path, oid in manifest.items() if previous.get(path) != oid}
+        removed = [path for path in previous if path not in manifest]
+        targets = {path: self._work_path(path) for path in (*changed, *removed)}
+        missing = [oid for oid in changed.values() if not self.has_object(oid)]
+        if missing:
+            raise LayoutError(f"cannot check out: {len(missing)} objects missing, e.g. {missing[0]}")
+        for path in removed:
+            unlink_quietly(targets[path])
+            self._prune_dirs(targets[path].parent)
+        for path, oid in changed.items():
+            target = targets[path]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
+            self._copy_object(oid, target)
+
+    def modified_paths(self, checked_out: Mapping[str, str], incoming: Mapping[str, str]) -> list[str]:
+        """Work-tree paths a move from ``checked_out`` to ``incoming`` would overwrite or delete unsaved.
+
+        A path differs when its file exists and hashes neither to what is checked
+        out nor to what is coming (a missing file is not a change worth keeping).
+        """
+        touched = {p for p in {*checked_out, *incoming} if checked_out.get(p) != incoming.get(p)}
+        dirty = []
+        for path in sorted(touched):
+            target = self._work_path(path)
+            if not target.is_file():
+                continue
+            digest = file_digest(target)
+            known = {ids.hex_of(o) for o in (checked_out.get(path), incoming.get(path)) if o}
+            if digest not in known:
+                dirty.append(path)
+        return dirty
+
+    def _work_path(self, path: str) -> Path:
+        target = self.root.joinpath(*safe_parts(path))
+        self._refuse_symlinks(path, target)
+        return target
+
+    def _refuse_symlinks(self, path: str, target: Path) -> None:
+        current = self.root
+        for part in target.relative_to(self.root).parts:
+            current = current / part
+            if current.is_symlink():
+                raise UnsafePath(path, f"{current} is a symlink")
+
+    def _copy_object(self, object_id: str, target: Path) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
+                while block := source.read(READ_CHUNK):
+                    out.write(block)
+            os.replace(tmp, target)  # replaces a file; a symlink was refused above
+        except BaseException:
+            unlink_quietly(Path(tmp))
+            raise
+
+    def _prune_dirs(self, folder: Path) -> None:
+        while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent

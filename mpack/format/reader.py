@@ -1,0 +1,319 @@
+"""Reading mpacks: a streaming reader that verifies everything it yields.
+
+The counterpart of ``mpack.format`` (the writer and the byte layout). Memory
+stays bounded by a few chunks plus one metadata record; every way a pack can
+be wrong raises an ``MPackError`` subclass (``mpack.format_errors``), and a
+caller applies nothing until the final ``Trailer`` has been yielded.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import msgpack
+import zstandard
+
+from mpack.format import ids
+from mpack.format.errors import (
+    BadMagic,
+    ChecksumMismatch,
+    IdMismatch,
+    MalformedRecord,
+    MPackError,
+    OversizedRecord,
+    Truncated,
+    UnsupportedVersion,
+)
+from mpack.format.writer import (
+    _BLOB_TAIL,
+    _COUNTS,
+    _DECODE_ERRORS,
+    _HEADER,
+    _NAMES,
+    _U32,
+    CHUNK_SIZE,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    FLAGS,
+    MAGIC,
+    MAX_META_RECORD,
+    MAX_STORED_CHUNK,
+    REC_BLOB,
+    REC_COMMIT,
+    REC_SNAPSHOT,
+    REC_TRAILER,
+    VERSION,
+    BlobRecord,
+    CommitRecord,
+    SnapshotRecord,
+    Trailer,
+    _read_full,
+)
+
+
+class _HashingReader:
+    """Reads exact lengths from a file while hashing them and tracking the offset."""
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._f = fileobj
+        self._sha = hashlib.sha256()
+        self.offset = 0
+
+    def read_upto(self, n: int) -> bytes | bytearray:
+        data = _read_full(self._f, n)
+        self._sha.update(data)
+        self.offset += len(data)
+        return data
+
+    def read_exact(self, n: int, what: str) -> bytes | bytearray:
+        start = self.offset
+        data = self.read_upto(n)
+        if len(data) < n:
+            raise Truncated(start, what, n, len(data))
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def read_u8(self, what: str) -> int:
+        return self.read_exact(1, what)[0]
+
+    def read_u32(self, what: str) -> int:
+        return _U32.unpack(self.read_exact(4, what))[0]
+
+
+class _BlobChunks:
+    """Iterator over one blob's raw chunks that checks lengths, then the id at the end.
+
+    A failure is sticky: once raised, every later ``next()`` raises it again,
+    so a consumer that swallows it cannot make the reader carry on.
+    """
+
+    def __init__(self, src: _HashingReader, object_id: str, size: int, zstd: bool,
+                 dctx: zstandard.ZstdDecompressor) -> None:
+        self._src, self._object_id, self._zstd, self._dctx = src, object_id, zstd, dctx
+        self._remaining = size
+        self._sha = hashlib.sha256()
+        self._error: MPackError | None = None
+        self._done = False
+
+    def __iter__(self) -> _BlobChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            raise StopIteration
+        try:
+            chunk = self._read_chunk()
+        except MPackError as exc:
+            self._error = exc
+            raise
+        if chunk is None:
+            self._done = True
+            raise StopIteration
+        return chunk
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+    def _read_chunk(self) -> bytes | None:
+        offset = self._src.offset
+        stored = self._src.read_u32("chunk length")
+        if stored == 0:
+            self._finish(offset)
+            return None
+        raw_len = self._src.read_u32("chunk raw length") if self._zstd else stored
+        if raw_len > CHUNK_SIZE:
+            raise OversizedRecord("blob chunk", raw_len, CHUNK_SIZE)
+        if stored > MAX_STORED_CHUNK:
+            raise OversizedRecord("compressed blob chunk", stored, MAX_STORED_CHUNK)
+        if not 0 < raw_len <= self._remaining:
+            raise MalformedRecord(offset, f"chunk of {raw_len} raw bytes with {self._remaining} left in the blob")
+        data = self._src.read_exact(stored, "chunk data")
+        data = _decompress(self._dctx, data, raw_len, offset) if self._zstd else bytes(data)
+        self._sha.update(data)
+        self._remaining -= raw_len
+        return data
+
+    def _finish(self, offset: int) -> None:
+        if self._remaining:
+            raise MalformedRecord(offset, f"blob ends {self._remaining} bytes short of its declared size")
+        actual = self._sha.hexdigest()
+        if actual != ids.hex_of(self._object_id):
+            raise IdMismatch("blob", self._object_id, actual)
+
+
+def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes | bytearray, raw_len: int, offset: int) -> bytes:
+    try:
+        # The declared content size decides the output allocation: check it first.
+        if zstandard.get_frame_parameters(frame).content_size != raw_len:
+            raise MalformedRecord(offset, "zstd frame does not declare the chunk's raw length")
+        data = dctx.decompress(frame, max_output_size=raw_len, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise MalformedRecord(offset, f"zstd chunk does not decompress: {exc}") from exc
+    if len(data) != raw_len:
+        raise MalformedRecord(offset, f"zstd chunk holds {len(data)} bytes, not {raw_len}")
+    return data
+
+
+def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD) -> Iterator[
+    BlobRecord | SnapshotRecord | CommitRecord | Trailer
+]:
+    """Stream the records of a pack, verifying as it goes.
+
+    Yields each ``BlobRecord``, ``SnapshotRecord`` and ``CommitRecord`` in pack
+    order, then the ``Trailer`` as the last item, once counts, checksum and end
+    of file have been checked. Each record is verified on its own before the
+    next is read, but the pack as a whole is valid only if the ``Trailer`` is
+    reached: apply nothing before that.
+
+    Args:
+        fileobj: A binary file-like object positioned at the start of the pack.
+        max_meta_record: Largest encoded snapshot or commit accepted.
+
+    Raises:
+        MPackError: A subclass naming what is wrong (from this generator, or
+            from a blob's ``chunks``).
+    """
+    src = _HashingReader(fileobj)
+    _read_header(src)
+    dctx = zstandard.ZstdDecompressor()
+    counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
+    blob_bytes, stage = 0, REC_BLOB
+    while (kind := src.read_u8("record type")) != REC_TRAILER:
+        stage = _check_order(kind, stage, src.offset - 1)
+        if kind == REC_BLOB:
+            object_id, size, codec = _read_blob_head(src)
+            chunks = _BlobChunks(src, object_id, size, codec == CODEC_ZSTD, dctx)
+            yield BlobRecord(object_id, size, codec, chunks)
+            chunks.drain()
+            blob_bytes += size
+        else:
+            yield _read_meta(src, kind, max_meta_record)
+        counts[kind] += 1
+    yield _read_trailer(src, (counts[REC_BLOB], counts[REC_SNAPSHOT], counts[REC_COMMIT], blob_bytes))
+
+
+def verify_mpack(fileobj: BinaryIO) -> Trailer:
+    """Read and verify a whole pack, discarding its content.
+
+    Returns:
+        The verified trailer.
+
+    Raises:
+        MPackError: The pack is malformed, truncated or altered.
+    """
+    return deque(iter_mpack(fileobj), maxlen=1)[0]  # the last item is the Trailer
+
+
+def _read_header(src: _HashingReader) -> None:
+    head = src.read_upto(_HEADER.size)
+    if head[:len(MAGIC)] != MAGIC[:len(head)]:
+        raise BadMagic(head)
+    if len(head) < _HEADER.size:
+        raise Truncated(0, "header", _HEADER.size, len(head))
+    _, version, flags = _HEADER.unpack(head)
+    if version != VERSION or flags != FLAGS:
+        raise UnsupportedVersion(version, flags, VERSION)
+
+
+def _check_order(kind: int, stage: int, offset: int) -> int:
+    if kind not in (REC_BLOB, REC_SNAPSHOT, REC_COMMIT):
+        raise MalformedRecord(offset, f"unknown record type 0x{kind:02x}")
+    if kind < stage:
+        raise MalformedRecord(offset, f"{_NAMES[kind]} record after a {_NAMES[stage]} record")
+    return kind
+
+
+def _read_blob_head(src: _HashingReader) -> tuple[str, int, int]:
+    offset = src.offset - 1
+    raw_id = src.read_exact(src.read_u8("blob id length"), "blob id")
+    object_id = raw_id.decode("ascii", errors="replace")
+    if not ids.is_id(object_id):
+        raise MalformedRecord(offset, f"blob id {object_id[:80]!r} is not a well-formed id")
+    size, codec = _BLOB_TAIL.unpack(src.read_exact(_BLOB_TAIL.size, "blob size and codec"))
+    if codec not in (CODEC_RAW, CODEC_ZSTD):
+        raise MalformedRecord(offset, f"unknown blob codec {codec}")
+    return object_id, size, codec
+
+
+def _read_meta(src: _HashingReader, kind: int, limit: int) -> SnapshotRecord | CommitRecord:
+    offset, name = src.offset - 1, _NAMES[kind]
+    length = src.read_u32(f"{name} record length")
+    if length > limit:
+        raise OversizedRecord(f"{name} record", length, limit)
+    payload = src.read_exact(length, f"{name} record")
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except _DECODE_ERRORS as exc:
+        raise MalformedRecord(offset, f"{name} record is not valid msgpack: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedRecord(offset, f"{name} record is not a map")
+    if kind == REC_SNAPSHOT:
+        _check_snapshot(data, offset)
+        return SnapshotRecord(data)
+    _check_commit(data, offset)
+    return CommitRecord(data)
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def _check_snapshot(data: dict, offset: int) -> None:
+    claimed = _field_id(data, "snapshot_id", "snapshot", offset)
+    manifest = data.get("manifest")
+    if not isinstance(manifest, dict) or not all(
+        isinstance(path, str) and ids.is_id(object_id) for path, object_id in manifest.items()
+    ):
+        raise MalformedRecord(offset, "snapshot manifest must map str paths to object ids")
+    if not isinstance(data.get("created_at", ""), str):
+        raise MalformedRecord(offset, "snapshot created_at must be a str")
+    _check_digest("snapshot", claimed, ids.snapshot_digest(manifest))
+
+
+def _check_commit(data: dict, offset: int) -> None:
+    claimed = _field_id(data, "commit_id", "commit", offset)
+    snapshot_id = _field_id(data, "snapshot_id", "commit", offset)
+    message, committed_at = data.get("message"), data.get("committed_at")
+    if not isinstance(message, str) or not isinstance(committed_at, str):
+        raise MalformedRecord(offset, "commit message and committed_at must be str")
+    parents = []
+    for key in ("parent_commit_id", "parent2_commit_id"):
+        parent = data.get(key)  # absent and nil both mean "no such parent"
+        if not (parent is None or ids.is_id(parent)):
+            raise MalformedRecord(offset, f"commit {key} must be an id or nil")
+        if parent is not None:
+            parents.append(parent)
+    _check_digest("commit", claimed, ids.commit_digest(parents, snapshot_id, message, committed_at))
+
+
+def _field_id(data: dict, key: str, kind: str, offset: int) -> str:
+    value = data.get(key)
+    if not ids.is_id(value):
+        raise MalformedRecord(offset, f"{kind} {key} is missing or not a well-formed id")
+    return value
+
+
+def _check_digest(kind: str, claimed: str, actual_hex: str) -> None:
+    if not ids.same_digest(claimed, actual_hex):
+        raise IdMismatch(kind, claimed, actual_hex)
+
+
+def _read_trailer(src: _HashingReader, found: tuple[int, int, int, int]) -> Trailer:
+    offset = src.offset - 1
+    declared = _COUNTS.unpack(src.read_exact(_COUNTS.size, "trailer counts"))
+    actual = src.hexdigest()
+    expected = src.read_exact(32, "trailer checksum").hex()
+    if expected != actual:
+        raise ChecksumMismatch(expected, actual)
+    if declared != found:
+        raise MalformedRecord(offset, f"trailer counts {declared} differ from the records read {found}")
+    if src.read_upto(1):
+        raise MalformedRecord(src.offset - 1, "data after the trailer")
+    return Trailer(*declared, checksum_hex=expected)

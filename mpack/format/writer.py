@@ -1,0 +1,333 @@
+"""The mpack format: write and read packs of blobs, snapshots and commits.
+
+Bytes only: no web framework, no database. The byte layout is specified in
+``docs/mpack-format.md``; this module is its reference implementation.
+
+Guarantees:
+    * Determinism: the same records added in the same order with the same
+      compression level (and the same libzstd) give the same bytes, hence the
+      same sha256, which is the mpack id.
+    * Bounded memory: the writer and the reader hold at most a few chunks of
+      at most ``CHUNK_SIZE`` bytes, plus one snapshot or commit record (at most
+      ``MAX_META_RECORD`` bytes), whatever the size of a blob or of the pack.
+    * Verification: the reader checks every id against its content, every
+      length against its limit before reading, the trailer's counts and
+      checksum, and that nothing follows the trailer. Every way a pack can be
+      wrong raises an ``MPackError`` subclass (see ``mpack.format_errors``).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import msgpack
+import zstandard
+
+from mpack.format import ids
+from mpack.format.errors import OversizedRecord
+
+MAGIC = b"MUSE\0"
+VERSION = 1
+FLAGS = 0
+
+REC_BLOB, REC_SNAPSHOT, REC_COMMIT, REC_TRAILER = 0x01, 0x02, 0x03, 0xFF
+CODEC_RAW, CODEC_ZSTD = 0, 1
+
+CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
+MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
+MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
+
+_NAMES = {REC_BLOB: "blob", REC_SNAPSHOT: "snapshot", REC_COMMIT: "commit"}
+_HEADER = struct.Struct(">5sBB")
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+_BLOB_TAIL = struct.Struct(">QB")  # raw size, codec
+_COUNTS = struct.Struct(">QQQQ")  # blobs, snapshots, commits, raw blob bytes
+_U64_MAX = (1 << 64) - 1
+_DECODE_ERRORS = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
+
+
+@dataclass(frozen=True)
+class Trailer:
+    """The verified summary at the end of a pack."""
+
+    blob_count: int
+    snapshot_count: int
+    commit_count: int
+    blob_bytes: int
+    checksum_hex: str
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    """A blob; ``chunks`` yields its raw bytes and must be read before the next record.
+
+    The blob's sha256 is checked against ``object_id`` when ``chunks`` is
+    exhausted; ``IdMismatch`` is raised from ``chunks`` at that point. If the
+    consumer moves on without exhausting it, the reader drains and checks it.
+    """
+
+    object_id: str
+    size: int
+    codec: int
+    chunks: Iterator[bytes] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A snapshot dict whose ``snapshot_id`` matches its manifest."""
+
+    data: dict
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """A commit dict whose ``commit_id`` matches its fields."""
+
+    data: dict
+
+
+# -- writing ------------------------------------------------------------------------
+
+class _HashingWriter:
+    """Passes writes through to a file while hashing and counting them."""
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._f = fileobj
+        self._sha = hashlib.sha256()
+        self.bytes_written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._f.write(data)  # a buffered file writes everything or raises
+        self._sha.update(data)
+        self.bytes_written += len(data)
+
+    def digest(self) -> bytes:
+        return self._sha.digest()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+class MPackWriter:
+    """Writes one pack: blobs, then snapshots, then commits, then ``finish()``.
+
+    The header is written on construction. Ids are not re-verified here: the
+    caller passes records it has verified already.
+
+    Args:
+        fileobj: A buffered binary file-like object opened for writing.
+        level: zstd compression level (1-22) tried on each blob.
+
+    Raises:
+        ValueError: On misuse: records out of order, a blob whose source has
+            another length than ``size``, a record msgpack cannot encode, any
+            call after ``finish()``, or after an ``add_blob`` failed half-way.
+        OversizedRecord: A snapshot or commit encodes to more than
+            ``MAX_META_RECORD`` bytes (no reader would accept it).
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, level: int = 3) -> None:
+        if not isinstance(level, int) or not 1 <= level <= 22:
+            raise ValueError(f"zstd level must be an int from 1 to 22, not {level!r}")
+        self._out = _HashingWriter(fileobj)
+        self._zstd = zstandard.ZstdCompressor(level=level)
+        self._stage = REC_BLOB
+        self._counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
+        self._blob_bytes = 0
+        self._broken = False
+        self._trailer: Trailer | None = None
+        self._out.write(_HEADER.pack(MAGIC, VERSION, FLAGS))
+
+    @property
+    def sha256_hex(self) -> str:
+        """Hex sha256 of every byte written so far (the whole pack after ``finish()``)."""
+        return self._out.hexdigest()
+
+    @property
+    def bytes_written(self) -> int:
+        """Number of bytes written so far."""
+        return self._out.bytes_written
+
+    def add_blob(self, object_id: str, source: bytes | BinaryIO, size: int) -> None:
+        """Append a blob record, streaming ``source`` in chunks of ``CHUNK_SIZE``.
+
+        Args:
+            object_id: The blob's id, in either spelling; written as given.
+            source: The content: a bytes-like object, or a binary file-like
+                object read from its current position.
+            size: The exact number of content bytes ``source`` holds.
+        """
+        self._enter(REC_BLOB)
+        if not ids.is_id(object_id):
+            raise ValueError(f"malformed object id {object_id!r}")
+        if not isinstance(size, int) or not 0 <= size <= _U64_MAX:
+            raise ValueError(f"blob size must be an int from 0 to 2**64-1, not {size!r}")
+        chunks = _source_chunks(source, size)
+        first = next(chunks, b"")
+        frame = self._zstd.compress(first) if first else b""
+        codec = CODEC_ZSTD if first and len(frame) * 10 <= len(first) * 9 else CODEC_RAW
+        self._broken = True  # a failure from here on leaves half a record behind
+        oid = object_id.encode("ascii")
+        self._out.write(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
+        if first:
+            self._write_chunk(first, codec, frame)
+        del first, frame  # hold one chunk at a time, not the first for the whole blob
+        for chunk in chunks:
+            self._write_chunk(chunk, codec, None)
+            del chunk  # release it before the next read
+        self._out.write(_U32.pack(0))
+        self._broken = False
+        self._added(REC_BLOB)
+        self._blob_bytes += size
+
+    def add_snapshot(self, snapshot: dict) -> None:
+        """Append a snapshot record (the dict as given, keys sorted)."""
+        self._add_meta(REC_SNAPSHOT, snapshot)
+
+    def add_commit(self, commit: dict) -> None:
+        """Append a commit record (the dict as given, keys sorted)."""
+        self._add_meta(REC_COMMIT, commit)
+
+    def finish(self) -> Trailer:
+        """Write the trailer and return it; the writer accepts nothing after this.
+
+        Returns:
+            The trailer written. ``sha256_hex`` is then the pack's id.
+        """
+        self._enter(REC_TRAILER)
+        counts = (self._counts[REC_BLOB], self._counts[REC_SNAPSHOT], self._counts[REC_COMMIT])
+        self._out.write(_U8.pack(REC_TRAILER) + _COUNTS.pack(*counts, self._blob_bytes))
+        checksum = self._out.digest()
+        self._out.write(checksum)
+        self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex())
+        return self._trailer
+
+    def _enter(self, kind: int) -> None:
+        if self._trailer is not None:
+            raise ValueError("the pack is finished; nothing can be added")
+        if self._broken:
+            raise ValueError("the writer is unusable: an earlier add_blob failed half-way")
+        if kind < self._stage:
+            raise ValueError(
+                f"cannot add a {_NAMES[kind]} after a {_NAMES[self._stage]}: "
+                "a pack holds blobs, then snapshots, then commits"
+            )
+
+    def _added(self, kind: int) -> None:
+        self._stage = kind
+        self._counts[kind] += 1
+
+    def _write_chunk(self, chunk: bytes | memoryview, codec: int, frame: bytes | None) -> None:
+        if codec == CODEC_RAW:
+            self._out.write(_U32.pack(len(chunk)))
+            self._out.write(chunk)
+            return
+        frame = self._zstd.compress(chunk) if frame is None else frame
+        self._out.write(_U32.pack(len(frame)) + _U32.pack(len(chunk)))
+        self._out.write(frame)
+
+    def _add_meta(self, kind: int, record: dict) -> None:
+        self._enter(kind)
+        if not isinstance(record, dict):
+            raise TypeError(f"a {_NAMES[kind]} must be a dict, not {type(record).__name__}")
+        payload = encode_record(record)
+        if len(payload) > MAX_META_RECORD:
+            raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
+        self._out.write(_U8.pack(kind) + _U32.pack(len(payload)))
+        self._out.write(payload)
+        self._added(kind)
+
+
+def encode_record(record: dict) -> bytes:
+    """Canonical msgpack of a snapshot or commit dict: str keys, sorted at every level.
+
+    Raises:
+        ValueError: A key is not a str, or a value msgpack cannot encode.
+    """
+    try:
+        return msgpack.packb(_canonical(record), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgpack.PackException) as exc:
+        raise ValueError(f"record cannot be encoded: {exc}") from exc
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise ValueError("dict keys in a record must be str")
+        return {key: _canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def _source_chunks(source: bytes | BinaryIO, size: int) -> Iterator[bytes | memoryview]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        if len(view) != size:
+            raise ValueError(f"blob source holds {len(view)} bytes, size says {size}")
+        for start in range(0, size, CHUNK_SIZE):
+            yield view[start:start + CHUNK_SIZE]
+        return
+    done = 0
+    while done < size:
+        want = min(size - done, CHUNK_SIZE)
+        chunk = _read_full(source, want)
+        if len(chunk) < want:
+            raise ValueError(f"blob source ended after {done + len(chunk)} bytes, size says {size}")
+        done += want
+        yield chunk
+    if source.read(1):
+        raise ValueError(f"blob source holds more than {size} bytes")
+
+
+def _read_full(fileobj: BinaryIO, n: int) -> bytes | bytearray:
+    """Read ``n`` bytes, looping over short reads; fewer only at end of file."""
+    data = fileobj.read(n) or b""
+    if 0 < len(data) < n:
+        buf = bytearray(data)
+        while len(buf) < n and (more := fileobj.read(min(n - len(buf), CHUNK_SIZE))):
+            buf += more
+        return buf
+    return data
+
+
+def canonical_order_commits(commits: list[dict]) -> list[dict]:
+    """Order commits parents first, ties broken by ``commit_id``.
+
+    Parents (``parent_commit_id``, ``parent2_commit_id``) not in ``commits``
+    are ignored. The result depends only on the set of commits, not on the
+    order given (Kahn's algorithm with a heap; no recursion).
+
+    Raises:
+        ValueError: A commit id appears twice, or the parent links form a cycle.
+    """
+    by_id: dict[str, dict] = {}
+    for commit in commits:
+        if commit["commit_id"] in by_id:
+            raise ValueError(f"commit {commit['commit_id']} appears twice")
+        by_id[commit["commit_id"]] = commit
+    children: dict[str, list[str]] = {commit_id: [] for commit_id in by_id}
+    waiting: dict[str, int] = {}
+    for commit_id, commit in by_id.items():
+        parents = {commit.get("parent_commit_id"), commit.get("parent2_commit_id")} & by_id.keys()
+        waiting[commit_id] = len(parents)
+        for parent in parents:
+            children[parent].append(commit_id)
+    ready = [commit_id for commit_id, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        commit_id = heapq.heappop(ready)
+        ordered.append(by_id[commit_id])
+        for child in children[commit_id]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, child)
+    if len(ordered) != len(by_id):
+        raise ValueError("commit parents form a cycle")
+    return ordered

@@ -1,0 +1,26 @@
+"""The hub's composition root: open the database and store, wire the job handlers."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from mpack.hub import db as dbmod
+from mpack.hub.handlers import production_registry
+from mpack.hub.pool import JobPool
+from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
+from storage import LocalStore, UrlSigner
+
+
+def production_pool(hub: Hub) -> JobPool:
+    return JobPool(hub, threads=hub.settings.job_threads, registry=production_registry())
+
+
+def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:
+    """Open the database (migrating it) and the store named by ``settings``."""
+    settings.store_root.mkdir(parents=True, exist_ok=True)
+    database = dbmod.open_database(settings.database_url)
+    dbmod.migrate(database, clock)
+    signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
+    store = LocalStore(settings.store_root, signer)
+    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)

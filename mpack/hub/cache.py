@@ -1,0 +1,93 @@
+"""The fetch-mpack cache: which stored pack answers (repo, tip[, haves]).
+
+``cache_id`` is the seed's: sha256 hex of ``repo_id + tip_commit_id`` for a
+full pack; a delta pack (one tip, some haves) appends NUL and its base key.
+Hits slide the expiry forward (at most ``cache_ttl`` from now), but write at
+most once a minute per row, so that a hot tip costs reads, not writes.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mpack.hub.models import FetchMPackCache, Repo
+from storage.base import MPACKS
+
+if TYPE_CHECKING:
+    from mpack.hub.services import Hub
+
+HIT_WRITE_INTERVAL = 60.0
+
+
+def base_key(have_digests: list[str]) -> str:
+    return ",".join(sorted(set(have_digests)))
+
+
+def cache_id(repo_id: str, tip_commit_id: str, base: str = "") -> str:
+    key = repo_id + tip_commit_id + (f"\0{base}" if base else "")
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PackStats:
+    mpack_id: str
+    size: int
+    commit_count: int
+    blob_count: int
+
+
+def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
+    """The unexpired row for this key, by primary key; None when absent or expired."""
+    row = FetchMPackCache.get_or_none(FetchMPackCache.cache_id == cache_id(repo.repo_id, tip_commit_id, base))
+    return row if row is not None and row.expires_at > hub.now() else None
+
+
+def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
+    """Count a hit and slide the expiry (written at most once a minute) → False if the row is gone.
+
+    ``row`` changes only if the database did: a row GC deleted since it was read
+    keeps its old expiry, so a URL priced from it still ends before GC acts.
+    """
+    now = hub.now()
+    if now - row.last_used_at < HIT_WRITE_INTERVAL:
+        return True
+    expires = max(row.expires_at, now + hub.settings.cache_ttl)
+    with hub.db.atomic():
+        applied = FetchMPackCache.update(
+            hits=FetchMPackCache.hits + 1, last_used_at=now, expires_at=expires,
+        ).where(FetchMPackCache.cache_id == row.cache_id).execute()
+    if applied:
+        row.expires_at, row.last_used_at = expires, now
+    return bool(applied)
+
+
+class PackVanished(Exception):
+    """The pack was deleted (by GC) between its build and its row: build again."""
+
+
+def url_ttl_for(hub: Hub, row: FetchMPackCache | None) -> int:
+    """A URL never outlives the row it came from, so GC may delete a pack when its rows expire."""
+    ttl = hub.settings.url_ttl
+    if row is not None:
+        ttl = min(ttl, int(row.expires_at - hub.now()))
+    return max(ttl, 1)
+
+
+def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackStats) -> FetchMPackCache:
+    """Insert or replace the row for this key with a fresh expiry.
+
+    The file's existence is checked inside the write transaction; GC deletes
+    files inside its own, so a row never names a file GC has just removed.
+    """
+    now = hub.now()
+    values = dict(
+        cache_id=cache_id(repo.repo_id, tip_commit_id, base), repo=repo.repo_id, tip_commit_id=tip_commit_id,
+        base=base, mpack_id=stats.mpack_id, created_at=now, expires_at=now + hub.settings.cache_ttl,
+        last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
+    )
+    with hub.db.atomic():
+        if not hub.store.exists(MPACKS, stats.mpack_id):
+            raise PackVanished(stats.mpack_id)
+        FetchMPackCache.replace(**values).execute()
+    return FetchMPackCache(**values)

@@ -1,0 +1,123 @@
+"""Domain errors: a small hierarchy that carries data, mapped to HTTP once.
+
+Every failure a caller can cause is one of these. ``mpack.http.errors`` maps
+the families below to status codes; nothing else decides a status, and
+nothing recognises an error by its message.
+"""
+from __future__ import annotations
+
+# The errors the hub raises that live below it (ids and packs in the format
+# package, storage failures in ``storage``) are re-exported, so the hub and its
+# HTTP mapping name every error through this one module.
+from mpack.format.errors import InvalidId, MPackError, MuseError
+from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
+
+__all__ = [
+    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
+    "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
+    "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
+    "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+]
+
+
+# -- 400: the request is malformed ---------------------------------------------------
+
+class BadRequest(MuseError):
+    code = "bad_request"
+
+
+class MalformedBody(BadRequest):
+    code = "malformed_body"
+
+
+class InvalidField(BadRequest):
+    code = "invalid_field"
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+
+
+# -- 401 / 403: who is asking --------------------------------------------------------
+
+class Unauthorized(MuseError):
+    code = "unauthorized"
+
+
+class Forbidden(MuseError):
+    code = "forbidden"
+
+
+# -- 404: no such thing (or not visible to the caller) -------------------------------
+
+class NotFound(MuseError):
+    code = "not_found"
+
+
+class RepoNotFound(NotFound):
+    code = "repo_not_found"
+
+    def __init__(self, owner: str, name: str) -> None:
+        super().__init__(f"no repository {owner}/{name}")
+
+
+class UnknownCommits(NotFound):
+    code = "unknown_commits"
+
+    def __init__(self, commit_ids: list[str]) -> None:
+        shown = ", ".join(commit_ids[:20]) + (" …" if len(commit_ids) > 20 else "")
+        super().__init__(f"unknown commits or branches: {shown}")
+        self.commit_ids = commit_ids
+
+
+class MPackMissing(NotFound):
+    code = "mpack_missing"
+
+
+# -- 409: the only conflict the Muse CLI understands ---------------------------------
+
+class NonFastForward(MuseError):
+    code = "non_fast_forward"
+
+    def __init__(self, branch: str, head: str, tip: str) -> None:
+        super().__init__(f"{branch}: {tip} does not descend from the current head {head}; push with force to replace it")
+        self.branch, self.head, self.tip = branch, head, tip
+
+
+class AlreadyExists(MuseError):
+    code = "already_exists"
+
+
+# -- 413 / 416 / 422 ------------------------------------------------------------------
+
+class BodyTooLarge(MuseError):
+    code = "body_too_large"
+
+
+class RangeNotSatisfiable(MuseError):
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range outside 0-{max(size - 1, 0)}")
+        self.size = size
+
+
+class Unprocessable(MuseError):
+    """The request is well-formed but its content does not verify."""
+
+    code = "unprocessable"
+
+
+class MissingReference(Unprocessable):
+    code = "missing_reference"
+
+    def __init__(self, what: str, ids: list[str]) -> None:
+        shown = ", ".join(ids[:20]) + (" …" if len(ids) > 20 else "")
+        super().__init__(f"missing {what}: {shown}")
+        self.ids = ids
+
+
+class BundleTooLarge(Unprocessable):
+    code = "bundle_too_large"
+
+

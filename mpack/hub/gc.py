@@ -1,0 +1,219 @@
+"""GC: expire cached packs, delete files nothing names, keep the disk bounded.
+
+Safety rules (docs/gc.md says why):
+- A URL never outlives the cache row it was issued from (cache.url_ttl_for),
+  so once a row has been expired for ``EXPIRY_SLACK`` its file may go (FMC_20)
+  — unless another row, of any repo, still names it. The slack absorbs the
+  whole-second expiry of URLs and the clock reads between pricing a URL and
+  signing it.
+- Files no row names (multi-tip builds, crash leftovers) are kept for the
+  grace period (default: the longest URL lifetime) plus the slack after their
+  last publication, which is when a URL to them may last have been issued.
+- Every row is deleted by a statement that re-checks why it may go (still
+  expired, still unused), so a row refreshed or rebuilt since GC listed it
+  stays. Every file is deleted inside a write transaction that first
+  re-checks that no row names it (and, for orphans, its age); cache rows are
+  written inside one that checks the file exists. The two serialise, so no
+  row ever names a missing file.
+- The byte quota evicts least-recently-used rows, but never a row used within
+  the longest URL lifetime (a URL from it may still be live).
+- A dry run counts exactly what a real run would delete: the rows it would
+  delete are treated as gone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import peewee as pw
+
+from mpack.format import ids
+from mpack.hub import cache, jobs
+from mpack.hub.errors import InvalidField, RepoNotFound
+from mpack.hub.models import FetchMPackCache, Repo
+from storage.base import MPACKS
+from storage.errors import StoredObjectMissing
+from storage.signing import CLOCK_SLACK
+
+if TYPE_CHECKING:
+    from mpack.hub.services import Hub
+
+TEMP_GRACE = 3600.0  # a temp file untouched for an hour belongs to a dead build
+EXPIRY_SLACK = float(CLOCK_SLACK)  # how long past any expiry GC waits before acting on it
+
+
+@dataclass
+class GcReport:
+    cache_rows_deleted: int = 0
+    mpacks_deleted: int = 0
+    bytes_freed: int = 0
+    orphans_deleted: int = 0
+    quota_rows_evicted: int = 0
+    jobs_pruned: int = 0
+    dry_run: bool = False
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Gone:
+    """What a dry run has counted as deleted so far (a real run deletes it instead)."""
+
+    rows: set[str] = field(default_factory=set)  # cache ids
+    packs: set[str] = field(default_factory=set)  # digests
+
+
+def parse_request(body: dict) -> tuple[Repo | None, bool]:
+    """``{"repo": "owner/name"?, "dry_run": bool?}`` → (repo or None, dry_run)."""
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidField("dry_run", "must be a boolean")
+    name = body.get("repo")
+    if name is None:
+        return None, dry_run
+    if not isinstance(name, str) or name.count("/") != 1:
+        raise InvalidField("repo", "must be 'owner/name'")
+    owner, repo_name = name.split("/")
+    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == repo_name))
+    if repo is None:
+        raise RepoNotFound(owner, repo_name)
+    return repo, dry_run
+
+
+def _scoped(query, repo: Repo | None):
+    return query if repo is None else query.where(FetchMPackCache.repo == repo)
+
+
+def _named_by_a_row(mpack_id: str, gone: set[str] | frozenset[str] = frozenset()) -> bool:
+    """True if a row names this pack; rows in ``gone`` (a dry run's would-be deletions) do not count."""
+    names = FetchMPackCache.select(FetchMPackCache.cache_id).where(FetchMPackCache.mpack_id.in_(ids.spellings(mpack_id)))
+    if not gone:
+        return names.exists()
+    return any(cache_id not in gone for (cache_id,) in names.tuples())
+
+
+def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
+                    published_before: float | None = None) -> None:
+    """Delete a pack file if no row names it (and, for an orphan, it was published before the cutoff).
+
+    Both are checked inside the write transaction that deletes it.
+    """
+    digest = ids.hex_of(mpack_id)
+    if digest in gone.packs:
+        return
+    with hub.db.atomic():
+        if _named_by_a_row(digest, gone.rows):
+            return
+        try:
+            size, mtime = hub.store.stat(MPACKS, digest)
+        except StoredObjectMissing:
+            return
+        if published_before is not None and mtime >= published_before:
+            return  # republished since it was listed: a URL to it may have just been issued
+        if report.dry_run:
+            gone.packs.add(digest)
+        else:
+            hub.store.delete(MPACKS, digest)
+    report.bytes_freed += size
+    if published_before is not None:
+        report.orphans_deleted += 1
+    else:
+        report.mpacks_deleted += 1
+
+
+def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
+    """Delete rows expired for longer than the slack → the packs they named."""
+    cutoff = hub.now() - EXPIRY_SLACK
+    expired = list(_scoped(FetchMPackCache.select(FetchMPackCache.cache_id, FetchMPackCache.mpack_id), repo)
+                   .where(FetchMPackCache.expires_at <= cutoff).tuples())
+    if report.dry_run:
+        report.cache_rows_deleted = len(expired)
+        gone.rows.update(cache_id for cache_id, _ in expired)
+    elif expired:
+        with hub.db.atomic():
+            for start in range(0, len(expired), 500):
+                chunk = [cache_id for cache_id, _ in expired[start:start + 500]]
+                # Re-checked: a row rebuilt or hit since the listing is no longer expired.
+                report.cache_rows_deleted += FetchMPackCache.delete().where(
+                    FetchMPackCache.cache_id.in_(chunk) & (FetchMPackCache.expires_at <= cutoff)).execute()
+    return {mpack_id for _, mpack_id in expired}
+
+
+def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
+    quota = hub.settings.cache_max_bytes
+    if quota <= 0:
+        return set()
+    now = hub.now()
+    live = FetchMPackCache.select(FetchMPackCache.mpack_id, pw.fn.MAX(FetchMPackCache.size)).where(
+        FetchMPackCache.expires_at > now).group_by(FetchMPackCache.mpack_id)
+    total = sum(size for _, size in live.tuples())
+    if total <= quota:
+        return set()
+    protected_since = now - hub.settings.url_ttl - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
+    unused = (FetchMPackCache.expires_at > now) & (FetchMPackCache.last_used_at < protected_since)
+    candidates = _scoped(FetchMPackCache.select(), repo).where(unused).order_by(
+        FetchMPackCache.last_used_at, FetchMPackCache.cache_id)
+    evicted: set[str] = set()
+    for row in candidates.iterator():
+        if total <= quota:
+            break
+        if report.dry_run:
+            gone.rows.add(row.cache_id)
+        elif not _delete_if(hub, (FetchMPackCache.cache_id == row.cache_id) & unused):
+            continue  # used (or rebuilt) since the listing: a URL from it may be live
+        if not _named_by_a_row(row.mpack_id, gone.rows):
+            total -= row.size
+        report.quota_rows_evicted += 1
+        evicted.add(row.mpack_id)
+    return evicted
+
+
+def _delete_if(hub: Hub, condition) -> int:
+    with hub.db.atomic():
+        return FetchMPackCache.delete().where(condition).execute()
+
+
+def _published_before(hub: Hub, digest: str, cutoff: float) -> bool:
+    try:
+        return hub.store.stat(MPACKS, digest)[1] < cutoff
+    except StoredObjectMissing:
+        return False
+
+
+def _sweep_orphans(hub: Hub, report: GcReport, gone: _Gone) -> None:
+    cutoff = hub.now() - hub.settings.effective_gc_grace - EXPIRY_SLACK
+    for digest in list(hub.store.iter_digests(MPACKS)):
+        if _published_before(hub, digest, cutoff):  # cheap first look; re-checked in the transaction
+            _delete_unnamed(hub, digest, report, gone, published_before=cutoff)
+    temp_cutoff = hub.now() - TEMP_GRACE
+    for name, mtime in list(hub.store.iter_temp()):
+        if mtime < temp_cutoff and (report.dry_run or hub.store.remove_temp(name)):
+            report.orphans_deleted += 1
+
+
+def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcReport:
+    """One GC pass over one repo or all; idempotent. Orphans and jobs are swept only for all."""
+    started = time.perf_counter()
+    report = GcReport(dry_run=dry_run)
+    gone = _Gone()
+    candidates = _expire_rows(hub, repo, report, gone)
+    candidates |= _evict_for_quota(hub, repo, report, gone)
+    for mpack_id in sorted(candidates):
+        _delete_unnamed(hub, mpack_id, report, gone)
+    if repo is None:
+        _sweep_orphans(hub, report, gone)
+        report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
+    report.duration_ms = int((time.perf_counter() - started) * 1000)
+    hub.log.info("gc finished", extra=report.as_dict())
+    return report
+
+
+def gc_fetch_mpack_cache(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> int:
+    """Delete expired cache rows (one repo or all) and the packs no live row names → rows deleted (FMC_20).
+
+    ``run_gc`` returns the full report.
+    """
+    return run_gc(hub, repo, dry_run).cache_rows_deleted

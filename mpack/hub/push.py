@@ -1,0 +1,325 @@
+"""Verified, all-or-nothing pushes (the write half of the Muse wire protocol).
+
+Order of work, so that a rejected or failed push changes nothing visible:
+1. parse and type-check every record; re-hash every object, snapshot and commit;
+2. check that every referenced object, snapshot and parent is in this push or
+   already in the repository;
+3. store blob bytes (content-addressed, so a later failure leaves at most
+   unreferenced files for GC);
+4. one IMMEDIATE transaction: insert rows, check fast-forward against the
+   branch head as it is now, move the branch, enqueue the prebuild.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mpack.format import ids
+from mpack.hub import prebuild
+from mpack.hub.errors import BadRequest, InvalidField, MissingReference, NonFastForward
+from mpack.hub.history import is_ancestor, load_commits
+from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
+from mpack.hub.repos import branch_heads
+from storage.base import BLOBS
+from storage.errors import ContentMismatch
+
+if TYPE_CHECKING:
+    from mpack.hub.services import Hub
+
+MAX_OBJECTS_PER_CHUNK = 1000
+EMPTY_BLOB = ids.object_digest(b"")
+
+
+@dataclass
+class Blob:
+    object_id: str
+    digest: str
+    content: bytes
+
+
+@dataclass
+class ParsedCommit:
+    record: dict
+    digest: str
+    parents: list[str]  # digests
+    snapshot: str  # digest
+
+
+@dataclass
+class Bundle:
+    blobs: list[Blob] = field(default_factory=list)
+    snapshots: dict[str, dict] = field(default_factory=dict)  # digest -> record
+    commits: list[ParsedCommit] = field(default_factory=list)
+
+
+# -- parsing and verification (no database) ---------------------------------------
+
+def _list(value: object, name: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidField(name, "must be a list")
+    return value
+
+
+def _map(value: object, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidField(name, "must be a map")
+    return value
+
+
+def _str(record: dict, key: str, name: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise InvalidField(f"{name}.{key}", "must be a string")
+    return value
+
+
+def content_bytes(value: object, name: str) -> bytes:
+    """Object content: msgpack bin, or a base64 string when the body was JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidField(name, "not valid base64") from None
+    raise InvalidField(name, "must be bytes (msgpack bin) or a base64 string")
+
+
+def parse_objects(items: object, name: str = "objects") -> list[Blob]:
+    """ObjectPayloads → verified blobs (id well-formed, content hashes to it)."""
+    blobs = []
+    for index, item in enumerate(_list(items, name)):
+        item = _map(item, f"{name}[{index}]")
+        object_id = ids.check_id(item.get("object_id"), "object_id")
+        content = content_bytes(item.get("content"), f"{name}[{index}].content")
+        digest = ids.object_digest(content)
+        if not ids.same_digest(object_id, digest):
+            raise ContentMismatch("object", object_id, digest)
+        blobs.append(Blob(object_id, digest, content))
+    return blobs
+
+
+def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
+    record = _map(record, name)
+    snapshot_id = ids.check_id(record.get("snapshot_id"), "snapshot_id")
+    manifest = _map(record.get("manifest"), f"{name}.manifest")
+    for path, object_id in manifest.items():
+        if not isinstance(path, str) or not path:
+            raise InvalidField(f"{name}.manifest", "paths must be non-empty strings")
+        ids.check_id(object_id, "object_id")
+    digest = ids.snapshot_digest(manifest)
+    if not ids.same_digest(snapshot_id, digest):
+        raise ContentMismatch("snapshot", snapshot_id, digest)
+    return digest, record
+
+
+def parse_commit(record: object, name: str) -> ParsedCommit:
+    record = _map(record, name)
+    commit_id = ids.check_id(record.get("commit_id"), "commit_id")
+    snapshot_id = ids.check_id(record.get("snapshot_id"), "snapshot_id")
+    parents = []
+    for key in ("parent_commit_id", "parent2_commit_id"):
+        value = record.get(key)
+        if value is not None:
+            parents.append(ids.check_id(value, key))
+    digest = ids.commit_digest(parents, snapshot_id, _str(record, "message", name), _str(record, "committed_at", name))
+    if not ids.same_digest(commit_id, digest):
+        raise ContentMismatch("commit", commit_id, digest)
+    return ParsedCommit(record, digest, [ids.hex_of(p) for p in parents], ids.hex_of(snapshot_id))
+
+
+def parse_bundle(bundle: object) -> Bundle:
+    bundle = _map(bundle, "bundle")
+    parsed = Bundle(blobs=parse_objects(bundle.get("objects"), "bundle.objects"))
+    for index, record in enumerate(_list(bundle.get("snapshots"), "bundle.snapshots")):
+        digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]")
+        parsed.snapshots[digest] = record
+    commits = _list(bundle.get("commits"), "bundle.commits")
+    parsed.commits = [parse_commit(record, f"bundle.commits[{i}]") for i, record in enumerate(commits)]
+    return parsed
+
+
+# -- references -------------------------------------------------------------------
+
+def _present(model, repo: Repo, digests: Iterable[str]) -> set[str]:
+    wanted = sorted(set(digests))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        found.update(r.digest for r in model.select(model.digest).where((model.repo == repo) & model.digest.in_(chunk)))
+    return found
+
+
+def missing_objects(repo: Repo, object_ids: Iterable[str]) -> list[str]:
+    """The ids (as given) whose content this repo does not hold; the empty blob is always held."""
+    given = [ids.check_id(o, "object_id") for o in object_ids]
+    held = _present(Object, repo, (ids.hex_of(o) for o in given)) | {EMPTY_BLOB}
+    return [o for o in given if ids.hex_of(o) not in held]
+
+
+def check_references(repo: Repo, bundle: Bundle) -> None:
+    pushed_blobs = {b.digest for b in bundle.blobs}
+    wanted_blobs = {ids.hex_of(o) for s in bundle.snapshots.values() for o in s["manifest"].values()}
+    lacking = wanted_blobs - pushed_blobs - {EMPTY_BLOB}
+    lacking -= _present(Object, repo, lacking)
+    if lacking:
+        raise MissingReference("objects", sorted(lacking))
+    lacking = {c.snapshot for c in bundle.commits} - set(bundle.snapshots)
+    lacking -= _present(Snapshot, repo, lacking)
+    if lacking:
+        raise MissingReference("snapshots", sorted(lacking))
+    pushed_commits = {c.digest for c in bundle.commits}
+    lacking = {p for c in bundle.commits for p in c.parents} - pushed_commits
+    lacking -= set(load_commits(repo, lacking))
+    if lacking:
+        raise MissingReference("parent commits", sorted(lacking))
+
+
+def _generations(repo: Repo, commits: list[ParsedCommit]) -> dict[str, int]:
+    """Generation of each pushed commit (parents first, whatever the bundle's order)."""
+    by_digest = {c.digest: c for c in commits}
+    known = {d: row.generation for d, row in load_commits(
+        repo, {p for c in commits for p in c.parents if p not in by_digest}).items()}
+    for commit in commits:
+        stack = [commit]
+        while stack:
+            top = stack[-1]
+            if top.digest in known:
+                stack.pop()
+                continue
+            pending = [by_digest[p] for p in top.parents if p not in known]
+            if pending:
+                stack.extend(pending)
+            else:
+                known[top.digest] = 1 + max((known[p] for p in top.parents), default=0)
+                stack.pop()
+    return {c.digest: known[c.digest] for c in commits}
+
+
+# -- applying ---------------------------------------------------------------------
+
+def _store_bytes(hub: Hub, blobs: Iterable[Blob]) -> None:
+    for blob in blobs:
+        hub.store.put_bytes(BLOBS, blob.digest, blob.content)
+
+
+def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
+    """``POST /push/objects``: store verified blobs, record the repo's right to them."""
+    items = _list(body.get("objects"), "objects")
+    if len(items) > MAX_OBJECTS_PER_CHUNK:  # refused before any hashing
+        raise BadRequest(f"at most {MAX_OBJECTS_PER_CHUNK} objects per request")
+    blobs = parse_objects(items)
+    already = _present(Object, repo, (b.digest for b in blobs))
+    fresh = {b.digest: b for b in blobs if b.digest not in already}
+    _store_bytes(hub, fresh.values())
+    if fresh:
+        with hub.db.atomic():
+            Object.insert_many(
+                [{"repo": repo, "digest": d, "size": len(b.content)} for d, b in fresh.items()]
+            ).on_conflict_ignore().execute()
+    return {"stored": len(fresh), "skipped": len(blobs) - len(fresh)}
+
+
+def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
+    if bundle.commits:
+        # The CLI sends commits breadth-first from its head, so commits[0] is the tip; a
+        # reordered bundle still names its tip unambiguously if only one commit has no child.
+        children_of = {p for c in bundle.commits for p in c.parents}
+        heads = [c for c in bundle.commits if c.digest not in children_of]
+        if bundle.commits[0] in heads:
+            return bundle.commits[0]
+        if len(heads) == 1:
+            return heads[0]
+        raise BadRequest("the bundle has several unrelated tips: push one branch head, tip first")
+    head = body.get("head")
+    if head is None:
+        raise BadRequest("the bundle has no commits: nothing to push")
+    return ids.check_id(head, "head")
+
+
+def push(hub: Hub, repo: Repo, body: dict) -> dict:
+    """Apply ``POST /push`` → ``{ok, message, branch_heads}``."""
+    branch = ids.check_branch_name(body.get("branch"))
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidField("force", "must be a boolean")
+    bundle = parse_bundle(body.get("bundle"))
+    tip = _tip_of(body, bundle)
+    check_references(repo, bundle)
+    generations = _generations(repo, bundle.commits)
+    _store_bytes(hub, bundle.blobs)
+    with hub.db.atomic():
+        _insert_history(repo, bundle, generations)
+        tip_id, tip_digest = _resolve_tip(repo, tip)
+        previous = _move_branch(hub, repo, bundle, branch, tip_id, tip_digest, force)
+        if repo.default_branch is None:
+            Repo.update(default_branch=branch).where(Repo.repo_id == repo.repo_id).execute()
+        if previous != tip_id:
+            prebuild.enqueue_push_intel(hub, repo, head=tip_id, domain_id=repo.domain, branch=branch, previous_tip=previous)
+    hub.log.info("push applied", extra={"repo": f"{repo.owner}/{repo.name}", "branch": branch,
+                                        "commits": len(bundle.commits), "forced": force})
+    return {"ok": True, "message": f"{branch} -> {tip_id}", "branch_heads": branch_heads(repo)}
+
+
+def _insert_history(repo: Repo, bundle: Bundle, generations: dict[str, int]) -> None:
+    if bundle.blobs:
+        Object.insert_many([{"repo": repo, "digest": b.digest, "size": len(b.content)} for b in bundle.blobs]
+                           ).on_conflict_ignore().execute()
+    rows = [{"repo": repo, "digest": d, "record": r} for d, r in bundle.snapshots.items()]
+    for start in range(0, len(rows), 200):
+        Snapshot.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
+    rows = [{"repo": repo, "digest": c.digest, "commit_id": c.record["commit_id"], "parents": c.parents,
+             "snapshot": c.snapshot, "generation": generations[c.digest], "record": c.record} for c in bundle.commits]
+    for start in range(0, len(rows), 200):
+        Commit.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
+
+
+def _resolve_tip(repo: Repo, tip: ParsedCommit | str) -> tuple[str, str]:
+    if isinstance(tip, ParsedCommit):
+        return tip.record["commit_id"], tip.digest
+    row = load_commits(repo, [ids.hex_of(tip)]).get(ids.hex_of(tip))
+    if row is None:
+        raise MissingReference("head commit", [tip])
+    return row.commit_id, row.digest
+
+
+def _bundle_reaches(bundle: Bundle, tip: str, target: str) -> bool:
+    """Whether ``target`` is ``tip`` or a parent reached through this push's commits (no queries)."""
+    by_digest = {c.digest: c for c in bundle.commits}
+    stack, seen = [tip], set()
+    while stack:
+        digest = stack.pop()
+        if digest == target:
+            return True
+        if digest in seen or digest not in by_digest:
+            continue
+        seen.add(digest)
+        stack.extend(by_digest[digest].parents)
+    return False
+
+
+def _is_fast_forward(repo: Repo, bundle: Bundle, previous: str, tip: str) -> bool:
+    """The usual push names the old head as a parent of its oldest commit: answer that in memory."""
+    target = ids.hex_of(previous)
+    return _bundle_reaches(bundle, tip, target) or is_ancestor(repo, target, tip)
+
+
+def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, tip_digest: str,
+                 force: bool) -> str | None:
+    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head."""
+    current = Branch.get_or_none((Branch.repo == repo) & (Branch.name == name))
+    if current is None:
+        Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
+        return None
+    previous = current.head_commit_id
+    if previous == tip_id:
+        return previous
+    if not force and not _is_fast_forward(repo, bundle, previous, tip_digest):
+        raise NonFastForward(name, previous, tip_id)
+    Branch.update(head_commit_id=tip_id, updated_at=hub.now()).where(Branch.id == current.id).execute()
+    return previous

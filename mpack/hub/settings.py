@@ -1,0 +1,185 @@
+"""Settings: one immutable object, read from environment variables in one place.
+
+``Settings.from_env(environ)`` is the only code that reads the environment.
+Secrets that are not configured are generated once and kept in
+``$MPACKHUB_HOME/secrets.json`` (mode 0600); they are never logged, and the
+object's repr hides them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from mpack.format.errors import MuseError
+
+DAY = 24 * 3600
+
+
+class SettingsError(MuseError):
+    code = "settings_error"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    public_url: str
+    admin_token: str = field(repr=False)
+    signing_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
+    cache_ttl: int = 7 * DAY
+    url_ttl: int = 3600
+    url_ttl_max: int = 7 * DAY
+    max_body_bytes: int = 256 * 1024 * 1024
+    job_threads: int = 2
+    job_max_attempts: int = 5
+    job_lease_seconds: int = 60
+    job_poll_seconds: float = 2.0
+    job_retention: int = 7 * DAY
+    cache_max_bytes: int = 0
+    gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
+    inline_fetch_max_bytes: int = 60 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def store_root(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def effective_gc_grace(self) -> int:
+        return self.gc_grace or self.url_ttl_max
+
+    @classmethod
+    def for_home(cls, home: Path | str, **overrides: object) -> Settings:
+        """Settings for a directory with generated secrets (tests, ``mpackhub serve``)."""
+        return cls.from_env({"MPACKHUB_HOME": str(home)}, **overrides)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        env = _Env(environ)
+        home = Path(env.str("MPACKHUB_HOME", "./var")).resolve()
+        generated = _generated_secrets(home) if _needs_generated(environ) else {}
+        values: dict[str, object] = dict(
+            home=home,
+            database_url=env.str("MPACKHUB_DATABASE_URL", f"sqlite:///{home / 'mpackhub.sqlite3'}"),
+            # Unset, the public URL is the bind address: right for a local hub, to be set behind a proxy.
+            public_url=env.str("MPACKHUB_PUBLIC_URL", "http://" + env.str("MPACKHUB_BIND", "127.0.0.1:8000")).rstrip("/"),
+            admin_token=env.str("MPACKHUB_ADMIN_TOKEN", "") or str(generated.get("admin_token", "")),
+            signing_keys=_parse_keys(env.str("MPACKHUB_SIGNING_KEYS", "") or str(generated.get("signing_keys", ""))),
+            cache_ttl=env.int("MPACKHUB_CACHE_TTL", 7 * DAY, minimum=60),
+            url_ttl_max=env.int("MPACKHUB_URL_TTL_MAX", 7 * DAY, minimum=60, maximum=7 * DAY),
+            max_body_bytes=env.int("MPACKHUB_MAX_BODY_BYTES", 256 * 1024 * 1024, minimum=1024),
+            job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
+            job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+            job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),
+            job_poll_seconds=env.float("MPACKHUB_JOB_POLL_SECONDS", 2.0, minimum=0.05, maximum=60.0),
+            job_retention=env.int("MPACKHUB_JOB_RETENTION", 7 * DAY, minimum=0),
+            cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
+            gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
+            log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+        )
+        values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if len(self.admin_token) < 16:
+            raise SettingsError("MPACKHUB_ADMIN_TOKEN must be at least 16 characters")
+        if not self.signing_keys:
+            raise SettingsError("MPACKHUB_SIGNING_KEYS is empty")
+        if self.url_ttl > self.url_ttl_max:
+            raise SettingsError("MPACKHUB_URL_TTL exceeds MPACKHUB_URL_TTL_MAX")
+
+    def describe(self) -> dict[str, object]:
+        """The settings as shown in logs and ``mpackhub serve``: secrets masked."""
+        hidden = {"admin_token", "signing_keys"}
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        shown["signing_key_ids"] = [kid for kid, _ in self.signing_keys]
+        return {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()}
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str) -> str:
+        return self._environ.get(name, default).strip()
+
+    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        return self._bounded(name, value, minimum, maximum)
+
+    def float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        return self._bounded(name, value, minimum, maximum)
+
+    @staticmethod
+    def _bounded(name: str, value, minimum, maximum):
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise SettingsError(f"{name}={value} is outside {minimum}..{maximum}")
+        return value
+
+
+def _parse_keys(spec: str) -> tuple[tuple[str, bytes], ...]:
+    """``kid:secret,kid2:secret2`` oldest → newest; the last one signs."""
+    keys = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        kid, sep, secret = item.partition(":")
+        if not sep or not kid or len(secret) < 16:
+            raise SettingsError("MPACKHUB_SIGNING_KEYS entries are kid:secret with a secret of 16+ characters")
+        keys.append((kid, secret.encode("utf-8")))
+    return tuple(keys)
+
+
+def _needs_generated(environ: Mapping[str, str]) -> bool:
+    return not (environ.get("MPACKHUB_ADMIN_TOKEN") and environ.get("MPACKHUB_SIGNING_KEYS"))
+
+
+def secrets_path(home: Path) -> Path:
+    return home / "secrets.json"
+
+
+def _generated_secrets(home: Path) -> dict[str, str]:
+    """Load, or create once with mode 0600, the secrets of an embedded install."""
+    path = secrets_path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    wanted = {
+        "admin_token": "mph_admin_" + secrets.token_urlsafe(32),
+        "signing_keys": "k1:" + secrets.token_urlsafe(32),
+    }
+    # Write a private temp file, then link it into place: the link fails if another
+    # worker got there first, and nobody ever reads a half-written file.
+    tmp = home / f".secrets.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(wanted, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return json.loads(path.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return wanted

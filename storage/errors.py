@@ -1,0 +1,34 @@
+"""What the stores and the URL signer raise; ``mpack.http.errors`` maps each to a status."""
+from __future__ import annotations
+
+from mpack.format.errors import MuseError
+
+
+class InvalidUrlToken(MuseError):
+    """A signed download URL that is missing, malformed, tampered or expired."""
+
+    code = "invalid_url_token"
+
+
+class StoredObjectMissing(MuseError):
+    """The store holds no object under this digest in this namespace."""
+
+    code = "stored_object_missing"
+
+    def __init__(self, namespace: str, digest: str) -> None:
+        super().__init__(f"no {namespace} object {digest} in storage")
+        self.namespace, self.digest = namespace, digest
+
+
+class ContentMismatch(MuseError):
+    code = "id_mismatch"
+
+    def __init__(self, what: str, claimed: str, actual_hex: str) -> None:
+        super().__init__(f"{what} {claimed} does not match its content (sha256 {actual_hex})")
+        self.claimed, self.actual_hex = claimed, actual_hex
+
+
+class StorageError(MuseError):
+    """The store could not complete an operation (disk full, I/O error)."""
+
+    code = "storage_error"

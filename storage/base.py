@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from mpack.format.ids import hex_of
@@ -160,6 +160,9 @@ class PendingFile(abc.ABC):
 class Store(abc.ABC):
     """A content-addressed store of blobs and mpacks (see the module docstring)."""
 
+    accepts_presigned_uploads = False  # True: presign_put/adopt_upload work (the S3 store)
+    signs_own_urls = False  # True: presign_mpack_get returns the backend's URL, not the hub's route
+
     def __init__(self, signer: UrlSigner) -> None:
         self.signer = signer
 
@@ -216,6 +219,25 @@ class Store(abc.ABC):
             ValueError: ``ttl_seconds`` is not positive.
         """
         return self.signer.url("GET", mpack_path(mpack_id), ttl_seconds)
+
+    def writable(self) -> bool:
+        """True if the store looks able to take writes (for the health check)."""
+        return True
+
+    def delete_many(self, namespace: str, digests: Iterable[str]) -> int:
+        """Delete several objects (batched where the backend can) → how many were asked for."""
+        digests = list(digests)
+        for digest in digests:
+            self.delete(namespace, digest)
+        return len(digests)
+
+    def presign_put(self, repo_key: str, digest: str, ttl_seconds: int) -> str | None:
+        """A URL a client may PUT an object's bytes to, or None if this store takes uploads inline."""
+        return None
+
+    def adopt_upload(self, repo_key: str, digest: str) -> int | None:
+        """Verify and publish a presigned upload → its size; None if there is none (or it was wrong)."""
+        return None
 
     @abc.abstractmethod
     def open(self, namespace: str, digest: str) -> BinaryIO:

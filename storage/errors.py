@@ -32,3 +32,9 @@ class StorageError(MuseError):
     """The store could not complete an operation (disk full, I/O error)."""
 
     code = "storage_error"
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached or answers 5xx: the same call may succeed later (HTTP 503)."""
+
+    code = "storage_unavailable"

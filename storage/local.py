@@ -83,6 +83,9 @@ class LocalStore(Store):
     def __repr__(self) -> str:
         return f"LocalStore({self.root!r})"
 
+    def writable(self) -> bool:
+        return os.access(self.root, os.W_OK)
+
     def open(self, namespace: str, digest: str) -> BinaryIO:
         key, path = self._locate(namespace, digest)
         try:

@@ -5,9 +5,29 @@ import pytest
 import webtest
 
 from app import create_app
+from bench.s3_server import create_bucket, moto_server
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings
 from tests.factories import Clock, make_repo, make_user
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """One moto S3 server process for the session (started by the first test that asks)."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint):
+    """A boto3 client of the session's S3 server (clients are slow to make: one for all)."""
+    return s3_endpoint.client()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, s3_client) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return create_bucket(s3_endpoint, client=s3_client)
 
 
 @pytest.fixture

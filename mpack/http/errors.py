@@ -29,6 +29,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
     (errors.ContentMismatch, falcon.HTTP_422),
+    (errors.StorageUnavailable, falcon.HTTP_503),  # before StorageError: a subclass
     (errors.StorageError, falcon.HTTP_507),
     (MPackError, falcon.HTTP_500),
 ]
@@ -54,6 +55,8 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="mpackhub"')
+    if isinstance(exc, errors.StorageUnavailable):
+        resp.set_header("Retry-After", "5")
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")
 

@@ -9,18 +9,29 @@ from mpack.hub.handlers import production_registry
 from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
-from storage import LocalStore, UrlSigner
+from storage import LocalStore, Store, UrlSigner
+from storage.s3 import S3Store, make_client, parse_store_url
 
 
 def production_pool(hub: Hub) -> JobPool:
     return JobPool(hub, threads=hub.settings.job_threads, registry=production_registry())
 
 
+def open_store(settings: Settings, signer: UrlSigner, *, clock: Callable[[], float] = time.time) -> Store:
+    """The store ``MPACKHUB_STORE_URL`` names: a local directory, or an S3-compatible bucket."""
+    if settings.store_kind == "s3":
+        client = make_client(endpoint_url=settings.s3_endpoint_url or None, region=settings.s3_region or None,
+                             pool_size=max(10, settings.job_threads * 4 + 16))
+        return S3Store(client, parse_store_url(settings.store_url), signer, clock=clock)
+    settings.store_root.mkdir(parents=True, exist_ok=True)
+    return LocalStore(settings.store_root, signer)
+
+
 def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:
     """Open the database (migrating it) and the store named by ``settings``."""
-    settings.store_root.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(parents=True, exist_ok=True)
     database = dbmod.open_database(settings.database_url)
     dbmod.migrate(database, clock)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
-    store = LocalStore(settings.store_root, signer)
+    store = open_store(settings, signer, clock=clock)
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)

@@ -10,13 +10,13 @@ from __future__ import annotations
 # package, storage failures in ``storage``) are re-exported, so the hub and its
 # HTTP mapping name every error through this one module.
 from mpack.format.errors import InvalidId, MPackError, MuseError
-from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
+from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageUnavailable, StoredObjectMissing
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
-    "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "StorageError", "StorageUnavailable", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
 

@@ -43,10 +43,20 @@ class Settings:
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
+    store_url: str = ""  # "" → file://$MPACKHUB_HOME/store; s3://bucket/prefix → the S3 store
+    s3_endpoint_url: str = ""  # "" → AWS; R2, MinIO or a test server otherwise
+    s3_region: str = ""
 
     @property
     def store_root(self) -> Path:
+        """The local store's directory (``file://`` store URLs only)."""
+        if self.store_url.startswith("file://"):
+            return Path(self.store_url[len("file://"):])
         return self.home / "store"
+
+    @property
+    def store_kind(self) -> str:
+        return "s3" if self.store_url.startswith("s3://") else "file"
 
     @property
     def effective_gc_grace(self) -> int:
@@ -80,6 +90,9 @@ class Settings:
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            store_url=env.str("MPACKHUB_STORE_URL", ""),
+            s3_endpoint_url=env.str("MPACKHUB_S3_ENDPOINT_URL", ""),
+            s3_region=env.str("MPACKHUB_S3_REGION", ""),
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -94,6 +107,7 @@ class Settings:
             raise SettingsError("MPACKHUB_SIGNING_KEYS is empty")
         if self.url_ttl > self.url_ttl_max:
             raise SettingsError("MPACKHUB_URL_TTL exceeds MPACKHUB_URL_TTL_MAX")
+        _check_store_url(self.store_url)
 
     def describe(self) -> dict[str, object]:
         """The settings as shown in logs and ``mpackhub serve``: secrets masked."""
@@ -101,6 +115,18 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["signing_key_ids"] = [kid for kid, _ in self.signing_keys]
         return {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()}
+
+
+def _check_store_url(url: str) -> None:
+    if not url:
+        return
+    if url.startswith("file://"):
+        if not url[len("file://"):].startswith("/"):
+            raise SettingsError("MPACKHUB_STORE_URL file:// needs an absolute path (file:///srv/store)")
+        return
+    bucket = url[len("s3://"):].split("/", 1)[0] if url.startswith("s3://") else ""
+    if not bucket or "?" in url or "#" in url:
+        raise SettingsError("MPACKHUB_STORE_URL must be file:///path or s3://bucket/prefix")
 
 
 class _Env:

@@ -1,0 +1,489 @@
+"""S3Store: blobs and mpacks in an S3-compatible bucket (AWS S3, Cloudflare R2, MinIO).
+
+Layout under ``s3://<bucket>/<prefix>``::
+
+    <prefix>/blobs/<hex>                   blob bytes
+    <prefix>/mpacks/<hex>                  mpack files
+    <prefix>/tmp/<32 hex>.tmp              objects being written (multipart uploads)
+    <prefix>/incoming/<repo>/<hex>         presigned uploads waiting to be verified
+
+Promises (those of ``storage.base``, on a bucket):
+    * A final key only ever holds bytes that hash to its name. ``put_bytes``
+      hashes first and writes with ``If-None-Match: *`` (so one of several
+      racing writers reports ``True``). ``new_file`` streams into a multipart
+      upload on a temp key, ``PART_SIZE`` at a time (memory stays flat however
+      large the pack), and publishes by a server-side copy once the digest is
+      known; small files skip the upload and are written in one PUT.
+    * An unfinished multipart upload is invisible to readers; ``iter_temp``
+      lists it (its creation time is in its name, independent of the bucket's
+      clock) so GC can abort it, as a bucket lifecycle rule would.
+    * Download URLs are the bucket's own presigned GETs, always SigV4
+      (``s3v4``), never longer than 7 days: pack bytes never pass through the hub.
+    * An unreachable bucket, a timeout, or a 5xx answer raises
+      ``StorageUnavailable`` (retry later); any other refusal ``StorageError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from storage.base import (
+    BLOBS,
+    MPACKS,
+    PendingFile,
+    Store,
+    check_digest,
+    check_namespace,
+    check_temp_name,
+    is_temp_name,
+)
+from storage.errors import ContentMismatch, StorageError, StorageUnavailable, StoredObjectMissing
+from storage.signing import UrlSigner
+
+try:  # boto3 is the optional 's3' extra
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+except ImportError:  # pragma: no cover - exercised only without the extra
+    boto3 = None  # type: ignore[assignment]
+
+SIGV4_MAX_TTL = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer (AWS S3 docs)
+PART_SIZE = 8 * 1024 * 1024  # S3 needs parts of at least 5 MiB, except the last
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+READ_CHUNK = 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # "" or "some/path" without slashes at either end
+
+
+def parse_store_url(url: str) -> S3Location:
+    """``s3://bucket/prefix`` → its bucket and prefix; ValueError if it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
+    return S3Location(parts.netloc, parts.path.strip("/"))
+
+
+def _new_temp_name(now: float) -> str:
+    """A temp name that carries its creation time (8 hex of unix seconds) and 24 random hex."""
+    return f"{int(now):08x}{secrets.token_hex(12)}.tmp"
+
+
+def _temp_created(name: str) -> float:
+    return float(int(name[:8], 16))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return _status(exc) == 404 or _code(exc) in {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+
+
+def _failure(action: str, exc: Exception) -> StorageError:
+    """A botocore exception as our error: unavailable (retry) or refused."""
+    if isinstance(exc, ClientError):
+        status, code = _status(exc), _code(exc)
+        if status >= 500 or code in _UNAVAILABLE_CODES:
+            return StorageUnavailable(f"{action}: the bucket answered {status} {code}")
+        return StorageError(f"{action}: the bucket refused ({status} {code})")
+    return StorageUnavailable(f"{action}: the bucket is unreachable ({type(exc).__name__})")
+
+
+@contextlib.contextmanager
+def _mapped(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _failure(action, exc) from exc
+
+
+def make_client(*, endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 3,
+                connect_timeout: float = 5.0, read_timeout: float = 30.0, pool_size: int = 32,
+                credentials: tuple[str, str] | None = None) -> Any:
+    """A boto3 S3 client with SigV4 forced, bounded retries and timeouts.
+
+    Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID``…,
+    profiles, instance roles) unless ``credentials`` (key id, secret) is given. With an endpoint (R2, MinIO, a test server)
+    path-style addressing is used, which every S3-compatible service accepts.
+    """
+    if boto3 is None:
+        raise StorageError("the S3 store needs boto3: pip install 'mpackhub[s3]'")
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout, read_timeout=read_timeout, max_pool_connections=pool_size,
+    )
+    keys = {} if credentials is None else {"aws_access_key_id": credentials[0],
+                                           "aws_secret_access_key": credentials[1]}
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+                                          config=config, **keys)
+
+
+class S3Store(Store):
+    """A content-addressed store in an S3-compatible bucket (see the module docstring)."""
+
+    signs_own_urls = True
+    accepts_presigned_uploads = True
+
+    def __init__(self, client: Any, location: S3Location, signer: UrlSigner, *,
+                 part_size: int = PART_SIZE, clock: Callable[[], float] = time.time) -> None:
+        """Use ``location`` in the bucket through ``client`` (see ``make_client``).
+
+        Args:
+            client: a boto3 S3 client.
+            location: bucket and key prefix.
+            signer: kept for the hub's own download route (URLs signed before a move to S3).
+            part_size: bytes per multipart part (5 MiB minimum on S3).
+            clock: unix time, stamped into temp names; injected by tests.
+        """
+        super().__init__(signer)
+        self.client = client
+        self.bucket = location.bucket
+        self.prefix = location.prefix + "/" if location.prefix else ""
+        self.part_size = part_size
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"S3Store(s3://{self.bucket}/{self.prefix})"
+
+    # -- keys --------------------------------------------------------------------
+
+    def key(self, namespace: str, digest: str) -> str:
+        """The bucket key of an object (validated namespace and digest)."""
+        return f"{self.prefix}{check_namespace(namespace)}/{check_digest(digest)}"
+
+    def _temp_key(self, name: str) -> str:
+        return f"{self.prefix}tmp/{name}"
+
+    def _incoming_key(self, repo_key: str, digest: str) -> str:
+        if not _REPO_KEY.fullmatch(repo_key):
+            raise ValueError(f"not a repository key: {repo_key!r}")
+        return f"{self.prefix}incoming/{repo_key}/{check_digest(digest)}"
+
+    def writable(self) -> bool:
+        """The bucket answers (one HEAD Bucket); credentials are checked by the writes themselves."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError):
+            return False
+        return True
+
+    # -- reads -------------------------------------------------------------------
+
+    def open(self, namespace: str, digest: str) -> BinaryIO:
+        key = self.key(namespace, digest)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise StoredObjectMissing(namespace, check_digest(digest)) from None
+            raise _failure(f"cannot open {namespace} object {digest}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot open {namespace} object {digest}", exc) from exc
+        return _BodyReader(response["Body"], f"reading {namespace} object {digest}")  # type: ignore[return-value]
+
+    def exists(self, namespace: str, digest: str) -> bool:
+        try:
+            self.stat(namespace, digest)
+        except StoredObjectMissing:
+            return False
+        return True
+
+    def stat(self, namespace: str, digest: str) -> tuple[int, float]:
+        key = self.key(namespace, digest)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise StoredObjectMissing(namespace, check_digest(digest)) from None
+            raise _failure(f"cannot stat {namespace} object {digest}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot stat {namespace} object {digest}", exc) from exc
+        return int(head["ContentLength"]), head["LastModified"].timestamp()
+
+    def iter_digests(self, namespace: str) -> Iterator[str]:
+        return self._iter_digests(f"{self.prefix}{check_namespace(namespace)}/")  # namespace checked eagerly
+
+    def _iter_digests(self, start: str) -> Iterator[str]:
+        for item in self._list(start):
+            name = item["Key"][len(start):]
+            if _HEX64.fullmatch(name):
+                yield name
+
+    def _list(self, prefix: str) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _mapped(f"cannot list {prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+
+    def local_path(self, namespace: str, digest: str) -> str | None:
+        self.key(namespace, digest)  # validates
+        return None
+
+    # -- writes ------------------------------------------------------------------
+
+    def put_bytes(self, namespace: str, digest: str, data: bytes) -> bool:
+        """Hash, then one conditional PUT: True if this call created the object."""
+        key = self.key(namespace, digest)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != check_digest(digest):
+            raise ContentMismatch("object", digest, actual)
+        return self._put_if_absent(key, bytes(data))
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if _status(exc) == 412 or _code(exc) == "PreconditionFailed":
+                return False
+            if _code(exc) == "ConditionalRequestConflict":  # a racing writer of the same bytes
+                return False
+            raise _failure(f"cannot write {key}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot write {key}", exc) from exc
+        return True
+
+    def delete(self, namespace: str, digest: str) -> bool:
+        key = self.key(namespace, digest)
+        if not self.exists(namespace, digest):
+            return False
+        with _mapped(f"cannot delete {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return True
+
+    def delete_many(self, namespace: str, digests: Iterable[str]) -> int:
+        """Delete objects with DeleteObjects, 1,000 keys a request → how many were asked for."""
+        keys = [self.key(namespace, d) for d in digests]
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start:start + DELETE_BATCH]
+            with _mapped(f"cannot delete {len(chunk)} {namespace} objects"):
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise StorageError(f"the bucket refused to delete {len(errors)} objects ({errors[0].get('Code')})")
+        return len(keys)
+
+    def _new_pending(self, namespace: str) -> PendingFile:
+        name = _new_temp_name(self._clock())
+        key = self._temp_key(name)
+        with _mapped(f"cannot start an upload for a {namespace} object"):
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        return _S3Pending(self, namespace, name, key, upload_id)
+
+    def _publish_copy(self, temp_key: str, final_key: str) -> bool:
+        """Copy a completed temp object to its final key unless an object is there already."""
+        if self._head(final_key) is not None:
+            self._touch(final_key)
+            return False
+        with _mapped(f"cannot publish {final_key}"):
+            # The managed copy switches to UploadPartCopy past 5 GB; bytes stay in the bucket.
+            self.client.copy({"Bucket": self.bucket, "Key": temp_key}, self.bucket, final_key)
+        return True
+
+    def _touch(self, key: str) -> None:
+        """Refresh LastModified: GC's orphan grace counts from the latest publication."""
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self.client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, key,
+                             ExtraArgs={"MetadataDirective": "REPLACE"})
+
+    def _head(self, key: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise _failure(f"cannot stat {key}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot stat {key}", exc) from exc
+
+    # -- temp files --------------------------------------------------------------
+
+    def iter_temp(self) -> Iterator[tuple[str, float]]:
+        start = self._temp_key("")
+        names: set[str] = set()
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with _mapped("cannot list uploads"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                names.update(u["Key"][len(start):] for u in page.get("Uploads", []))
+        names.update(item["Key"][len(start):] for item in self._list(start))
+        for name in sorted(names):
+            if is_temp_name(name):
+                yield name, _temp_created(name)
+
+    def remove_temp(self, name: str) -> bool:
+        key = self._temp_key(check_temp_name(name))
+        removed = False
+        with _mapped(f"cannot remove temp {name}"):
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
+            for upload in uploads:
+                if upload["Key"] == key:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+                    removed = True
+        if self._head(key) is not None:
+            with _mapped(f"cannot remove temp {name}"):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            removed = True
+        return removed
+
+    # -- signed URLs and presigned uploads ---------------------------------------
+
+    def presign_mpack_get(self, mpack_id: str, ttl_seconds: int) -> str:
+        """The bucket's own presigned GET (SigV4), valid ``ttl_seconds`` (at most 7 days)."""
+        return self.presign_get(MPACKS, mpack_id, ttl_seconds)
+
+    def presign_get(self, namespace: str, digest: str, ttl_seconds: int) -> str:
+        key = self.key(namespace, digest)
+        return self._presign("get_object", key, ttl_seconds)
+
+    def presign_put(self, repo_key: str, digest: str, ttl_seconds: int) -> str:
+        """A presigned PUT to this repository's incoming area, checked by ``adopt_upload`` later."""
+        return self._presign("put_object", self._incoming_key(repo_key, digest), ttl_seconds)
+
+    def _presign(self, operation: str, key: str, ttl_seconds: int) -> str:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        return self.client.generate_presigned_url(
+            operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=min(int(ttl_seconds), SIGV4_MAX_TTL))
+
+    def adopt_upload(self, repo_key: str, digest: str) -> int | None:
+        """Verify a presigned upload and publish it as a blob → its size, or None if absent or wrong.
+
+        The bytes are read once through the hub and written to their content
+        address from what was hashed (so a client swapping the upload midway
+        cannot slip other bytes in); the incoming copy is then deleted.
+        """
+        source = self._incoming_key(repo_key, digest)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=source)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise _failure(f"cannot read upload {digest}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot read upload {digest}", exc) from exc
+        body = _BodyReader(response["Body"], f"reading upload {digest}")
+        try:
+            with body, self.new_file(BLOBS) as pending:
+                for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                    pending.write(chunk)
+                size = pending.size
+                pending.commit(digest)
+        except ContentMismatch:
+            size = None
+        with _mapped(f"cannot remove upload {digest}"):
+            self.client.delete_object(Bucket=self.bucket, Key=source)
+        return size
+
+
+class _S3Pending(PendingFile):
+    """A multipart upload on a temp key; parts of ``part_size`` go up as they fill."""
+
+    def __init__(self, store: S3Store, namespace: str, name: str, key: str, upload_id: str) -> None:
+        super().__init__(namespace, name)
+        self._store = store
+        self._key = key
+        self._upload_id = upload_id
+        self._buffer = bytearray()
+        self._parts: list[dict] = []
+
+    def _write(self, data: memoryview) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self._store.part_size:
+            chunk = bytes(self._buffer[:self._store.part_size])
+            del self._buffer[:self._store.part_size]
+            self._upload_part(chunk)
+
+    def _upload_part(self, chunk: bytes) -> None:
+        store, number = self._store, len(self._parts) + 1
+        with _mapped(f"cannot upload part {number} of a {self.namespace} object"):
+            answer = store.client.upload_part(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
+                                              PartNumber=number, Body=chunk)
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def _publish(self, digest: str) -> bool:
+        store = self._store
+        final = store.key(self.namespace, digest)
+        if not self._parts:  # it all fits in one part: one conditional PUT, no copy
+            self._check_upload_alive()
+            return store._put_if_absent(final, bytes(self._buffer))
+        if self._buffer:
+            self._upload_part(bytes(self._buffer))
+            self._buffer.clear()
+        with _mapped(f"cannot complete the upload of {self.namespace} object {digest}"):
+            store.client.complete_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
+                                                   MultipartUpload={"Parts": self._parts})
+        self._upload_id = ""  # completed: nothing left to abort, only the temp object to delete
+        return store._publish_copy(self._key, final)
+
+    def _check_upload_alive(self) -> None:
+        """A temp swept by GC (its upload aborted) must not be committed."""
+        store = self._store
+        try:
+            store.client.list_parts(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise StorageError(f"the upload of temp {self.name} was removed before its commit") from None
+            raise _failure(f"cannot check the upload of temp {self.name}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failure(f"cannot check the upload of temp {self.name}", exc) from exc
+
+    def _discard(self) -> None:
+        # Best effort: what cannot be removed now is listed by iter_temp and swept by GC.
+        store = self._store
+        self._buffer = bytearray()
+        with contextlib.suppress(ClientError, BotoCoreError):
+            if self._upload_id:
+                store.client.abort_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
+            else:
+                store.client.delete_object(Bucket=store.bucket, Key=self._key)
+
+
+class _BodyReader(io.RawIOBase):
+    """A GET's streaming body as a binary file; network failures become ``StorageUnavailable``."""
+
+    def __init__(self, body: Any, action: str) -> None:
+        super().__init__()
+        self._body = body
+        self._action = action
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailable(f"{self._action}: the bucket connection failed ({type(exc).__name__})") from exc
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._body.close()
+        super().close()

@@ -29,6 +29,7 @@ import hashlib
 import io
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 READ_CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: list[Any] = []  # one boto3 session: its loaded service models are shared by every client
 _UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
 
 
@@ -136,8 +139,11 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None, m
     )
     keys = {} if credentials is None else {"aws_access_key_id": credentials[0],
                                            "aws_secret_access_key": credentials[1]}
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
-                                          config=config, **keys)
+    with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
+        if not _SESSIONS:
+            _SESSIONS.append(boto3.session.Session())
+        return _SESSIONS[0].client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+                              config=config, **keys)
 
 
 class S3Store(Store):

@@ -92,6 +92,7 @@ class BucketFront:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # dropped connections are the point
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -122,7 +123,8 @@ class BucketFront:
         body = request.rfile.read(length) if length else b""
         status = self.fault(request.command, request.path)
         if status is not None:
-            return self._reply(request, status, b"<Error><Code>ServiceUnavailable</Code></Error>", {})
+            code = {500: "InternalError", 503: "ServiceUnavailable", 403: "AccessDenied"}.get(status, "Fault")
+            return self._reply(request, status, f"<Error><Code>{code}</Code></Error>".encode(), {})
         if "X-Amz-Signature=" in request.path:
             url = f"http://{request.headers.get('Host')}{request.path}"
             refusal = check_presigned("GET" if request.command == "HEAD" else request.command, url, self.secret)

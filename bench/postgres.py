@@ -89,10 +89,7 @@ def _ensure_service_user() -> pwd.struct_passwd:
 
 def _traversable_by_others(path: Path) -> bool:
     """Whether every directory from / down to ``path`` lets other users through (o+x)."""
-    for part in [path, *path.parents]:
-        if not os.stat(part).st_mode & 0o001:
-            return False
-    return True
+    return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
 
 
 @dataclass

@@ -14,6 +14,7 @@ from mpack.http import errors as http_errors
 from mpack.http.logs import configure_logging
 from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
 from mpack.hub.bootstrap import build_hub
+from mpack.hub.db import discard_connection
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 
@@ -39,7 +40,7 @@ def create_app(hub: Hub) -> HubApp:
     api = falcon.App(cors_enable=False)
     api.req_options.auto_parse_form_urlencoded = False
     api.req_options.strip_url_path_trailing_slash = True
-    http_errors.install(api)
+    http_errors.install(api, lambda: discard_connection(hub.db))
     api.add_route("/healthz", Health(hub))
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))

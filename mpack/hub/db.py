@@ -6,13 +6,24 @@ transaction that may write takes the write lock up front instead of failing
 with SQLITE_BUSY half way. Connections are per thread and opened lazily, so a
 process that forks (gunicorn) never hands one to its children: ``migrate``
 closes the connection it used.
+
+PostgreSQL (``postgresql://user:password@host:port/name?option=value``, the
+options passed to libpq, ``connect_timeout`` 5 s unless given) runs at READ
+COMMITTED, so what SQLite's single writer gave for free is asked for:
+``migrate`` holds an advisory lock (many workers and nodes start together),
+``xact_lock`` serialises writers on one key for the rest of a transaction, and
+``for_update`` adds ``FOR UPDATE`` to a read that a write will follow. On
+SQLite both are no-ops: an IMMEDIATE transaction already excludes every other
+writer. A connection that failed (server restarted) is dropped by
+``discard_connection``; the next query opens a fresh one.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import peewee as pw
 
@@ -31,6 +42,13 @@ SQLITE_PRAGMAS = {
 }
 
 
+PG_CONNECT_TIMEOUT = 5  # seconds: a database that does not answer fails requests fast (503), not after minutes
+MIGRATION_LOCK = "mpackhub schema migration"
+
+# What a lost or refused connection raises: answered 503, and the connection is dropped.
+CONNECTION_ERRORS = (pw.OperationalError, pw.InterfaceError)
+
+
 class DatabaseUrlError(MuseError):
     code = "database_url"
 
@@ -42,14 +60,59 @@ def open_database(url: str) -> pw.Database:
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
         db: pw.Database = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     elif parsed.scheme in ("postgres", "postgresql"):
+        options: dict[str, object] = {"connect_timeout": PG_CONNECT_TIMEOUT, "application_name": "mpackhub"}
+        options.update(parse_qsl(parsed.query))
         db = pw.PostgresqlDatabase(
-            parsed.path.lstrip("/"), user=parsed.username, password=parsed.password,
-            host=parsed.hostname, port=parsed.port or 5432,
+            unquote(parsed.path.lstrip("/")), user=unquote(parsed.username or "") or None,
+            password=unquote(parsed.password or "") or None, host=parsed.hostname, port=parsed.port or 5432,
+            **options,
         )
     else:
         raise DatabaseUrlError(f"unsupported database URL scheme {parsed.scheme!r} (sqlite:/// or postgresql://)")
     models.database.initialize(db)
     return db
+
+
+def is_postgres(db: pw.Database) -> bool:
+    return isinstance(db, pw.PostgresqlDatabase)
+
+
+def advisory_key(name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks, from a name."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def xact_lock(db: pw.Database, name: str) -> None:
+    """Inside a transaction: wait for, then hold until commit, the lock named ``name`` (PostgreSQL).
+
+    On SQLite a write transaction already holds the database's one write lock.
+    """
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (advisory_key(name),))
+
+
+def for_update(db: pw.Database, query: pw.Select) -> pw.Select:
+    """``query … FOR UPDATE`` where rows can be locked (PostgreSQL); SQLite's writer lock covers it."""
+    return query.for_update() if is_postgres(db) else query
+
+
+def discard_connection(db: pw.Database) -> None:
+    """Drop this thread's connection after an error that may have broken it.
+
+    The next query opens a new one (peewee connects on demand), so a hub rides
+    out a database restart without being restarted itself.
+    """
+    if db.is_closed():
+        return
+    try:
+        db.close()
+    except pw.PeeweeException:  # refused mid-transaction, or already gone: close the driver's handle, forget the state
+        raw = getattr(db._state, "conn", None)  # peewee has no public way to close a connection it refuses to
+        try:
+            if raw is not None:
+                raw.close()
+        finally:
+            db.dispose()
 
 
 def _v1_create_tables(db: pw.Database) -> None:
@@ -61,8 +124,29 @@ def _v1_create_tables(db: pw.Database) -> None:
     )
 
 
+# Epoch-second columns: PostgreSQL's ``real`` (what v1 made of peewee's FloatField) holds
+# them to 128 s; ``double precision`` to a microsecond. SQLite's REAL is already 8 bytes.
+TIMESTAMP_COLUMNS = {
+    "schema_version": ("applied_at",),
+    "user": ("created_at",),
+    "api_token": ("created_at",),
+    "repo": ("created_at",),
+    "branch": ("updated_at",),
+    "fetch_mpack_cache": ("created_at", "expires_at", "last_used_at"),
+    "background_job": ("created_at", "run_after", "locked_until", "finished_at"),
+}
+
+
+def _v2_double_timestamps(db: pw.Database) -> None:
+    if not is_postgres(db):
+        return
+    for table, columns in TIMESTAMP_COLUMNS.items():
+        changes = ", ".join(f'ALTER COLUMN "{column}" TYPE double precision' for column in columns)
+        db.execute_sql(f'ALTER TABLE "{table}" {changes}')
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables, _v2_double_timestamps]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -73,18 +157,23 @@ def current_version(db: pw.Database) -> int:
     return int(row or 0)
 
 
-def migrate(db: pw.Database, clock: Callable[[], float] = time.time) -> int:
-    """Create or upgrade the schema under a recorded version; safe to run from many workers at once."""
+def migrate(db: pw.Database, clock: Callable[[], float] = time.time, *, upto: int | None = None) -> int:
+    """Create or upgrade the schema under a recorded version; safe to run from many workers and nodes at once.
+
+    ``upto`` stops at that version (tests build the previous schema with it). Returns the version reached.
+    """
+    target_version = SCHEMA_VERSION if upto is None else upto
     db.connect(reuse_if_open=True)
     try:
         with db.atomic():
+            xact_lock(db, MIGRATION_LOCK)  # PostgreSQL: the second worker waits, then finds the schema done
             version = current_version(db)
             if version > SCHEMA_VERSION:
                 raise MuseError(f"database schema version {version} is newer than this mpackhub ({SCHEMA_VERSION})")
-            for target in range(version, SCHEMA_VERSION):
+            for target in range(version, target_version):
                 MIGRATIONS[target](db)
                 models.SchemaVersion.create(version=target + 1, applied_at=clock())
                 log.info("schema upgraded", extra={"schema_version": target + 1})
-        return SCHEMA_VERSION
+        return max(version, target_version)
     finally:
         db.close()

@@ -23,6 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Self
 
 from mpack.hub import jobs
+from mpack.hub.db import discard_connection
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
 
@@ -94,8 +95,9 @@ class JobPool:
         try:
             self.hub.db.connect(reuse_if_open=True)  # this thread's own connection, kept between jobs
             return run_one(self.hub, self.registry, worker_id, self.lease_seconds)
-        except Exception:  # the database itself failed (locked, gone): wait and try again
+        except Exception:  # the database itself failed (locked, gone): wait and try again on a fresh connection
             self.hub.log.exception("job pool: claiming or recording a job failed", extra={"worker_id": worker_id})
+            discard_connection(self.hub.db)
             return False
 
     def _wait_for_work(self) -> None:
@@ -193,8 +195,9 @@ class Heartbeat:
     def _renew(self) -> bool:
         try:
             renewed = jobs.renew(self.hub, self.job_id, self.worker_id, self.lease_seconds)
-        except Exception:  # a busy database: the next beat tries again before the lease ends
+        except Exception:  # a busy or restarted database: the next beat tries again before the lease ends
             self.hub.log.exception("job heartbeat failed", extra={"job_id": self.job_id})
+            discard_connection(self.hub.db)
             return True
         if not renewed:
             self.lost = True

@@ -78,7 +78,7 @@ class Wire(Resource):
 
     def on_post_presign(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))
-        send(req, resp, bundle.presign_objects(target, self.body(req)))
+        send(req, resp, bundle.presign_objects(self.hub, target, self.body(req)))
 
     def on_post_push_objects(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))

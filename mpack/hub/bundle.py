@@ -14,6 +14,7 @@ from mpack.hub.errors import BundleTooLarge, InvalidField
 from mpack.hub.fetch import _walk_commit_delta, parse_haves, resolve_wants
 from mpack.hub.history import iter_records, load_commits, topological
 from mpack.hub.models import Object, Repo, Snapshot
+from mpack.hub.push import missing_objects
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
 
@@ -74,11 +75,24 @@ def negotiate(repo: Repo, body: dict) -> dict:
     return {"ack": ack, "common_base": newest.commit_id if newest else None, "ready": newest is not None}
 
 
-def presign_objects(repo: Repo, body: dict) -> dict:
-    """This store takes uploads inline: every id goes back in ``inline``."""
+def presign_objects(hub: Hub, repo: Repo, body: dict) -> dict:
+    """``POST /presign`` → ``{presigned: {id: url}, inline: [id]}``.
+
+    A store that takes presigned uploads (S3) gets a PUT URL for every object
+    this repo lacks; the push verifies each upload's hash before it may be
+    referenced (``push.adopt_uploads``). Everything else — a local store,
+    objects already held, ``direction: get`` — is answered inline.
+    """
     object_ids = body.get("object_ids")
     if not isinstance(object_ids, list):
         raise InvalidField("object_ids", "must be a list")
-    if body.get("direction", "put") not in ("put", "get"):
+    direction = body.get("direction", "put")
+    if direction not in ("put", "get"):
         raise InvalidField("direction", "must be 'put' or 'get'")
-    return {"presigned": {}, "inline": [ids.check_id(o, "object_id") for o in object_ids]}
+    given = [ids.check_id(o, "object_id") for o in object_ids]
+    if direction != "put" or not hub.store.accepts_presigned_uploads:
+        return {"presigned": {}, "inline": given}
+    lacking = set(missing_objects(repo, given))
+    ttl = hub.settings.url_ttl
+    presigned = {o: hub.store.presign_put(repo.repo_id, o, ttl) for o in given if o in lacking}
+    return {"presigned": presigned, "inline": [o for o in given if o not in presigned]}

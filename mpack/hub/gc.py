@@ -12,7 +12,8 @@ Safety rules (docs/gc.md says why):
 - Every row is deleted by a statement that re-checks why it may go (still
   expired, still unused), so a row refreshed or rebuilt since GC listed it
   stays. Every file is deleted inside a write transaction that first
-  re-checks that no row names it (and, for orphans, its age); cache rows are
+  re-checks that no row names it (and, for orphans, its age) — up to
+  ``DELETE_BATCH`` files a transaction, deleted by one ``delete_many``; cache rows are
   written inside one that checks the file exists. The two serialise (SQLite:
   one writer; PostgreSQL: both hold the pack's advisory lock), so no row ever
   names a missing file, whichever nodes they run on. Row deletes are single
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 TEMP_GRACE = 3600.0  # a temp file untouched for an hour belongs to a dead build
 EXPIRY_SLACK = float(CLOCK_SLACK)  # how long past any expiry GC waits before acting on it
+DELETE_BATCH = 100  # packs re-checked and deleted per transaction (one DeleteObjects on S3)
 
 
 @dataclass
@@ -99,34 +101,45 @@ def _named_by_a_row(mpack_id: str, gone: set[str] | frozenset[str] = frozenset()
     return any(cache_id not in gone for (cache_id,) in names.tuples())
 
 
-def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
+def _delete_unnamed(hub: Hub, mpack_ids: list[str], report: GcReport, gone: _Gone, *,
                     published_before: float | None = None) -> None:
-    """Delete a pack file if no row names it (and, for an orphan, it was published before the cutoff).
+    """Delete the pack files no row names (and, for orphans, published before the cutoff), in batches."""
+    digests = sorted({ids.hex_of(m) for m in mpack_ids} - gone.packs)  # sorted: locks taken in one order
+    for start in range(0, len(digests), DELETE_BATCH):
+        _delete_batch(hub, digests[start:start + DELETE_BATCH], report, gone, published_before)
 
-    Both are checked inside the write transaction that deletes it.
-    """
-    digest = ids.hex_of(mpack_id)
-    if digest in gone.packs:
-        return
+
+def _delete_batch(hub: Hub, digests: list[str], report: GcReport, gone: _Gone, published_before: float | None) -> None:
+    """One write transaction: re-check each pack under its lock, then one batched delete (DeleteObjects on S3)."""
+    doomed: dict[str, int] = {}
     with hub.db.atomic():
-        xact_lock(hub.db, cache.pack_lock(digest))
-        if _named_by_a_row(digest, gone.rows):
-            return
-        try:
-            size, mtime = hub.store.stat(MPACKS, digest)
-        except StoredObjectMissing:
-            return
-        if published_before is not None and mtime >= published_before:
-            return  # republished since it was listed: a URL to it may have just been issued
+        for digest in digests:
+            xact_lock(hub.db, cache.pack_lock(digest))
+            size = _deletable_size(hub, digest, gone, published_before)
+            if size is not None:
+                doomed[digest] = size
         if report.dry_run:
-            gone.packs.add(digest)
-        else:
-            hub.store.delete(MPACKS, digest)
-    report.bytes_freed += size
+            gone.packs.update(doomed)
+        elif doomed:
+            hub.store.delete_many(MPACKS, list(doomed))
+    report.bytes_freed += sum(doomed.values())
     if published_before is not None:
-        report.orphans_deleted += 1
+        report.orphans_deleted += len(doomed)
     else:
-        report.mpacks_deleted += 1
+        report.mpacks_deleted += len(doomed)
+
+
+def _deletable_size(hub: Hub, digest: str, gone: _Gone, published_before: float | None) -> int | None:
+    """The pack's size if it may go now: no row names it (and an orphan is old enough); else None."""
+    if _named_by_a_row(digest, gone.rows):
+        return None
+    try:
+        size, mtime = hub.store.stat(MPACKS, digest)
+    except StoredObjectMissing:
+        return None
+    if published_before is not None and mtime >= published_before:
+        return None  # republished since it was listed: a URL to it may have just been issued
+    return size
 
 
 def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
@@ -190,9 +203,9 @@ def _published_before(hub: Hub, digest: str, cutoff: float) -> bool:
 
 def _sweep_orphans(hub: Hub, report: GcReport, gone: _Gone) -> None:
     cutoff = hub.now() - hub.settings.effective_gc_grace - EXPIRY_SLACK
-    for digest in list(hub.store.iter_digests(MPACKS)):
-        if _published_before(hub, digest, cutoff):  # cheap first look; re-checked in the transaction
-            _delete_unnamed(hub, digest, report, gone, published_before=cutoff)
+    # A cheap first look; each is re-checked under its lock in the deleting transaction.
+    old = [digest for digest in list(hub.store.iter_digests(MPACKS)) if _published_before(hub, digest, cutoff)]
+    _delete_unnamed(hub, old, report, gone, published_before=cutoff)
     temp_cutoff = hub.now() - TEMP_GRACE
     for name, mtime in list(hub.store.iter_temp()):
         if mtime < temp_cutoff and (report.dry_run or hub.store.remove_temp(name)):
@@ -206,8 +219,7 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     gone = _Gone()
     candidates = _expire_rows(hub, repo, report, gone)
     candidates |= _evict_for_quota(hub, repo, report, gone)
-    for mpack_id in sorted(candidates):
-        _delete_unnamed(hub, mpack_id, report, gone)
+    _delete_unnamed(hub, sorted(candidates), report, gone)
     if repo is None:
         _sweep_orphans(hub, report, gone)
         report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)

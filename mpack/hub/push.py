@@ -162,11 +162,25 @@ def missing_objects(repo: Repo, object_ids: Iterable[str]) -> list[str]:
     return [o for o in given if ids.hex_of(o) not in held]
 
 
-def check_references(repo: Repo, bundle: Bundle) -> None:
+def adopt_uploads(hub: Hub, repo: Repo, digests: set[str]) -> set[str]:
+    """Blobs uploaded through presigned URLs, verified by hash and recorded → the digests adopted."""
+    if not digests or not hub.store.accepts_presigned_uploads:
+        return set()
+    sizes = {d: hub.store.adopt_upload(repo.repo_id, d) for d in sorted(digests)}
+    adopted = {d: size for d, size in sizes.items() if size is not None}
+    if adopted:
+        with hub.db.atomic():
+            Object.insert_many([{"repo": repo, "digest": d, "size": size} for d, size in adopted.items()]
+                               ).on_conflict_ignore().execute()
+    return set(adopted)
+
+
+def check_references(hub: Hub, repo: Repo, bundle: Bundle) -> None:
     pushed_blobs = {b.digest for b in bundle.blobs}
     wanted_blobs = {ids.hex_of(o) for s in bundle.snapshots.values() for o in s["manifest"].values()}
     lacking = wanted_blobs - pushed_blobs - {EMPTY_BLOB}
     lacking -= _present(Object, repo, lacking)
+    lacking -= adopt_uploads(hub, repo, lacking)
     if lacking:
         raise MissingReference("objects", sorted(lacking))
     lacking = {c.snapshot for c in bundle.commits} - set(bundle.snapshots)
@@ -250,7 +264,7 @@ def push(hub: Hub, repo: Repo, body: dict) -> dict:
         raise InvalidField("force", "must be a boolean")
     bundle = parse_bundle(body.get("bundle"))
     tip = _tip_of(body, bundle)
-    check_references(repo, bundle)
+    check_references(hub, repo, bundle)
     generations = _generations(repo, bundle.commits)
     _store_bytes(hub, bundle.blobs)
     with hub.db.atomic():

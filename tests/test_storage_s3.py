@@ -193,7 +193,7 @@ def test_a_refusal_is_a_storage_error_not_unavailable(store, front):
 def test_delete_many_removes_a_batch_and_ignores_absent_objects(store, front):
     blobs = [os.urandom(16) for _ in range(5)]
     digests = [hashlib.sha256(b).hexdigest() for b in blobs]
-    for data, digest in zip(blobs, digests):
+    for data, digest in zip(blobs, digests, strict=True):
         store.put_bytes(MPACKS, digest, data)
     deletes = []
     front.fail(None)

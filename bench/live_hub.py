@@ -45,6 +45,7 @@ class LiveHub:
     home: Path
     admin_token: str
     process: subprocess.Popen
+    log_path: Path | None = None
 
     def call(self, method: str, path: str, body: dict | None = None, *, token: str | None = None,
              as_json: bool = False, headers: dict | None = None) -> Reply:
@@ -95,18 +96,20 @@ def wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 30.0) 
 def live_hub(home: Path, *, workers: int = 2, env: dict | None = None):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    admin = "test-admin-token-" + os.urandom(8).hex()
     environ = {
         **os.environ, "MPACKHUB_HOME": str(home), "MPACKHUB_PUBLIC_URL": url, "MPACKHUB_BIND": f"127.0.0.1:{port}",
-        "MPACKHUB_ADMIN_TOKEN": admin, "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(),
+        "MPACKHUB_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
+        "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(),
         "MPACKHUB_WORKERS": str(workers), "MPACKHUB_JOB_POLL_SECONDS": "0.2", **(env or {}),
-    }
-    log = open(home.parent / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 — closed below
+    }  # several nodes of one hub share the admin token and signing keys: pass them in ``env``
+    admin = environ["MPACKHUB_ADMIN_TOKEN"]
+    log_path = home.parent / f"gunicorn-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 — closed below
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
                                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, process)
-        yield LiveHub(url, home, admin, process)
+        yield LiveHub(url, home, admin, process, log_path)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

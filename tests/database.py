@@ -37,6 +37,7 @@ def database_url(home: Path | str, *, sqlite_name: str = "mpackhub.sqlite3", emp
     ``empty`` gives a PostgreSQL database without the schema (the hub's default SQLite file is new anyway).
     """
     home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
     if not POSTGRES:
         return f"sqlite:///{home / sqlite_name}"
     remembered = home / URL_FILE
@@ -47,7 +48,6 @@ def database_url(home: Path | str, *, sqlite_name: str = "mpackhub.sqlite3", emp
         raise RuntimeError("no PostgreSQL cluster: open homes in the test process first")
     url = cluster.create_database(template=None if empty else TEMPLATE)
     _session["made"].append(url.rsplit("/", 1)[1])
-    home.mkdir(parents=True, exist_ok=True)
     remembered.write_text(url)
     return url
 

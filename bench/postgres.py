@@ -156,6 +156,21 @@ class PostgresCluster:
     def is_running(self) -> bool:
         return self._run("pg_ctl", "status", "-D", str(self.data_dir), check=False).returncode == 0
 
+    def execute(self, sql: str, database: str = "postgres") -> None:
+        """Run one statement as the superuser, outside a transaction (psycopg2 if installed, else psql)."""
+        try:
+            import psycopg2
+        except ImportError:
+            self.psql(sql, database)
+            return
+        conn = psycopg2.connect(self.url(database), connect_timeout=10)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            conn.close()
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` through psql as the superuser; returns its unaligned output."""
         result = self._run("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
@@ -168,11 +183,11 @@ class PostgresCluster:
             self._databases += 1
             name = f"t{os.getpid()}_{self._databases}"
         clause = f' TEMPLATE "{template}"' if template else ""
-        self.psql(f'CREATE DATABASE "{name}"{clause}')
+        self.execute(f'CREATE DATABASE "{name}"{clause}')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
-        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

@@ -1,4 +1,8 @@
-"""Every test gets its own hub: a real SQLite file and a real store under tmp_path."""
+"""Every test gets its own hub: a real database and a real store under tmp_path.
+
+The database is a SQLite file, or with ``MPACKHUB_TEST_DATABASE=postgresql`` a
+fresh database in a throwaway PostgreSQL cluster (tests/database.py).
+"""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +12,7 @@ from app import create_app
 from bench.s3_server import create_bucket, moto_server
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings
+from tests import database
 from tests.factories import Clock, make_repo, make_user
 
 
@@ -30,6 +35,25 @@ def bucket(s3_endpoint, s3_client) -> str:
     return create_bucket(s3_endpoint, client=s3_client)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster(tmp_path_factory):
+    if not database.POSTGRES:
+        yield None
+        return
+    manager = database.start_cluster(tmp_path_factory.getbasetemp())
+    try:
+        yield database.cluster()
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases():
+    since = database.made_so_far()
+    yield
+    database.drop_made(since)
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -37,7 +61,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings.for_home(tmp_path / "hub", public_url="http://hub.test", job_threads=0)
+    home = tmp_path / "hub"
+    return Settings.for_home(home, database_url=database.database_url(home), public_url="http://hub.test",
+                             job_threads=0)
 
 
 @pytest.fixture

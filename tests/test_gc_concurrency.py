@@ -31,6 +31,7 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import BackgroundJob, FetchMPackCache, Repo
 from mpack.hub.settings import Settings
 from storage.base import MPACKS
+from tests.database import database_url
 from tests.factories import History, make_repo, make_user, push_history
 
 RUN_SECONDS = 3.0
@@ -167,7 +168,9 @@ def run_prebuilds(race: Race, state: dict) -> None:
 @pytest.fixture
 def race(tmp_path):
     clock = SharedClock(time.time())
-    settings = Settings.for_home(tmp_path / "hub", public_url="http://hub.test", job_threads=0, cache_ttl=60)
+    settings = Settings.for_home(tmp_path / "hub",
+                                 database_url=database_url(tmp_path / "hub"), public_url="http://hub.test", job_threads=0,
+                                 cache_ttl=60)
     hub = build_hub(settings, clock=clock)
     user, token = make_user(hub, "gabriel")
     history = History().linear(4)

@@ -23,6 +23,7 @@ from mpack.hub.pool import run_until_idle
 from mpack.hub.settings import Settings
 from storage import BLOBS, MPACKS
 from storage.s3 import S3Store
+from tests import database
 from tests.factories import History, error_of, push_history, unpack, wire
 from tests.s3_support import BucketFront
 
@@ -40,8 +41,10 @@ def settings(tmp_path, bucket, front, monkeypatch):
     """The hub's settings, as an operator writes them: the bucket by URL, keys from the AWS chain."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    home = tmp_path / "hub"
     return Settings.from_env({
-        "MPACKHUB_HOME": str(tmp_path / "hub"), "MPACKHUB_PUBLIC_URL": "http://hub.test", "MPACKHUB_JOB_THREADS": "0",
+        "MPACKHUB_HOME": str(home), "MPACKHUB_DATABASE_URL": database.database_url(home),
+        "MPACKHUB_PUBLIC_URL": "http://hub.test", "MPACKHUB_JOB_THREADS": "0",
         "MPACKHUB_STORE_URL": f"s3://{bucket}/hub", "MPACKHUB_S3_ENDPOINT_URL": front.url,
         "MPACKHUB_S3_REGION": REGION,
     })

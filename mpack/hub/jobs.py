@@ -129,7 +129,10 @@ def enqueue(hub: Hub, repo_id: str | None, job_type: str, payload: dict, *, run_
     if there is one. Returns the job id."""
     job_id = _retry_integrity(hub, lambda: _enqueue_once(hub, repo_id, job_type, payload, run_after, merge))
     if hub.pool is not None:
-        hub.pool.wake()
+        # Inside the caller's transaction (a push) the job is invisible until it commits: a thread
+        # woken now would find nothing (PostgreSQL does not make it wait as SQLite's lock does) and
+        # sleep a whole poll. Wake it when the job is there to claim.
+        hub.db.after_commit(hub.pool.wake)
     return job_id
 
 

@@ -73,8 +73,8 @@ def fill(home: Path, env: dict[str, str], synth: Synth) -> tuple[str, int]:
         hub.db.close()
 
 
-def hit_rate(servers: list[LiveHub], tip: str, seconds: float) -> tuple[int, float]:
-    """Cache-hit fetch/mpack from CLIENT_THREADS threads spread over ``servers`` → (requests, req/s)."""
+def hit_rate(servers: list[LiveHub], tip: str, seconds: float) -> tuple[int, float, float]:
+    """Cache-hit fetch/mpack from CLIENT_THREADS threads spread over ``servers`` → (requests, elapsed s, req/s)."""
     stop = time.monotonic() + seconds
     counts = [0] * CLIENT_THREADS
     failures: list[int] = []
@@ -97,7 +97,7 @@ def hit_rate(servers: list[LiveHub], tip: str, seconds: float) -> tuple[int, flo
     elapsed = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"cache-hit requests failed: {failures[:5]}")
-    return sum(counts), sum(counts) / elapsed
+    return sum(counts), elapsed, sum(counts) / elapsed
 
 
 def download_rate(server: LiveHub, tip: str) -> float:
@@ -143,12 +143,12 @@ def run(scale: float | None = None, quick: bool = False) -> list[Table]:
         (work / "scaled-b").mkdir()
         node_b = stack.enter_context(live_hub(work / "scaled-b" / "home", env=scaled_env))
 
-        anchor_count, anchor = hit_rate([local], local_tip, seconds)
-        hits.add("1 node, SQLite + local store (anchor)", anchor_count, seconds, anchor, 1.0)
+        anchor_count, elapsed, anchor = hit_rate([local], local_tip, seconds)
+        hits.add("1 node, SQLite + local store (anchor)", anchor_count, elapsed, anchor, 1.0)
         for label, servers in (("1 node, PostgreSQL + S3 endpoint", [node_a]),
                                ("2 nodes, PostgreSQL + S3 endpoint, load split", [node_a, node_b])):
-            count, rate = hit_rate(servers, scaled_tip, seconds)
-            hits.add(label, count, seconds, rate, rate / anchor)
+            count, elapsed, rate = hit_rate(servers, scaled_tip, seconds)
+            hits.add(label, count, elapsed, rate, rate / anchor)
 
         anchor_clone = clone_seconds(local, work, runs)
         clones.add("SQLite + local store, the hub's signed URL (anchor)", pack_bytes / MB, anchor_clone,

@@ -50,3 +50,24 @@ def test_signing_keys_rotate_oldest_to_newest(tmp_path):
 def test_bad_values_are_refused_with_the_variable_named(tmp_path, name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({"MPACKHUB_HOME": str(tmp_path), name: value})
+
+
+def test_the_store_defaults_to_the_local_directory_under_home(tmp_path):
+    settings = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
+    assert (settings.store_kind, settings.store_root) == ("file", tmp_path / "store")
+
+
+def test_store_url_picks_a_directory_or_a_bucket(tmp_path):
+    env = {"MPACKHUB_HOME": str(tmp_path)}
+    local = Settings.from_env({**env, "MPACKHUB_STORE_URL": "file:///srv/mpack/store"})
+    assert (local.store_kind, str(local.store_root)) == ("file", "/srv/mpack/store")
+    bucket = Settings.from_env({**env, "MPACKHUB_STORE_URL": "s3://packs/hub", "MPACKHUB_S3_REGION": "auto",
+                                "MPACKHUB_S3_ENDPOINT_URL": "https://r2.example"})
+    assert (bucket.store_kind, bucket.s3_region, bucket.s3_endpoint_url) == ("s3", "auto", "https://r2.example")
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///prefix", "file://relative/path", "gs://bucket", "/srv/store",
+                                 "s3://b/p?versionId=1"])
+def test_a_bad_store_url_is_refused_with_the_variable_named(tmp_path, url):
+    with pytest.raises(SettingsError, match="MPACKHUB_STORE_URL"):
+        Settings.from_env({"MPACKHUB_HOME": str(tmp_path), "MPACKHUB_STORE_URL": url})

@@ -38,7 +38,7 @@ DOWNLOAD_CHUNK = 1 << 20
 EMPTY_BLOB = ids.object_digest(b"")  # never transferred: every hub holds it
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 Progress = Callable[[int, int | None], None]
 
@@ -64,11 +64,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError for the 3xx itself
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def no_redirect_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect)
 
 
-def _error_detail(body: bytes, content_type: str) -> str:
+def error_detail(body: bytes, content_type: str) -> str:
     try:
         data = msgpack.unpackb(body, raw=False) if "msgpack" in content_type else json.loads(body)
     except Exception:  # noqa: BLE001 — any undecodable body is shown as text
@@ -132,7 +132,7 @@ class HubClient:
         if token and not token_allowed(self.url):
             raise ClientError(f"refusing to send a token over plain http to {parts.hostname}; use https")
         self.host, self.token, self.timeout = parts.netloc, token or None, timeout
-        self._opener = _opener()
+        self._opener = no_redirect_opener()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -142,14 +142,14 @@ class HubClient:
         except urllib.error.HTTPError as exc:
             try:
                 body = exc.read(64 << 10) if exc.fp is not None else b""
-            except _NETWORK_ERRORS:
+            except NETWORK_ERRORS:
                 body = b""
             finally:
                 exc.close()
             headers = {k.lower(): v for k, v in exc.headers.items()} if exc.headers else {}
-            detail = _error_detail(body, headers.get("content-type", ""))
+            detail = error_detail(body, headers.get("content-type", ""))
             raise ClientError(f"HTTP {exc.code} from {self.host}: {detail}", exc.code, headers) from None
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise TransportError(f"cannot reach {self.host}: {getattr(exc, 'reason', exc)}") from None
 
     def call(self, method: str, suffix: str, body: dict | None = None) -> dict:
@@ -165,7 +165,7 @@ class HubClient:
         with self._open(request) as response:
             try:
                 raw = _read_limited(response)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 raise TransportError(f"connection to {self.host} broke off: {exc}") from None
             return _decode(raw, response.headers.get("Content-Type", ""))
 
@@ -238,7 +238,7 @@ class HubClient:
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 raise TransportError(f"download from {self.host} broke off at {done} bytes: {exc}") from None
 
     # -- pushing ----------------------------------------------------------------------

@@ -13,13 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import urljoin, urlsplit
 
 import msgpack
@@ -282,28 +279,3 @@ def _window(response, offset: int) -> tuple[int | None, int | None]:
     if match is None or int(match.group(1)) != offset:
         return None, None
     return offset, int(match.group(3))
-
-
-class TerminalProgress:
-    """A one-line progress bar on a terminal stream, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, stream: TextIO) -> None:
-        self.label, self.stream, self._last = label, stream, 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        finished = total is not None and done >= total
-        if not finished and now - self._last < 0.1:
-            return
-        self._last = now
-        shown = f"{done / 1048576:.1f} MiB"
-        if total:
-            shown = f"{100 * done // total:3d}% {shown} of {total / 1048576:.1f} MiB"
-        self.stream.write(f"\r{self.label} {shown}" + ("\n" if finished else ""))
-        self.stream.flush()
-
-
-def terminal_progress(label: str, stream: TextIO | None = None) -> Progress | None:
-    """A progress callback drawing on ``stream`` (stderr) if it is a terminal, else None."""
-    stream = sys.stderr if stream is None else stream
-    return TerminalProgress(label, stream) if stream.isatty() else None

@@ -24,11 +24,13 @@ from bench.s3_server import SECRET_KEY, create_bucket
 from mpack.client import sync
 from mpack.client.hub_client import HubClient
 from mpack.client.layout import MuseRepo
+from tests import database
 from tests.factories import History
 from tests.jobs_support import wait_until
 from tests.s3_support import BucketFront
 
-pytestmark = pytest.mark.e2e
+# The nodes always run on their own PostgreSQL cluster: the PostgreSQL pass of the suite would repeat them.
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(database.POSTGRES, reason="already on PostgreSQL in the SQLite pass")]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from mpack.hub.handlers import production_registry
 from mpack.hub.models import BackgroundJob, FetchMPackCache, Object
 from mpack.hub.pool import run_until_idle
 from mpack.hub.settings import Settings
-from storage import BLOBS, MPACKS
+from storage import BLOBS, MPACKS, mpack_path
 from storage.s3 import S3Store
 from tests import database
 from tests.factories import History, error_of, push_history, unpack, wire
@@ -217,3 +217,11 @@ def test_gc_deletes_expired_packs_from_the_bucket_in_one_batch(hub, app, owner, 
     assert json.loads(json.dumps(report.as_dict()))["bytes_freed"] > 0
     assert bucket_keys(s3_client, bucket, "blobs") and all(hub.store.exists(BLOBS, b) for b in history.blobs)
     assert list(hub.store.iter_digests(MPACKS)) == []
+
+
+def test_a_url_the_hub_signed_before_the_move_to_s3_still_downloads(hub, app, pushed):
+    answer = fetch_mpack(app, pushed.tip).json
+    url = hub.store.signer.url("GET", mpack_path(answer["mpack_id"]), 300)
+    response = app.get(url.replace("http://hub.test", ""), headers={"Range": "bytes=0-3"})
+    assert response.status_int == 200  # the whole pack: a bucket stream does not seek
+    assert "sha256:" + hashlib.sha256(response.body).hexdigest() == answer["mpack_id"]

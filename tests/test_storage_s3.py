@@ -17,7 +17,11 @@ from bench.s3_server import SECRET_KEY
 from storage import BLOBS, MPACKS, UrlSigner
 from storage.errors import StorageError, StorageUnavailable
 from storage.s3 import SIGV4_MAX_TTL, S3Location, S3Store, parse_store_url
+from tests import database
 from tests.s3_support import BucketFront
+
+# No database here: the same tests on the PostgreSQL run would only repeat the SQLite run.
+pytestmark = pytest.mark.skipif(database.POSTGRES, reason="no database involved; run on the SQLite pass")
 
 PART = 5 * 1024 * 1024  # S3's smallest part
 DATA = b"hello bucket\n"

@@ -88,8 +88,11 @@ def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], ran
         raw = hub.store.open(MPACKS, digest)
     except StoredObjectMissing:
         raise MPackMissing("this pack is no longer stored; ask /fetch/mpack for a new URL") from None
-    size = _size_of(raw)
     headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes", "Cache-Control": CACHE_CONTROL}
+    if not raw.seekable():  # a bucket's stream (URLs signed before a move to S3): whole file, no ranges
+        headers.pop("Accept-Ranges")
+        return Served(raw, hub.store.size(MPACKS, digest), False, headers)
+    size = _size_of(raw)
     try:
         window = parse_range(range_header, size)
     except RangeNotSatisfiable:

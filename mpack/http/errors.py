@@ -61,7 +61,8 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="mpackhub"')
-    if isinstance(exc, errors.StorageUnavailable):
+    if isinstance(exc, errors.StorageUnavailable):  # an outage the operator must see, answered "retry"
+        log.warning("storage unavailable", extra={"path": req.path, "detail": exc.detail})
         resp.set_header("Retry-After", "5")
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.live_hub import free_port
-from storage.s3 import make_client
+from storage.s3_client import make_client
 
 ACCESS_KEY = "AKIDMPACKHUBTEST"
 SECRET_KEY = "mpackhub-test-secret-key-0123456789"

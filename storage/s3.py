@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 from storage.base import (
     BLOBS,
@@ -46,15 +42,19 @@ from storage.base import (
     check_temp_name,
     is_temp_name,
 )
-from storage.errors import ContentMismatch, StorageError, StorageUnavailable, StoredObjectMissing
+from storage.errors import ContentMismatch, StorageError, StoredObjectMissing
+from storage.s3_client import (
+    BodyReader,
+    BotoCoreError,
+    ClientError,
+    S3Location,
+    code,
+    failure,
+    is_missing,
+    mapped,
+    status,
+)
 from storage.signing import UrlSigner
-
-try:  # boto3 is the optional 's3' extra
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-except ImportError:  # pragma: no cover - exercised only without the extra
-    boto3 = None  # type: ignore[assignment]
 
 SIGV4_MAX_TTL = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer (AWS S3 docs)
 PART_SIZE = 8 * 1024 * 1024  # S3 needs parts of at least 5 MiB, except the last
@@ -62,23 +62,6 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 READ_CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_SESSION_LOCK = threading.Lock()
-_SESSIONS: list[Any] = []  # one boto3 session: its loaded service models are shared by every client
-_UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str  # "" or "some/path" without slashes at either end
-
-
-def parse_store_url(url: str) -> S3Location:
-    """``s3://bucket/prefix`` → its bucket and prefix; ValueError if it is not one."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
-    return S3Location(parts.netloc, parts.path.strip("/"))
 
 
 def _new_temp_name(now: float) -> str:
@@ -88,62 +71,6 @@ def _new_temp_name(now: float) -> str:
 
 def _temp_created(name: str) -> float:
     return float(int(name[:8], 16))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _is_missing(exc: ClientError) -> bool:
-    return _status(exc) == 404 or _code(exc) in {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-
-
-def _failure(action: str, exc: Exception) -> StorageError:
-    """A botocore exception as our error: unavailable (retry) or refused."""
-    if isinstance(exc, ClientError):
-        status, code = _status(exc), _code(exc)
-        if status >= 500 or code in _UNAVAILABLE_CODES:
-            return StorageUnavailable(f"{action}: the bucket answered {status} {code}")
-        return StorageError(f"{action}: the bucket refused ({status} {code})")
-    return StorageUnavailable(f"{action}: the bucket is unreachable ({type(exc).__name__})")
-
-
-@contextlib.contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    try:
-        yield
-    except (ClientError, BotoCoreError) as exc:
-        raise _failure(action, exc) from exc
-
-
-def make_client(*, endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 3,
-                connect_timeout: float = 5.0, read_timeout: float = 30.0, pool_size: int = 32,
-                credentials: tuple[str, str] | None = None) -> Any:
-    """A boto3 S3 client with SigV4 forced, bounded retries and timeouts.
-
-    Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID``…,
-    profiles, instance roles) unless ``credentials`` (key id, secret) is given. With an endpoint (R2, MinIO, a test server)
-    path-style addressing is used, which every S3-compatible service accepts.
-    """
-    if boto3 is None:
-        raise StorageError("the S3 store needs boto3: pip install 'mpackhub[s3]'")
-    config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
-        retries={"max_attempts": max_attempts, "mode": "standard"},
-        connect_timeout=connect_timeout, read_timeout=read_timeout, max_pool_connections=pool_size,
-    )
-    keys = {} if credentials is None else {"aws_access_key_id": credentials[0],
-                                           "aws_secret_access_key": credentials[1]}
-    with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
-        if not _SESSIONS:
-            _SESSIONS.append(boto3.session.Session())
-        return _SESSIONS[0].client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
-                              config=config, **keys)
 
 
 class S3Store(Store):
@@ -202,12 +129,12 @@ class S3Store(Store):
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise StoredObjectMissing(namespace, check_digest(digest)) from None
-            raise _failure(f"cannot open {namespace} object {digest}", exc) from exc
+            raise failure(f"cannot open {namespace} object {digest}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot open {namespace} object {digest}", exc) from exc
-        return _BodyReader(response["Body"], f"reading {namespace} object {digest}")  # type: ignore[return-value]
+            raise failure(f"cannot open {namespace} object {digest}", exc) from exc
+        return BodyReader(response["Body"], f"reading {namespace} object {digest}")  # type: ignore[return-value]
 
     def exists(self, namespace: str, digest: str) -> bool:
         try:
@@ -221,11 +148,11 @@ class S3Store(Store):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise StoredObjectMissing(namespace, check_digest(digest)) from None
-            raise _failure(f"cannot stat {namespace} object {digest}", exc) from exc
+            raise failure(f"cannot stat {namespace} object {digest}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot stat {namespace} object {digest}", exc) from exc
+            raise failure(f"cannot stat {namespace} object {digest}", exc) from exc
         return int(head["ContentLength"]), head["LastModified"].timestamp()
 
     def iter_digests(self, namespace: str) -> Iterator[str]:
@@ -239,7 +166,7 @@ class S3Store(Store):
 
     def _list(self, prefix: str) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
-        with _mapped(f"cannot list {prefix}"):
+        with mapped(f"cannot list {prefix}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 yield from page.get("Contents", [])
 
@@ -261,20 +188,20 @@ class S3Store(Store):
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
         except ClientError as exc:
-            if _status(exc) == 412 or _code(exc) == "PreconditionFailed":
+            if status(exc) == 412 or code(exc) == "PreconditionFailed":
                 return False
-            if _code(exc) == "ConditionalRequestConflict":  # a racing writer of the same bytes
+            if code(exc) == "ConditionalRequestConflict":  # a racing writer of the same bytes
                 return False
-            raise _failure(f"cannot write {key}", exc) from exc
+            raise failure(f"cannot write {key}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot write {key}", exc) from exc
+            raise failure(f"cannot write {key}", exc) from exc
         return True
 
     def delete(self, namespace: str, digest: str) -> bool:
         key = self.key(namespace, digest)
         if not self.exists(namespace, digest):
             return False
-        with _mapped(f"cannot delete {key}"):
+        with mapped(f"cannot delete {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=key)
         return True
 
@@ -283,7 +210,7 @@ class S3Store(Store):
         keys = [self.key(namespace, d) for d in digests]
         for start in range(0, len(keys), DELETE_BATCH):
             chunk = keys[start:start + DELETE_BATCH]
-            with _mapped(f"cannot delete {len(chunk)} {namespace} objects"):
+            with mapped(f"cannot delete {len(chunk)} {namespace} objects"):
                 answer = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
             errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
@@ -294,7 +221,7 @@ class S3Store(Store):
     def _new_pending(self, namespace: str) -> PendingFile:
         name = _new_temp_name(self._clock())
         key = self._temp_key(name)
-        with _mapped(f"cannot start an upload for a {namespace} object"):
+        with mapped(f"cannot start an upload for a {namespace} object"):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         return _S3Pending(self, namespace, name, key, upload_id)
 
@@ -303,7 +230,7 @@ class S3Store(Store):
         if self._head(final_key) is not None:
             self._touch(final_key)
             return False
-        with _mapped(f"cannot publish {final_key}"):
+        with mapped(f"cannot publish {final_key}"):
             # The managed copy switches to UploadPartCopy past 5 GB; bytes stay in the bucket.
             self.client.copy({"Bucket": self.bucket, "Key": temp_key}, self.bucket, final_key)
         return True
@@ -318,11 +245,11 @@ class S3Store(Store):
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
-            raise _failure(f"cannot stat {key}", exc) from exc
+            raise failure(f"cannot stat {key}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot stat {key}", exc) from exc
+            raise failure(f"cannot stat {key}", exc) from exc
 
     # -- temp files --------------------------------------------------------------
 
@@ -330,7 +257,7 @@ class S3Store(Store):
         start = self._temp_key("")
         names: set[str] = set()
         paginator = self.client.get_paginator("list_multipart_uploads")
-        with _mapped("cannot list uploads"):
+        with mapped("cannot list uploads"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
                 names.update(u["Key"][len(start):] for u in page.get("Uploads", []))
         names.update(item["Key"][len(start):] for item in self._list(start))
@@ -341,14 +268,14 @@ class S3Store(Store):
     def remove_temp(self, name: str) -> bool:
         key = self._temp_key(check_temp_name(name))
         removed = False
-        with _mapped(f"cannot remove temp {name}"):
+        with mapped(f"cannot remove temp {name}"):
             uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
             for upload in uploads:
                 if upload["Key"] == key:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
                     removed = True
         if self._head(key) is not None:
-            with _mapped(f"cannot remove temp {name}"):
+            with mapped(f"cannot remove temp {name}"):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
             removed = True
         return removed
@@ -384,12 +311,12 @@ class S3Store(Store):
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=source)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
-            raise _failure(f"cannot read upload {digest}", exc) from exc
+            raise failure(f"cannot read upload {digest}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot read upload {digest}", exc) from exc
-        body = _BodyReader(response["Body"], f"reading upload {digest}")
+            raise failure(f"cannot read upload {digest}", exc) from exc
+        body = BodyReader(response["Body"], f"reading upload {digest}")
         try:
             with body, self.new_file(BLOBS) as pending:
                 for chunk in iter(lambda: body.read(READ_CHUNK), b""):
@@ -398,7 +325,7 @@ class S3Store(Store):
                 pending.commit(digest)
         except ContentMismatch:
             size = None
-        with _mapped(f"cannot remove upload {digest}"):
+        with mapped(f"cannot remove upload {digest}"):
             self.client.delete_object(Bucket=self.bucket, Key=source)
         return size
 
@@ -423,7 +350,7 @@ class _S3Pending(PendingFile):
 
     def _upload_part(self, chunk: bytes) -> None:
         store, number = self._store, len(self._parts) + 1
-        with _mapped(f"cannot upload part {number} of a {self.namespace} object"):
+        with mapped(f"cannot upload part {number} of a {self.namespace} object"):
             answer = store.client.upload_part(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
                                               PartNumber=number, Body=chunk)
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
@@ -437,7 +364,7 @@ class _S3Pending(PendingFile):
         if self._buffer:
             self._upload_part(bytes(self._buffer))
             self._buffer.clear()
-        with _mapped(f"cannot complete the upload of {self.namespace} object {digest}"):
+        with mapped(f"cannot complete the upload of {self.namespace} object {digest}"):
             store.client.complete_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
                                                    MultipartUpload={"Parts": self._parts})
         self._upload_id = ""  # completed: nothing left to abort, only the temp object to delete
@@ -449,11 +376,11 @@ class _S3Pending(PendingFile):
         try:
             store.client.list_parts(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise StorageError(f"the upload of temp {self.name} was removed before its commit") from None
-            raise _failure(f"cannot check the upload of temp {self.name}", exc) from exc
+            raise failure(f"cannot check the upload of temp {self.name}", exc) from exc
         except BotoCoreError as exc:
-            raise _failure(f"cannot check the upload of temp {self.name}", exc) from exc
+            raise failure(f"cannot check the upload of temp {self.name}", exc) from exc
 
     def _discard(self) -> None:
         # Best effort: what cannot be removed now is listed by iter_temp and swept by GC.
@@ -466,30 +393,3 @@ class _S3Pending(PendingFile):
                 store.client.delete_object(Bucket=store.bucket, Key=self._key)
 
 
-class _BodyReader(io.RawIOBase):
-    """A GET's streaming body as a binary file; network failures become ``StorageUnavailable``."""
-
-    def __init__(self, body: Any, action: str) -> None:
-        super().__init__()
-        self._body = body
-        self._action = action
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._body.read(None if size is None or size < 0 else size)
-        except (BotoCoreError, OSError) as exc:
-            raise StorageUnavailable(f"{self._action}: the bucket connection failed ({type(exc).__name__})") from exc
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self._body.close()
-        super().close()

@@ -10,7 +10,8 @@ import pytest
 from mpack.format.errors import InvalidId
 from storage import BLOBS, MPACKS, LocalStore, MemoryStore, UrlSigner
 from storage.errors import ContentMismatch, StorageError, StoredObjectMissing
-from storage.s3 import S3Location, S3Store
+from storage.s3 import S3Store
+from storage.s3_client import S3Location
 
 DATA = b"hello muse\n"
 DIGEST = hashlib.sha256(DATA).hexdigest()

@@ -16,7 +16,8 @@ import pytest
 from bench.s3_server import SECRET_KEY
 from storage import BLOBS, MPACKS, UrlSigner
 from storage.errors import StorageError, StorageUnavailable
-from storage.s3 import SIGV4_MAX_TTL, S3Location, S3Store, parse_store_url
+from storage.s3 import SIGV4_MAX_TTL, S3Store
+from storage.s3_client import S3Location, parse_store_url
 from tests import database
 from tests.s3_support import BucketFront
 

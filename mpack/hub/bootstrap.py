@@ -12,7 +12,8 @@ from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings, database_url_of, home_of
 from storage import LocalStore, Store, UrlSigner
-from storage.s3 import S3Store, make_client, parse_store_url
+from storage.s3 import S3Store
+from storage.s3_client import make_client, parse_store_url
 
 
 def production_pool(hub: Hub) -> JobPool:

@@ -90,16 +90,36 @@ def download(url: str) -> bytes:
         return response.read()
 
 
+def push_through_presigned_urls(node, token: str, path: str, history: History) -> None:
+    """The Muse CLI's push with large objects: presign → PUT each to the bucket, no auth → push."""
+    bundle = history.bundle()
+    wanted = sorted(o["object_id"] for o in bundle["objects"])
+    presigned = node.call("POST", f"{path}/presign", {"object_ids": wanted, "direction": "put"}, token=token).data()
+    assert sorted(presigned["presigned"]) == wanted
+    for object_id, url in presigned["presigned"].items():
+        request = urllib.request.Request(url, method="PUT", data=history.blobs[object_id],
+                                         headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    bundle["objects"] = []
+    reply = node.call("POST", f"{path}/push", {"bundle": bundle, "branch": "main", "force": False}, token=token)
+    assert reply.status == 200, reply.body
+
+
 def test_a_push_on_one_node_is_cloned_from_the_other_through_the_bucket(nodes, tmp_path):
     a, b, front, database, _ = nodes
     token = a.create_user("ada")
     repo_id = a.create_repo(token, "opus")["repo_id"]
-    history = History().linear(12)
-    push_like_cli(a, token, "/ada/opus", history, history.commits)
+    history = History()
+    history.commit({"score.mid": os.urandom(300_000), "notes.txt": b"large objects go straight to the bucket\n"})
+    push_through_presigned_urls(a, token, "/ada/opus", history)
+    assert wait_until(lambda: jobs_of(database, repo_id) == [("fetch.mpack.prebuild", "done", 1)], timeout=30)
+    history.linear(11)
+    push_like_cli(a, token, "/ada/opus", history, history.commits[1:])
 
-    # One prebuild job for the push, run by whichever node claimed it.
-    assert wait_until(lambda: jobs_of(database, repo_id) == [("fetch.mpack.prebuild", "done", 1)], timeout=30), \
-        jobs_of(database, repo_id)
+    # One prebuild job per push, each run by whichever node claimed it.
+    done = [("fetch.mpack.prebuild", "done", 1)] * 2
+    assert wait_until(lambda: jobs_of(database, repo_id) == done, timeout=30), jobs_of(database, repo_id)
 
     seen = len(front.presigned_seen)
     cloned = sync.clone(f"{b.url}/ada/opus", tmp_path / "opus", HubClient(f"{b.url}/ada/opus"))
@@ -109,6 +129,7 @@ def test_a_push_on_one_node_is_cloned_from_the_other_through_the_bucket(nodes, t
     assert all(repo.read_object(o) == data for o, data in history.blobs.items())
     # The pack came from the bucket through a presigned URL whose SigV4 signature was checked.
     assert [(m, refusal) for m, _, refusal in front.presigned_seen[seen:]] == [("GET", None)]
+    assert [(m, refusal) for m, _, refusal in front.presigned_seen[:2]] == [("PUT", None)] * 2  # the uploads
 
 
 def test_concurrent_identical_misses_on_both_nodes_build_once(nodes):

@@ -47,7 +47,7 @@ def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) ->
     """Commit ids or branch names → {digest: commit_id as stored}; unknown → UnknownCommits."""
     resolved: dict[str, str] = {}
     unknown: list[str] = []
-    names = [w for w in want if not ids.is_id(w)]
+    names = [w for w in want if not ids.is_id(w) and "\x00" not in w]  # NUL: no branch has it (PostgreSQL refuses it)
     heads = {}
     if names:
         heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))}

@@ -36,6 +36,7 @@ from mpack.hub import cache, jobs
 from mpack.hub.db import xact_lock
 from mpack.hub.errors import InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, Repo
+from mpack.hub.repos import find_repo
 from storage.base import MPACKS
 from storage.errors import StoredObjectMissing
 from storage.signing import CLOCK_SLACK
@@ -81,7 +82,7 @@ def parse_request(body: dict) -> tuple[Repo | None, bool]:
     if not isinstance(name, str) or name.count("/") != 1:
         raise InvalidField("repo", "must be 'owner/name'")
     owner, repo_name = name.split("/")
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == repo_name))
+    repo = find_repo(owner, repo_name)
     if repo is None:
         raise RepoNotFound(owner, repo_name)
     return repo, dry_run

@@ -495,6 +495,7 @@ def cli_logging(monkeypatch):
 
 def test_cli_gc_dry_run_prints_the_report_as_json(hub, monkeypatch, capsys, cli_logging):
     monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
+    monkeypatch.setenv("MPACKHUB_DATABASE_URL", hub.settings.database_url)
 
     assert cli.main(["gc", "--dry-run"]) == 0
 

@@ -22,7 +22,7 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     """Open the database (migrating it) and the store named by ``settings``."""
     settings.store_root.mkdir(parents=True, exist_ok=True)
     database = dbmod.open_database(settings.database_url)
-    dbmod.migrate(database, clock)
+    dbmod.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = LocalStore(settings.store_root, signer)
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)

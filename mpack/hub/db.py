@@ -184,3 +184,28 @@ def migrate(db: pw.Database, clock: Callable[[], float] = time.time, *, upto: in
         return max(version, target_version)
     finally:
         db.close()
+
+
+def migrate_when_reachable(db: pw.Database, clock: Callable[[], float] = time.time, *, wait: float = 0.0,
+                           pause: Callable[[float], None] = time.sleep,
+                           monotonic: Callable[[], float] = time.monotonic) -> int:
+    """``migrate``, retried for up to ``wait`` seconds while a PostgreSQL server refuses connections.
+
+    A hub started before its database (a compose file, a reboot) or a worker that gunicorn restarts
+    during an outage then waits for it instead of failing to boot, which stops gunicorn. SQLite is
+    never retried: its errors here are a wrong path or permissions.
+    """
+    if not is_postgres(db):
+        return migrate(db, clock)
+    deadline, delay = monotonic() + wait, 0.25
+    while True:
+        try:
+            return migrate(db, clock)
+        except CONNECTION_ERRORS as exc:
+            discard_connection(db)
+            if monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable at start; retrying", extra={"retry_in_s": delay, "error": str(exc)[:200]})
+            pause(delay)
+            delay = min(delay * 2, 5.0)
+

@@ -43,6 +43,7 @@ class Settings:
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
+    database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
 
     @property
     def store_root(self) -> Path:
@@ -80,6 +81,7 @@ class Settings:
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)

@@ -151,6 +151,7 @@ def test_incremental_walk_does_not_visit_old_history(hub, repo, app, owner, monk
     monkeypatch.setattr(history, "load_commits", counting)
     delta = history.walk_commit_delta(repo, [long.tip[-64:]], [long.commits[-3]["commit_id"][-64:]])
     assert len(delta) == 2
+    assert set(delta) <= set(loaded)  # the walk went through load_commits (the count below means something)
     assert len(loaded) <= 6  # the delta, its boundary and the have: not the 40-commit history
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from mpack.client.apply import apply_pack
 from mpack.client.hub_client import ClientError, HubClient, TransportError, terminal_progress
 from mpack.client.layout import MuseRepo
-from mpack.format import ids
+from mpack.format import ids, rules
 
 DOWNLOAD_ATTEMPTS = 3
 
@@ -78,7 +78,7 @@ def manifest_of(repo: MuseRepo, commit_id: str | None) -> dict[str, str]:
 
 def remote_heads(refs: dict) -> dict[str, str]:
     """The ``branch_heads`` of a refs answer, every name and id validated before it becomes a path."""
-    return {ids.check_branch_name(branch): ids.check_id(head, "branch head") for branch, head in refs["branch_heads"].items()}
+    return {rules.check_branch_name(branch): ids.check_id(head, "branch head") for branch, head in refs["branch_heads"].items()}
 
 
 # -- clone ------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def _pick_branch(refs: dict, heads: dict[str, str], requested: str | None) -> st
         return requested
     default = refs.get("default_branch") or "main"
     if default in heads or not heads:
-        return ids.check_branch_name(default)
+        return rules.check_branch_name(default)
     return sorted(heads)[0]
 
 

@@ -29,6 +29,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
     (errors.ContentMismatch, falcon.HTTP_422),
+    (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
     (MPackError, falcon.HTTP_500),
 ]

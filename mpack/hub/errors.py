@@ -9,12 +9,12 @@ from __future__ import annotations
 # The errors the hub raises that live below it (ids and packs in the format
 # package, storage failures in ``storage``) are re-exported, so the hub and its
 # HTTP mapping name every error through this one module.
-from mpack.format.errors import InvalidId, MPackError, MuseError
+from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
-    "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
+    "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
     "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]

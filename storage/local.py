@@ -7,7 +7,8 @@ Layout under ``root``::
     <root>/tmp/<32 hex>.tmp                     objects being written
 
 A file's name is the SHA-256 of its bytes, so anyone can check it with
-``sha256sum``. Directories are created on demand.
+``sha256sum``. Directories are created on demand, private to the owner
+(0700), and files are written 0600: a store holds private repositories.
 
 A write goes to a temp file in ``<root>/tmp`` (the same filesystem, so the
 publishing step is atomic), is flushed and fsynced, then hard-linked to its
@@ -39,6 +40,8 @@ from storage.base import (
 from storage.errors import StorageError, StoredObjectMissing
 from storage.signing import UrlSigner
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # link() errors meaning "this filesystem has no hard links": fall back to rename.
@@ -158,7 +161,7 @@ class LocalStore(Store):
         path = os.path.join(self._tmp, name)
         try:
             self._make_dirs(self._tmp)
-            handle = self._fopen(path, "xb")
+            handle = self._fopen(path, "xb", opener=_private_opener)
         except OSError as exc:
             raise _storage_error(f"cannot create a temp file for a {namespace} object", exc) from exc
         return _LocalPending(self, namespace, name, path, handle)
@@ -170,7 +173,7 @@ class LocalStore(Store):
         parent = os.path.dirname(path)
         self._make_dirs(parent)
         try:
-            os.mkdir(path)
+            os.mkdir(path, PRIVATE_DIR)
         except FileExistsError:
             return
         self._sync_dir(parent)
@@ -237,6 +240,10 @@ class _LocalPending(PendingFile):
             self._handle.close()
         with contextlib.suppress(OSError):
             os.unlink(self._path)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, PRIVATE_FILE)
 
 
 def _names(path: str, pattern: re.Pattern[str] | None, *, dirs: bool) -> list[str]:

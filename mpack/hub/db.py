@@ -9,7 +9,9 @@ closes the connection it used.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from urllib.parse import urlparse
@@ -40,6 +42,7 @@ def open_database(url: str) -> pw.Database:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        _private_sqlite_files(path)
         db: pw.Database = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     elif parsed.scheme in ("postgres", "postgresql"):
         db = pw.PostgresqlDatabase(
@@ -52,6 +55,17 @@ def open_database(url: str) -> pw.Database:
     return db
 
 
+def _private_sqlite_files(path: str) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the same mode)."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
 def _v1_create_tables(db: pw.Database) -> None:
     db.create_tables(models.ALL_MODELS, safe=True)
     # One pending job per (repo, type): a burst of pushes merges into it (jobs.enqueue).
@@ -61,8 +75,17 @@ def _v1_create_tables(db: pw.Database) -> None:
     )
 
 
+def _v2_usernames_unique_without_case(db: pw.Database) -> None:
+    # "Alice" and "alice" would be two owners whose URLs differ only by case.
+    clashes = list(db.execute_sql('SELECT lower(username) FROM "user" GROUP BY lower(username) HAVING COUNT(*) > 1'))
+    if clashes:
+        names = ", ".join(row[0] for row in clashes[:10])
+        raise MuseError(f"usernames that differ only by case must be merged or renamed before upgrading: {names}")
+    db.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS user_username_nocase ON "user" (lower(username))')
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables, _v2_usernames_unique_without_case]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

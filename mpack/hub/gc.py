@@ -17,6 +17,7 @@ Safety rules (docs/gc.md says why):
   row ever names a missing file.
 - The byte quota evicts least-recently-used rows, but never a row used within
   the longest URL lifetime (a URL from it may still be live).
+- Lock files of builds (``locks/``) that no process holds are removed.
 - A dry run counts exactly what a real run would delete: the rows it would
   delete are treated as gone.
 """
@@ -51,6 +52,7 @@ class GcReport:
     orphans_deleted: int = 0
     quota_rows_evicted: int = 0
     jobs_pruned: int = 0
+    locks_removed: int = 0
     dry_run: bool = False
     duration_ms: int = 0
 
@@ -206,6 +208,8 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     if repo is None:
         _sweep_orphans(hub, report, gone)
         report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
+        if not dry_run and hub.flights is not None:
+            report.locks_removed = hub.flights.sweep()
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
     return report

@@ -208,8 +208,8 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     if repo is None:
         _sweep_orphans(hub, report, gone)
         report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
-        if not dry_run and hub.flights is not None:
-            report.locks_removed = hub.flights.sweep()
+        if hub.flights is not None:
+            report.locks_removed = hub.flights.sweep(dry_run=dry_run)
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
     return report

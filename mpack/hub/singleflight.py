@@ -81,8 +81,8 @@ class SingleFlight:
                 return fd
             os.close(fd)  # swept while we waited: lock the new file instead
 
-    def sweep(self) -> int:
-        """Remove the lock files no process holds → how many were removed."""
+    def sweep(self, *, dry_run: bool = False) -> int:
+        """Remove the lock files no process holds → how many were (or, dry, would be) removed."""
         removed = 0
         try:
             names = [n for n in os.listdir(self.lock_dir) if _LOCK_NAME.fullmatch(n)]
@@ -97,7 +97,8 @@ class SingleFlight:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if _same_file(fd, path):
-                    path.unlink()
+                    if not dry_run:
+                        path.unlink()
                     removed += 1
             except BlockingIOError:
                 continue  # in use: a build holds it

@@ -15,7 +15,7 @@ from mpack.client import commands as client_cli
 from mpack.format.errors import MuseError
 from mpack.http.logs import configure_logging
 from mpack.http.serving import HubServer
-from mpack.hub import auth, gc, jobs
+from mpack.hub import auth, fsck, gc, jobs
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings, secrets_path
 
@@ -65,6 +65,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    report = fsck.run_fsck(_hub(), dry_run=args.dry_run)
+    print(json.dumps(report.as_dict(), indent=2 if args.pretty else None))
+    return 0 if report.clean else 2
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mpackhub", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -83,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     collect.add_argument("--repo", help="owner/name (default: every repo, plus orphans and old jobs)")
     collect.add_argument("--dry-run", action="store_true")
     collect.set_defaults(run=cmd_gc)
+    check = sub.add_parser("fsck", help="verify every stored blob and pack; quarantine damaged ones (exit 2 if any)")
+    check.add_argument("--dry-run", action="store_true", help="report only: move, drop and forget nothing")
+    check.add_argument("--pretty", action="store_true", help="indent the JSON report")
+    check.set_defaults(run=cmd_fsck)
     client_cli.add_commands(sub)
     return top
 

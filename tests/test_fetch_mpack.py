@@ -59,6 +59,7 @@ class Spy:
 def test_fmc_13_cache_hit_returns_presigned_url_without_walking(hub, repo, monkeypatch):
     tip = History().linear(1).tip  # the hit path must not even need the commit's history
     cached_mpack = fake_mpack_id("fmc13-tip")
+    hub.store.put_bytes("mpacks", cached_mpack, b"mpack-fmc13-tip")  # a hit is served only while its file exists
     now = hub.now()
     FetchMPackCache.create(cache_id=cache.cache_id(repo.repo_id, tip), repo=repo, tip_commit_id=tip,
                            mpack_id=cached_mpack, created_at=now, expires_at=now + 7 * 86400, last_used_at=now)

@@ -31,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.ContentMismatch, falcon.HTTP_422),
     (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
+    (errors.ObjectUnavailable, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 

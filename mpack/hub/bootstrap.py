@@ -38,5 +38,5 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     database = dbmod.open_database(settings.database_url)
     dbmod.migrate(database, clock)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
-    store = LocalStore(settings.store_root, signer)
+    store = LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine")
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)

@@ -15,7 +15,7 @@ from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, Store
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
-    "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
+    "MPackMissing", "MuseError", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable", "RepoNotFound",
     "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
@@ -121,3 +121,16 @@ class BundleTooLarge(Unprocessable):
     code = "bundle_too_large"
 
 
+
+
+# -- 503: stored data the hub cannot serve until it is repaired ------------------------
+
+class ObjectUnavailable(MuseError):
+    """A blob a repository names is damaged or missing in storage (quarantined, awaiting a re-push)."""
+
+    code = "object_unavailable"
+
+    def __init__(self, object_id: str, why: str = "missing") -> None:
+        super().__init__(f"object {object_id} is {why} in the hub's storage; the repository's owner must push it "
+                         "again (a push re-uploads every object the hub lists as missing); see mpackhub fsck")
+        self.object_id = object_id

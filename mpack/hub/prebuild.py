@@ -44,7 +44,7 @@ def enqueue_push_intel(hub: Hub, repo: Repo, head: str, domain_id: str | None, b
 def _build_if_stale(hub: Hub, repo: Repo, tip: str, have: list[str]) -> bool:
     """Build (tip, have) through the fetch path unless a fresh row has it → whether it built."""
     base = cache.base_key([ids.hex_of(h) for h in have])
-    if cache.fresh_row(hub, repo, tip, base) is not None:
+    if cache.usable_row(hub, repo, tip, base) is not None:
         return False
     fetch.wire_fetch_mpack(hub, repo, want=[tip], have=have)
     return True

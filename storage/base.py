@@ -283,6 +283,10 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def probe_write(self) -> None:
+        """Write and remove a small temp file; StorageError (StorageFull) if the store cannot take writes."""
+
+    @abc.abstractmethod
     def local_path(self, namespace: str, digest: str) -> str | None:
         """The file path where the object lives, or None if the backend has no files."""
 

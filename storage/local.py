@@ -43,21 +43,26 @@ from storage.base import (
     is_temp_name,
     new_temp_name,
 )
-from storage.errors import StorageError, StoredObjectMissing
+from storage.errors import StorageError, StorageFull, StoredObjectMissing
 from storage.signing import UrlSigner
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+PROBE_BYTES = 4096  # one page: enough to hit a full disk, small enough to do on every health check
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # link() errors meaning "this filesystem has no hard links": fall back to rename.
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
 def _storage_error(action: str, exc: OSError) -> StorageError:
     name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return StorageError(f"{action}: {why} ({name})")
+    if exc.errno in _FULL:
+        return StorageFull(f"{action}: disk full, the store has no space left ({name}); free space, then try again")
+    return StorageError(f"{action}: {exc.strerror or exc} ({name})")
 
 
 class LocalStore(Store):
@@ -159,6 +164,21 @@ class LocalStore(Store):
 
     def local_path(self, namespace: str, digest: str) -> str | None:
         return self._locate(namespace, digest)[1]
+
+    def probe_write(self) -> None:
+        path = os.path.join(self._tmp, new_temp_name())
+        try:
+            self._make_dirs(self._tmp)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        except OSError as exc:
+            raise _storage_error("cannot write to the store", exc) from exc
 
     def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
         key, path = self._locate(namespace, digest)

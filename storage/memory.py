@@ -86,6 +86,9 @@ class MemoryStore(Store):
             self.quarantined.append((*key, found[0]))
         return f"memory:{namespace}/{key[1]}"
 
+    def probe_write(self) -> None:
+        return None  # memory never fills up in a way a probe could see
+
     def damage(self, namespace: str, digest: str, data: bytes) -> None:
         """Replace an object's bytes without any check: what a failing disk does (tests)."""
         key = self._key(namespace, digest)

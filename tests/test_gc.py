@@ -26,7 +26,7 @@ from tests.factories import History, fake_commit_id, make_repo, make_user, push_
 DAY = 24 * 3600
 PATH = "/gabriel/song"
 REPORT_KEYS = {"cache_rows_deleted", "mpacks_deleted", "bytes_freed", "orphans_deleted", "quota_rows_evicted",
-               "jobs_pruned", "locks_removed", "dry_run", "duration_ms"}
+               "jobs_pruned", "locks_removed", "prebuilds_requeued", "dry_run", "duration_ms"}
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_a_dry_run_changes_nothing_and_reports_what_the_real_run_then_does(hub, 
     real = gc.run_gc(hub)
     assert counts(dry) == counts(real)
     assert counts(real) == {"cache_rows_deleted": 3, "mpacks_deleted": 2, "bytes_freed": 31, "orphans_deleted": 2,
-                            "quota_rows_evicted": 0, "jobs_pruned": 1, "locks_removed": 0}
+                            "quota_rows_evicted": 0, "jobs_pruned": 1, "locks_removed": 0, "prebuilds_requeued": 0}
 
 
 def test_a_dry_run_of_one_repo_counts_only_what_that_repos_run_deletes(hub, repo, cover):

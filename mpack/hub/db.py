@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from urllib.parse import urlparse
@@ -20,6 +21,7 @@ import peewee as pw
 
 from mpack.format.errors import MuseError
 from mpack.hub import models
+from mpack.hub.errors import DatabaseFull
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,71 @@ SQLITE_PRAGMAS = {
 }
 
 
+PG_DISK_FULL = "53100"  # SQLSTATE disk_full
+PROBE_BUSY_TIMEOUT_MS = 1000
+PROBE_PAD = 16 * 1024  # a few pages: the probe must allocate, as real writes do
+
+
 class DatabaseUrlError(MuseError):
     code = "database_url"
+
+
+class HubSqliteDatabase(pw.SqliteDatabase):
+    """SQLite that does not mask a full disk behind "cannot rollback".
+
+    On SQLITE_FULL (and I/O errors) SQLite may roll the transaction back by
+    itself; peewee's ROLLBACK then fails with "no transaction is active" and
+    that error replaces the real one. Rolling back nothing is a no-op here.
+    """
+
+    def rollback(self):
+        if not self.is_closed() and not self.connection().in_transaction:
+            return None
+        return super().rollback()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when a database error means "no space left" (SQLITE_FULL, PostgreSQL disk_full)."""
+    for cause in (exc, getattr(exc, "orig", None), exc.__cause__, exc.__context__):
+        if cause is None:
+            continue
+        if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if getattr(cause, "pgcode", None) == PG_DISK_FULL:
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_as_error():
+    """Turn a database's "disk full" into ``DatabaseFull`` (507); other errors pass unchanged."""
+    try:
+        yield
+    except pw.DatabaseError as exc:
+        if is_disk_full(exc):
+            raise DatabaseFull() from exc
+        raise
+
+
+def probe_write(db: pw.Database) -> None:
+    """Commit (then delete) a row that allocates pages: DatabaseFull if the database cannot grow.
+
+    A busy database is not a failing one: the probe waits at most a second, and
+    a lock still held then counts as success (someone else is writing).
+    """
+    sqlite = isinstance(db, pw.SqliteDatabase)
+    if sqlite:
+        db.execute_sql(f"PRAGMA busy_timeout = {PROBE_BUSY_TIMEOUT_MS}")
+    try:
+        with disk_full_as_error(), db.atomic():
+            models.HealthProbe.insert(at=time.time(), pad=b"\0" * PROBE_PAD).execute()
+            models.HealthProbe.delete().execute()
+    except pw.OperationalError as exc:
+        if getattr(getattr(exc, "orig", None), "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise
+    finally:
+        if sqlite:
+            db.execute_sql(f"PRAGMA busy_timeout = {SQLITE_PRAGMAS['busy_timeout']}")
 
 
 def open_database(url: str) -> pw.Database:
@@ -43,7 +108,7 @@ def open_database(url: str) -> pw.Database:
     if parsed.scheme == "sqlite":
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
         _private_sqlite_files(path)
-        db: pw.Database = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
+        db: pw.Database = HubSqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     elif parsed.scheme in ("postgres", "postgresql"):
         db = pw.PostgresqlDatabase(
             parsed.path.lstrip("/"), user=parsed.username, password=parsed.password,
@@ -84,8 +149,14 @@ def _v2_usernames_unique_without_case(db: pw.Database) -> None:
     db.execute_sql('CREATE UNIQUE INDEX IF NOT EXISTS user_username_nocase ON "user" (lower(username))')
 
 
+def _v3_health_probe(db: pw.Database) -> None:
+    db.create_tables([models.HealthProbe], safe=True)
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables, _v2_usernames_unique_without_case]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [
+    _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

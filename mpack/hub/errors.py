@@ -10,13 +10,13 @@ from __future__ import annotations
 # package, storage failures in ``storage``) are re-exported, so the hub and its
 # HTTP mapping name every error through this one module.
 from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
-from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
+from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageFull, StoredObjectMissing
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable", "RepoNotFound",
-    "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -134,3 +134,15 @@ class ObjectUnavailable(MuseError):
         super().__init__(f"object {object_id} is {why} in the hub's storage; the repository's owner must push it "
                          "again (a push re-uploads every object the hub lists as missing); see mpackhub fsck")
         self.object_id = object_id
+
+
+# -- 507: no space left -----------------------------------------------------------------
+
+class DatabaseFull(StorageError):
+    """The database could not write: its disk (or its size limit) is full. Nothing was changed."""
+
+    code = "database_full"
+
+    def __init__(self) -> None:
+        super().__init__("the hub's database is full (no space left on its disk); nothing was changed: "
+                         "free space, then try again")

@@ -15,8 +15,9 @@ from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, Stora
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
-    "MPackMissing", "MuseError", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable", "RepoNotFound",
-    "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable",
+    "RepoNotFound", "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized",
+    "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -121,8 +122,6 @@ class BundleTooLarge(Unprocessable):
     code = "bundle_too_large"
 
 
-
-
 # -- 503: stored data the hub cannot serve until it is repaired ------------------------
 
 class ObjectUnavailable(MuseError):
@@ -146,3 +145,16 @@ class DatabaseFull(StorageError):
     def __init__(self) -> None:
         super().__init__("the hub's database is full (no space left on its disk); nothing was changed: "
                          "free space, then try again")
+
+
+# -- not HTTP: the command line names a hub that is not there ------------------------
+
+class NoHub(MuseError):
+    """``mpackhub admin|jobs|gc`` pointed at a directory that holds no hub (nothing is created)."""
+
+    code = "no_hub"
+
+    def __init__(self, home: object, why: str) -> None:
+        super().__init__(f"no hub at {home} ({why}); start one there with `mpackhub serve`, "
+                         "or name it with --home DIR (or MPACKHUB_HOME), or a running one with --url URL")
+        self.home = home

@@ -220,3 +220,12 @@ def test_fsck_run_of_a_healthy_hub_is_clean(hub, repo, pushed):
     fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip], have=[])
     report = fsck.run_fsck(hub)
     assert report.clean and report.blobs_checked == len(pushed.blobs) and report.packs_checked == 1
+
+
+def test_quarantine_can_move_an_object_that_hashes_right_but_is_wrong_inside(store):
+    data = b"a pack built from a damaged blob"
+    digest = hashlib.sha256(data).hexdigest()
+    store.put_bytes(MPACKS, digest, data)
+    assert store.quarantine(MPACKS, digest) is None  # intact by its hash: kept
+    assert store.quarantine(MPACKS, digest, keep_intact=False) is not None
+    assert not store.exists(MPACKS, digest)

@@ -247,3 +247,23 @@ def test_a_database_at_its_size_limit_is_507_and_degraded(tmp_path, clock):
     hub.db.execute_sql(f"PRAGMA max_page_count = {2 ** 30}")
     assert app.get("/healthz", status=200).json["status"] == "ok"
     hub.db.close()
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_transaction_sqlite_already_rolled_back_keeps_its_own_error(tmp_path, clock, nested):
+    """What SQLITE_FULL may do: SQLite ends the transaction itself; the error that caused it must surface."""
+    hub = make_hub(tmp_path, clock)
+    with pytest.raises(Boom), hub.db.atomic():
+        if nested:
+            with hub.db.atomic():
+                hub.db.execute_sql("ROLLBACK")  # as SQLite does on SQLITE_FULL
+                raise Boom()
+        hub.db.execute_sql("ROLLBACK")
+        raise Boom()
+    with hub.db.atomic():  # and the connection is usable again
+        make_user(hub, "after")
+    hub.db.close()

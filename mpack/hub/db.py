@@ -57,17 +57,36 @@ class HubSqliteDatabase(pw.SqliteDatabase):
             return None
         return super().rollback()
 
+    def savepoint(self):
+        return _Savepoint(self)
+
+
+class _Savepoint(pw._savepoint):
+    """A savepoint whose rollback is a no-op once SQLite has rolled the whole transaction back."""
+
+    def rollback(self, begin=True):
+        if not self.db.is_closed() and not self.db.connection().in_transaction:
+            return
+        super().rollback(begin)
+
+
+def _causes(exc: BaseException):
+    """The exception, the driver errors peewee wrapped, and what they were raised from or during."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        cause = pending.pop()
+        if cause is None or id(cause) in seen or len(seen) > 20:
+            continue
+        seen.add(id(cause))
+        yield cause
+        pending.extend((getattr(cause, "orig", None), cause.__cause__, cause.__context__))
+
 
 def is_disk_full(exc: BaseException) -> bool:
     """True when a database error means "no space left" (SQLITE_FULL, PostgreSQL disk_full)."""
-    for cause in (exc, getattr(exc, "orig", None), exc.__cause__, exc.__context__):
-        if cause is None:
-            continue
-        if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            return True
-        if getattr(cause, "pgcode", None) == PG_DISK_FULL:
-            return True
-    return False
+    return any(getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+               or getattr(cause, "pgcode", None) == PG_DISK_FULL for cause in _causes(exc))
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def test_postgres_restarted_under_load_gives_fast_503s_then_recovers_without_a_h
             cluster.stop("fast")
             load.wait_for(503, 15)
             down = server.call("GET", "/healthz", as_json=True)
-            assert down.status == 503 and down.data()["error"] == "database_unavailable"
+            assert down.status == 503 and down.data()["status"] == "degraded"
             cluster.start()
             load.wait_for(200, 20)
 
@@ -126,8 +126,11 @@ def test_postgres_restarted_under_load_gives_fast_503s_then_recovers_without_a_h
         assert failures and {code for code, _ in failures} == {"database_unavailable"}
         assert max(seconds for _, seconds in failures) < FAST, failures
 
-        # Every worker process and the job threads are back: pushes, prebuilds and clones work.
-        assert server.call("GET", "/healthz", as_json=True).status == 200
+        # Every worker process and the job threads are back: health, pushes, prebuilds and clones work.
+        deadline = time.monotonic() + 10
+        while server.call("GET", "/healthz", as_json=True).status != 200:  # each thread sees one dead connection
+            assert time.monotonic() < deadline, "healthz never recovered"
+            time.sleep(0.05)
         history.commit()
         push_like_cli(server, token, PATH, history, history.commits[-1:])
         reply = server.call("POST", f"{PATH}/fetch/mpack", {"want": [history.tip]}, token=token)

@@ -91,10 +91,10 @@ def handle_database_error(req, resp, exc: pw.DatabaseError, params) -> None:
 def database_error_handler(discard_connection: Callable[[], None]):
     """The handler for ``db.CONNECTION_ERRORS``: drop the connection, answer 503 (507 for a full disk)."""
     def handle(req, resp, exc: Exception, params) -> None:
-        discard_connection()
-        if dbmod.is_disk_full(exc):  # SQLITE_FULL and PostgreSQL's disk_full are OperationalErrors too
+        if not dbmod.is_connection_error(exc):  # SQLITE_FULL and PostgreSQL's disk_full are OperationalErrors too
             handle_database_error(req, resp, exc, params)
             return
+        discard_connection()
         log.warning("database unavailable", extra={"path": req.path, "error": type(exc).__name__})
         resp.status = falcon.HTTP_503
         resp.content_type = falcon.MEDIA_JSON

@@ -220,6 +220,17 @@ def discard_connection(db: pw.Database) -> None:
             db.dispose()
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """A refused, lost or unusable connection (not a full disk, which is also an OperationalError)."""
+    return isinstance(exc, CONNECTION_ERRORS) and not is_disk_full(exc)
+
+
+def discard_after(db: pw.Database, exc: BaseException) -> None:
+    """Drop this thread's connection if ``exc`` says it is broken; keep it otherwise."""
+    if is_connection_error(exc):
+        discard_connection(db)
+
+
 def _v1_create_tables(db: pw.Database) -> None:
     db.create_tables(models.ALL_MODELS, safe=True)
     # One pending job per (repo, type): a burst of pushes merges into it (jobs.enqueue).

@@ -34,6 +34,12 @@ class StorageError(MuseError):
     code = "storage_error"
 
 
+class StorageFull(StorageError):
+    """The store's filesystem has no space (or quota) left for a write."""
+
+    code = "storage_full"
+
+
 class StorageUnavailable(StorageError):
     """The store cannot be reached or answers 5xx: the same call may succeed later (HTTP 503)."""
 

@@ -6,6 +6,7 @@ Layout under ``s3://<bucket>/<prefix>``::
     <prefix>/mpacks/<hex>                  mpack files
     <prefix>/tmp/<32 hex>.tmp              objects being written (multipart uploads)
     <prefix>/incoming/<repo>/<hex>         presigned uploads waiting to be verified
+    <prefix>/quarantine/<namespace>/<hex>.<ns time>   damaged objects moved aside (fsck)
 
 Promises (those of ``storage.base``, on a bucket):
     * A final key only ever holds bytes that hash to its name. ``put_bytes``
@@ -19,6 +20,9 @@ Promises (those of ``storage.base``, on a bucket):
       clock) so GC can abort it, as a bucket lifecycle rule would.
     * Download URLs are the bucket's own presigned GETs, always SigV4
       (``s3v4``), never longer than 7 days: pack bytes never pass through the hub.
+    * A write of an object already stored keeps it if it still hashes to its
+      name and replaces it otherwise (a damaged object is repaired by writing
+      it again); that check reads the stored object once.
     * An unreachable bucket, a timeout, or a 5xx answer raises
       ``StorageUnavailable`` (retry later); any other refusal ``StorageError``.
 """
@@ -60,6 +64,7 @@ SIGV4_MAX_TTL = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer (AWS S3
 PART_SIZE = 8 * 1024 * 1024  # S3 needs parts of at least 5 MiB, except the last
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 READ_CHUNK = 1024 * 1024
+PROBE_BYTES = 4096  # the health check's write
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -113,14 +118,6 @@ class S3Store(Store):
         if not _REPO_KEY.fullmatch(repo_key):
             raise ValueError(f"not a repository key: {repo_key!r}")
         return f"{self.prefix}incoming/{repo_key}/{check_digest(digest)}"
-
-    def writable(self) -> bool:
-        """The bucket answers (one HEAD Bucket); credentials are checked by the writes themselves."""
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError):
-            return False
-        return True
 
     # -- reads -------------------------------------------------------------------
 
@@ -177,24 +174,38 @@ class S3Store(Store):
     # -- writes ------------------------------------------------------------------
 
     def put_bytes(self, namespace: str, digest: str, data: bytes) -> bool:
-        """Hash, then one conditional PUT: True if this call created the object."""
-        key = self.key(namespace, digest)
+        """Hash, then one conditional PUT: True if this call created (or repaired) the object."""
+        self.key(namespace, digest)  # validates namespace and digest before any hashing
         actual = hashlib.sha256(data).hexdigest()
         if actual != check_digest(digest):
             raise ContentMismatch("object", digest, actual)
-        return self._put_if_absent(key, bytes(data))
+        return self._put_if_absent(namespace, actual, bytes(data))
 
-    def _put_if_absent(self, key: str, data: bytes) -> bool:
+    def _put_if_absent(self, namespace: str, digest: str, data: bytes) -> bool:
+        """One conditional PUT → True if it created the object; an object already there is kept if intact."""
+        key = self.key(namespace, digest)
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
         except ClientError as exc:
-            if status(exc) == 412 or code(exc) == "PreconditionFailed":
-                return False
-            if code(exc) == "ConditionalRequestConflict":  # a racing writer of the same bytes
-                return False
+            # 412: already there; 409 ConditionalRequestConflict: a racing writer of the same bytes.
+            if status(exc) == 412 or code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return self._repair_if_damaged(namespace, digest, lambda: self._put(key, data))
             raise failure(f"cannot write {key}", exc) from exc
         except BotoCoreError as exc:
             raise failure(f"cannot write {key}", exc) from exc
+        return True
+
+    def _put(self, key: str, data: bytes) -> None:
+        with mapped(f"cannot write {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def _repair_if_damaged(self, namespace: str, digest: str, rewrite: Callable[[], None]) -> bool:
+        """The object exists: keep it (touched) if it hashes to its name → False; else ``rewrite`` it → True."""
+        if self.intact(namespace, digest):
+            if namespace == MPACKS:
+                self._touch(self.key(namespace, digest))
+            return False
+        rewrite()
         return True
 
     def delete(self, namespace: str, digest: str) -> bool:
@@ -225,14 +236,18 @@ class S3Store(Store):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
         return _S3Pending(self, namespace, name, key, upload_id)
 
-    def _publish_copy(self, temp_key: str, final_key: str) -> bool:
-        """Copy a completed temp object to its final key unless an object is there already."""
+    def _publish_copy(self, temp_key: str, namespace: str, digest: str) -> bool:
+        """Copy a completed temp object to its final key unless an intact object is there already."""
+        final_key = self.key(namespace, digest)
+
+        def copy() -> None:
+            with mapped(f"cannot publish {final_key}"):
+                # The managed copy switches to UploadPartCopy past 5 GB; bytes stay in the bucket.
+                self.client.copy({"Bucket": self.bucket, "Key": temp_key}, self.bucket, final_key)
+
         if self._head(final_key) is not None:
-            self._touch(final_key)
-            return False
-        with mapped(f"cannot publish {final_key}"):
-            # The managed copy switches to UploadPartCopy past 5 GB; bytes stay in the bucket.
-            self.client.copy({"Bucket": self.bucket, "Key": temp_key}, self.bucket, final_key)
+            return self._repair_if_damaged(namespace, digest, copy)
+        copy()
         return True
 
     def _touch(self, key: str) -> None:
@@ -250,6 +265,31 @@ class S3Store(Store):
             raise failure(f"cannot stat {key}", exc) from exc
         except BotoCoreError as exc:
             raise failure(f"cannot stat {key}", exc) from exc
+
+    # -- health and repair -------------------------------------------------------
+
+    def probe_write(self) -> None:
+        """Write and delete a small temp object; StorageUnavailable or StorageError if the bucket will not."""
+        key = self._temp_key(_new_temp_name(self._clock()))
+        with mapped("cannot write to the bucket"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(PROBE_BYTES))
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
+        """Move a damaged object to ``<prefix>quarantine/<namespace>/<hex>.<ns time>`` → its ``s3://`` URL.
+
+        A writer that repairs the object between the check and the move loses
+        its repair; the next write of those bytes repairs it again.
+        """
+        key = self.key(namespace, digest)
+        hex_digest = check_digest(digest)
+        if self._head(key) is None or (keep_intact and self.intact(namespace, hex_digest)):
+            return None
+        aside = f"{self.prefix}quarantine/{namespace}/{hex_digest}.{time.time_ns()}"
+        with mapped(f"cannot quarantine {namespace} object {hex_digest}"):
+            self.client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, aside)
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return f"s3://{self.bucket}/{aside}"
 
     # -- temp files --------------------------------------------------------------
 
@@ -357,10 +397,9 @@ class _S3Pending(PendingFile):
 
     def _publish(self, digest: str) -> bool:
         store = self._store
-        final = store.key(self.namespace, digest)
         if not self._parts:  # it all fits in one part: one conditional PUT, no copy
             self._check_upload_alive()
-            return store._put_if_absent(final, bytes(self._buffer))
+            return store._put_if_absent(self.namespace, digest, bytes(self._buffer))
         if self._buffer:
             self._upload_part(bytes(self._buffer))
             self._buffer.clear()
@@ -368,7 +407,7 @@ class _S3Pending(PendingFile):
             store.client.complete_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
                                                    MultipartUpload={"Parts": self._parts})
         self._upload_id = ""  # completed: nothing left to abort, only the temp object to delete
-        return store._publish_copy(self._key, final)
+        return store._publish_copy(self._key, self.namespace, digest)
 
     def _check_upload_alive(self) -> None:
         """A temp swept by GC (its upload aborted) must not be committed."""

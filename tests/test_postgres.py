@@ -10,6 +10,8 @@ import pytest
 from bench.live_hub import live_hub, push_like_cli
 from bench.postgres import postgres_cluster
 from mpack.hub import build, fetch
+from mpack.hub.bootstrap import build_hub
+from mpack.hub.health import health
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 from tests.database import only_postgres
@@ -114,7 +116,7 @@ def test_postgres_restarted_under_load_gives_fast_503s_then_recovers_without_a_h
             cluster.stop("fast")
             load.wait_for(503, 15)
             down = server.call("GET", "/healthz", as_json=True)
-            assert down.status == 503 and down.data()["error"] == "database_unavailable"
+            assert down.status == 503 and down.data()["status"] == "degraded"
             cluster.start()
             load.wait_for(200, 20)
 
@@ -124,8 +126,11 @@ def test_postgres_restarted_under_load_gives_fast_503s_then_recovers_without_a_h
         assert failures and {code for code, _ in failures} == {"database_unavailable"}
         assert max(seconds for _, seconds in failures) < FAST, failures
 
-        # Every worker process and the job threads are back: pushes, prebuilds and clones work.
-        assert server.call("GET", "/healthz", as_json=True).status == 200
+        # Every worker process and the job threads are back: health, pushes, prebuilds and clones work.
+        deadline = time.monotonic() + 10
+        while server.call("GET", "/healthz", as_json=True).status != 200:  # each thread sees one dead connection
+            assert time.monotonic() < deadline, "healthz never recovered"
+            time.sleep(0.05)
         history.commit()
         push_like_cli(server, token, PATH, history, history.commits[-1:])
         reply = server.call("POST", f"{PATH}/fetch/mpack", {"want": [history.tip]}, token=token)
@@ -137,3 +142,29 @@ def test_postgres_restarted_under_load_gives_fast_503s_then_recovers_without_a_h
                 break
             time.sleep(0.1)
         assert counts["failed"] == 0 and counts["done"] >= 1, counts
+
+
+def test_a_hub_started_before_its_database_waits_for_it(tmp_path, caplog):
+    """MPACKHUB_DATABASE_WAIT: migration is retried while PostgreSQL refuses connections."""
+    with postgres_cluster(tmp_path / "pg") as cluster:
+        cluster.stop("fast")
+        settings = Settings.for_home(tmp_path / "hub", database_url=cluster.url(), public_url="http://hub.test",
+                                     job_threads=0, database_wait=60)
+        built: list = []
+        starting = threading.Thread(target=lambda: built.append(build_hub(settings)), daemon=True)
+        with caplog.at_level("WARNING", logger="mpack.hub.db"):
+            starting.start()
+            deadline = time.monotonic() + 30
+            while not any("database unreachable" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the starting hub never retried"
+                time.sleep(0.05)
+            assert built == []
+            cluster.start()
+            starting.join(60)
+        assert len(built) == 1
+        hub = built[0]
+        try:
+            assert health(hub)["status"] == "ok"
+        finally:
+            hub.db.close()
+

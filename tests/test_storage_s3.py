@@ -183,7 +183,8 @@ def test_an_unreachable_bucket_is_storage_unavailable(store, front):
     front.down()
     with pytest.raises(StorageUnavailable):
         store.open(BLOBS, DIGEST)
-    assert store.writable() is False
+    with pytest.raises(StorageUnavailable):
+        store.probe_write()
 
 
 def test_a_refusal_is_a_storage_error_not_unavailable(store, front):

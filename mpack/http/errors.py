@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable
 
 import falcon
+import peewee as pw
 
 from mpack.format.errors import MPackError
+from mpack.hub import db as dbmod
 from mpack.hub import errors
-from mpack.hub.db import CONNECTION_ERRORS
 
 log = logging.getLogger("mpackhub.http")
 
@@ -35,8 +36,10 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
     (errors.ContentMismatch, falcon.HTTP_422),
+    (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageUnavailable, falcon.HTTP_503),  # before StorageError: a subclass
     (errors.StorageError, falcon.HTTP_507),
+    (errors.ObjectUnavailable, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 
@@ -54,8 +57,8 @@ def _error_body(code: str, detail: str) -> bytes:
 
 def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     status = status_for(exc)
-    if status == falcon.HTTP_500:
-        log.error("internal error", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
+    if status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
+        log.error("request failed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(exc.code, exc.detail)
@@ -77,9 +80,24 @@ def handle_unexpected(req, resp, exc: Exception, params) -> None:
     resp.data = _error_body("internal_error", "the server failed; the error has been logged")
 
 
+def handle_database_error(req, resp, exc: pw.DatabaseError, params) -> None:
+    """A full database is the operator's to fix, not a bug: 507 with a clear error, no traceback."""
+    if not dbmod.is_disk_full(exc):
+        handle_unexpected(req, resp, exc, params)
+        return
+    log.error("database full", extra={"path": req.path, "method": req.method})
+    full = errors.DatabaseFull()
+    resp.status = status_for(full)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body(full.code, full.detail)
+
+
 def database_error_handler(discard_connection: Callable[[], None]):
-    """The handler for ``CONNECTION_ERRORS``: drop the connection, answer 503."""
+    """The handler for ``db.CONNECTION_ERRORS``: drop the connection, answer 503 (507 for a full disk)."""
     def handle(req, resp, exc: Exception, params) -> None:
+        if not dbmod.is_connection_error(exc):  # SQLITE_FULL and PostgreSQL's disk_full are OperationalErrors too
+            handle_database_error(req, resp, exc, params)
+            return
         discard_connection()
         log.warning("database unavailable", extra={"path": req.path, "error": type(exc).__name__})
         resp.status = falcon.HTTP_503
@@ -98,6 +116,7 @@ def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
 
 def install(app: falcon.App, discard_connection: Callable[[], None] = lambda: None) -> None:
     app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(CONNECTION_ERRORS, database_error_handler(discard_connection))
+    app.add_error_handler(pw.DatabaseError, handle_database_error)
+    app.add_error_handler(dbmod.CONNECTION_ERRORS, database_error_handler(discard_connection))
     app.add_error_handler(errors.MuseError, handle_hub_error)
     app.set_error_serializer(serialize_http_error)

@@ -1,6 +1,7 @@
 """The hub's composition root: open the database and store, wire the job handlers."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,21 +21,34 @@ def production_pool(hub: Hub) -> JobPool:
     return JobPool(hub, threads=hub.settings.job_threads, registry=production_registry())
 
 
+PRIVATE_DIR = 0o700
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed and make it readable by its owner only."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+
+
 def open_store(settings: Settings, signer: UrlSigner, *, clock: Callable[[], float] = time.time) -> Store:
     """The store ``MPACKHUB_STORE_URL`` names: a local directory, or an S3-compatible bucket."""
     if settings.store_kind == "s3":
         client = make_client(endpoint_url=settings.s3_endpoint_url or None, region=settings.s3_region or None,
                              pool_size=max(10, settings.job_threads * 4 + 16))
         return S3Store(client, parse_store_url(settings.store_url), signer, clock=clock)
-    settings.store_root.mkdir(parents=True, exist_ok=True)
-    return LocalStore(settings.store_root, signer)
+    private_dir(settings.store_root)
+    return LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine")
 
 
 def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:
-    """Open the database (migrating it) and the store named by ``settings``."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    """Open the database (migrating it) and the store named by ``settings``.
+
+    The home directory and what the hub keeps in it (database, store, secrets,
+    locks) are private to the user running the hub: 0700 directories, 0600 files.
+    """
+    private_dir(settings.home)
     database = dbmod.open_database(settings.database_url)
-    dbmod.migrate(database, clock)
+    dbmod.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = open_store(settings, signer, clock=clock)
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)

@@ -22,8 +22,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Self
 
+from mpack.format.errors import MuseError
+from mpack.hub import db as dbmod
 from mpack.hub import jobs
-from mpack.hub.db import discard_connection
+from mpack.hub.db import discard_after
+from mpack.hub.errors import DatabaseFull
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
 
@@ -95,9 +98,9 @@ class JobPool:
         try:
             self.hub.db.connect(reuse_if_open=True)  # this thread's own connection, kept between jobs
             return run_one(self.hub, self.registry, worker_id, self.lease_seconds)
-        except Exception:  # the database itself failed (locked, gone): wait and try again on a fresh connection
+        except Exception as exc:  # the database itself failed (locked, gone): wait, try again (a fresh connection)
             self.hub.log.exception("job pool: claiming or recording a job failed", extra={"worker_id": worker_id})
-            discard_connection(self.hub.db)
+            discard_after(self.hub.db, exc)
             return False
 
     def _wait_for_work(self) -> None:
@@ -128,6 +131,12 @@ def run_until_idle(hub: Hub, registry: JobRegistry, worker_id: str, *, lease_sec
     return count
 
 
+def _error_code(exc: Exception) -> str | None:
+    if isinstance(exc, MuseError):
+        return exc.code
+    return DatabaseFull.code if dbmod.is_disk_full(exc) else None
+
+
 def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: str, lease_seconds: float) -> None:
     """Run a job this worker holds and record how it ended."""
     if job.attempt > job.max_attempts:
@@ -147,7 +156,7 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     except Exception as exc:  # the loop survives its jobs; the failure is recorded on the job
         hub.log.exception("job failed", extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, f"{type(exc).__name__}: {exc}",
-                  permanent=isinstance(exc, PermanentJobError))
+                  permanent=isinstance(exc, PermanentJobError), code=_error_code(exc))
         return
     if not jobs.complete(hub, job.job_id, worker_id, result or {}):
         hub.log.warning("job finished after its lease was lost; result discarded", extra=_job_fields(job))
@@ -195,9 +204,9 @@ class Heartbeat:
     def _renew(self) -> bool:
         try:
             renewed = jobs.renew(self.hub, self.job_id, self.worker_id, self.lease_seconds)
-        except Exception:  # a busy or restarted database: the next beat tries again before the lease ends
+        except Exception as exc:  # a busy or restarted database: the next beat tries again before the lease ends
             self.hub.log.exception("job heartbeat failed", extra={"job_id": self.job_id})
-            discard_connection(self.hub.db)
+            discard_after(self.hub.db, exc)
             return True
         if not renewed:
             self.lost = True

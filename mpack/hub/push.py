@@ -17,8 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mpack.format import ids
+import peewee as pw
+
+from mpack.format import ids, rules
 from mpack.hub import prebuild
+from mpack.hub.db import for_update
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
@@ -71,13 +74,6 @@ def _map(value: object, name: str) -> dict:
     return value
 
 
-def _str(record: dict, key: str, name: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str):
-        raise InvalidField(f"{name}.{key}", "must be a string")
-    return value
-
-
 def content_bytes(value: object, name: str) -> bytes:
     """Object content: msgpack bin, or a base64 string when the body was JSON."""
     if isinstance(value, bytes):
@@ -105,29 +101,19 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
 
 
 def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
-    record = _map(record, name)
-    snapshot_id = ids.check_id(record.get("snapshot_id"), "snapshot_id")
-    manifest = _map(record.get("manifest"), f"{name}.manifest")
-    for path, object_id in manifest.items():
-        if not isinstance(path, str) or not path:
-            raise InvalidField(f"{name}.manifest", "paths must be non-empty strings")
-        ids.check_id(object_id, "object_id")
-    digest = ids.snapshot_digest(manifest)
+    record = rules.check_snapshot_record(_map(record, name), name)
+    snapshot_id = record["snapshot_id"]
+    digest = ids.snapshot_digest(record["manifest"])
     if not ids.same_digest(snapshot_id, digest):
         raise ContentMismatch("snapshot", snapshot_id, digest)
     return digest, record
 
 
 def parse_commit(record: object, name: str) -> ParsedCommit:
-    record = _map(record, name)
-    commit_id = ids.check_id(record.get("commit_id"), "commit_id")
-    snapshot_id = ids.check_id(record.get("snapshot_id"), "snapshot_id")
-    parents = []
-    for key in ("parent_commit_id", "parent2_commit_id"):
-        value = record.get(key)
-        if value is not None:
-            parents.append(ids.check_id(value, key))
-    digest = ids.commit_digest(parents, snapshot_id, _str(record, "message", name), _str(record, "committed_at", name))
+    record = rules.check_commit_record(_map(record, name), name)
+    commit_id, snapshot_id = record["commit_id"], record["snapshot_id"]
+    parents = rules.commit_parents(record, name)
+    digest = ids.commit_digest(parents, snapshot_id, record["message"], record["committed_at"])
     if not ids.same_digest(commit_id, digest):
         raise ContentMismatch("commit", commit_id, digest)
     return ParsedCommit(record, digest, [ids.hex_of(p) for p in parents], ids.hex_of(snapshot_id))
@@ -258,7 +244,7 @@ def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
 
 def push(hub: Hub, repo: Repo, body: dict) -> dict:
     """Apply ``POST /push`` → ``{ok, message, branch_heads}``."""
-    branch = ids.check_branch_name(body.get("branch"))
+    branch = rules.check_branch_name(body.get("branch"))
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise InvalidField("force", "must be a boolean")
@@ -325,11 +311,20 @@ def _is_fast_forward(repo: Repo, bundle: Bundle, previous: str, tip: str) -> boo
 
 def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, tip_digest: str,
                  force: bool) -> str | None:
-    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head."""
-    current = Branch.get_or_none((Branch.repo == repo) & (Branch.name == name))
+    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head.
+
+    The branch row is read ``FOR UPDATE`` (PostgreSQL; SQLite's writer lock does the same), so a
+    concurrent push to the same branch from any node waits, then checks fast-forward against the
+    head that push left, instead of both moving the branch from the same old head.
+    """
+    current = _locked_branch(hub, repo, name)
     if current is None:
-        Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
-        return None
+        try:
+            with hub.db.atomic():  # a savepoint: a concurrent first push of this branch may win the insert
+                Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
+            return None
+        except pw.IntegrityError:
+            current = _locked_branch(hub, repo, name)
     previous = current.head_commit_id
     if previous == tip_id:
         return previous
@@ -337,3 +332,7 @@ def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, t
         raise NonFastForward(name, previous, tip_id)
     Branch.update(head_commit_id=tip_id, updated_at=hub.now()).where(Branch.id == current.id).execute()
     return previous
+
+
+def _locked_branch(hub: Hub, repo: Repo, name: str) -> Branch | None:
+    return for_update(hub.db, Branch.select().where((Branch.repo == repo) & (Branch.name == name))).first()

@@ -41,8 +41,16 @@ def create_repo(hub: Hub, owner: User, name: object, visibility: object = "publi
         raise AlreadyExists(f"repository {owner.username}/{name} already exists") from None
 
 
+def find_repo(owner: str, name: str) -> Repo | None:
+    """The repo named ``owner/name``, or None. A NUL cannot be in a stored name, and PostgreSQL
+    refuses it even as a parameter, so such a name is not found without asking."""
+    if "\x00" in owner or "\x00" in name:
+        return None
+    return Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
+
+
 def _lookup(owner: str, name: str) -> Repo:
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
+    repo = find_repo(owner, name)
     if repo is None:
         raise RepoNotFound(owner, name)
     return repo

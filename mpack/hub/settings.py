@@ -43,6 +43,7 @@ class Settings:
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
+    database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
     store_url: str = ""  # "" → file://$MPACKHUB_HOME/store; s3://bucket/prefix → the S3 store
     s3_endpoint_url: str = ""  # "" → AWS; R2, MinIO or a test server otherwise
     s3_region: str = ""
@@ -90,6 +91,7 @@ class Settings:
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
             store_url=env.str("MPACKHUB_STORE_URL", ""),
             s3_endpoint_url=env.str("MPACKHUB_S3_ENDPOINT_URL", ""),
             s3_region=env.str("MPACKHUB_S3_REGION", ""),
@@ -194,7 +196,7 @@ def secrets_path(home: Path) -> Path:
 def _generated_secrets(home: Path) -> dict[str, str]:
     """Load, or create once with mode 0600, the secrets of an embedded install."""
     path = secrets_path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

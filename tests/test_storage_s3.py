@@ -241,3 +241,43 @@ def test_a_presigned_put_cannot_be_retargeted(store):
     digest = hashlib.sha256(DATA).hexdigest()
     url = store.presign_put("repo-1", digest, 300).replace("/incoming/repo-1/", "/blobs/")
     assert http_get(url, method="PUT", data=DATA)[0] == 403
+
+
+# -- repair and fsck -------------------------------------------------------------------
+
+def test_a_write_over_a_damaged_object_repairs_it(store, s3_client, bucket):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    s3_client.put_object(Bucket=bucket, Key=f"hub/blobs/{DIGEST}", Body=b"bit rot")
+    assert store.intact(BLOBS, DIGEST) is False
+    assert store.put_bytes(BLOBS, DIGEST, DATA) is True
+    assert store.intact(BLOBS, DIGEST) is True
+    assert store.put_bytes(BLOBS, DIGEST, DATA) is False  # intact now: kept
+
+
+def test_a_damaged_pack_is_repaired_by_building_it_again(store, s3_client, bucket):
+    chunk = os.urandom(PART + 1000)  # over one part: the multipart path
+    digest = hashlib.sha256(chunk).hexdigest()
+    with store.new_file(MPACKS) as pending:
+        pending.write(chunk)
+        pending.commit()
+    s3_client.put_object(Bucket=bucket, Key=f"hub/mpacks/{digest}", Body=b"truncated")
+    with store.new_file(MPACKS) as pending:
+        pending.write(chunk)
+        pending.commit()
+        assert pending.created is True
+    assert store.intact(MPACKS, digest)
+
+
+def test_quarantine_moves_a_damaged_object_aside_and_keeps_an_intact_one(store, s3_client, bucket):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    assert store.quarantine(BLOBS, DIGEST) is None  # intact: stays
+    s3_client.put_object(Bucket=bucket, Key=f"hub/blobs/{DIGEST}", Body=b"bit rot")
+    aside = store.quarantine(BLOBS, DIGEST)
+    assert aside.startswith(f"s3://{bucket}/hub/quarantine/blobs/{DIGEST}.")
+    assert not store.exists(BLOBS, DIGEST)
+    assert store.quarantine(BLOBS, DIGEST) is None  # absent
+
+
+def test_probe_write_leaves_nothing_behind(store, s3_client, bucket):
+    store.probe_write()
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0

@@ -12,7 +12,7 @@ CASES = {
     "fetch want": ("POST", f"{PATH}/fetch", {"want": ["ma\x00in"]}, 200),  # /fetch skips unknown wants
     "repo in the path": ("GET", "/gabriel/so%00ng/refs", None, 404),
     "owner in the api path": ("GET", "/api/repos/gab%00riel/song", None, 404),
-    "push branch": ("POST", f"{PATH}/push", "bundle", 400),
+    "push branch": ("POST", f"{PATH}/push", "bundle", 422),
     "new repo name": ("POST", "/api/repos", {"name": "a\x00b"}, 400),
     "filter-objects id": ("POST", f"{PATH}/filter-objects", {"object_ids": ["\x00" * 64]}, 400),
     "admin gc repo": ("POST", "/admin/gc", {"repo": "gabriel/so\x00ng"}, 404),

@@ -247,6 +247,11 @@ class Store(abc.ABC):
         """
         return self.signer.url("GET", mpack_path(mpack_id), ttl_seconds)
 
+    def still_exists(self, namespace: str, digest: str) -> bool:
+        """``exists`` for hot read paths (a cache hit's check): a backend whose ``exists`` is a network
+        round trip may answer from its recent positive answers. Never for a check a write relies on."""
+        return self.exists(namespace, digest)
+
     def delete_many(self, namespace: str, digests: Iterable[str]) -> int:
         """Delete several objects (batched where the backend can) → how many were asked for."""
         digests = list(digests)

@@ -65,6 +65,8 @@ PART_SIZE = 8 * 1024 * 1024  # S3 needs parts of at least 5 MiB, except the last
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 READ_CHUNK = 1024 * 1024
 PROBE_BYTES = 4096  # the health check's write
+EXISTS_MEMO_SECONDS = 30.0  # how long still_exists trusts a positive answer
+EXISTS_MEMO_SIZE = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -101,6 +103,7 @@ class S3Store(Store):
         self.prefix = location.prefix + "/" if location.prefix else ""
         self.part_size = part_size
         self._clock = clock
+        self._seen: dict[str, float] = {}  # key → monotonic time of a HEAD that found it (still_exists)
 
     def __repr__(self) -> str:
         return f"S3Store(s3://{self.bucket}/{self.prefix})"
@@ -139,6 +142,28 @@ class S3Store(Store):
         except StoredObjectMissing:
             return False
         return True
+
+    def still_exists(self, namespace: str, digest: str) -> bool:
+        """``exists``, trusting a positive answer for ``EXISTS_MEMO_SECONDS``: a cache hit costs no HEAD then.
+
+        Only packs damaged outside the hub go unnoticed meanwhile (GC deletes a
+        pack only once no row names it, and this store forgets what it deletes).
+        """
+        key = self.key(namespace, digest)
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen < EXISTS_MEMO_SECONDS:
+            return True
+        found = self._head(key) is not None
+        if found:
+            if len(self._seen) >= EXISTS_MEMO_SIZE:
+                self._seen.clear()
+            self._seen[key] = now
+        return found
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._seen.pop(key, None)
 
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
         key = self.key(namespace, digest)
@@ -210,6 +235,7 @@ class S3Store(Store):
 
     def delete(self, namespace: str, digest: str) -> bool:
         key = self.key(namespace, digest)
+        self._forget([key])
         if not self.exists(namespace, digest):
             return False
         with mapped(f"cannot delete {key}"):
@@ -219,6 +245,7 @@ class S3Store(Store):
     def delete_many(self, namespace: str, digests: Iterable[str]) -> int:
         """Delete objects with DeleteObjects, 1,000 keys a request → how many were asked for."""
         keys = [self.key(namespace, d) for d in digests]
+        self._forget(keys)
         for start in range(0, len(keys), DELETE_BATCH):
             chunk = keys[start:start + DELETE_BATCH]
             with mapped(f"cannot delete {len(chunk)} {namespace} objects"):
@@ -286,6 +313,7 @@ class S3Store(Store):
         if self._head(key) is None or (keep_intact and self.intact(namespace, hex_digest)):
             return None
         aside = f"{self.prefix}quarantine/{namespace}/{hex_digest}.{time.time_ns()}"
+        self._forget([key])
         with mapped(f"cannot quarantine {namespace} object {hex_digest}"):
             self.client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, aside)
             self.client.delete_object(Bucket=self.bucket, Key=key)

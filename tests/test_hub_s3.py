@@ -225,3 +225,13 @@ def test_a_url_the_hub_signed_before_the_move_to_s3_still_downloads(hub, app, pu
     response = app.get(url.replace("http://hub.test", ""), headers={"Range": "bytes=0-3"})
     assert response.status_int == 200  # the whole pack: a bucket stream does not seek
     assert "sha256:" + hashlib.sha256(response.body).hexdigest() == answer["mpack_id"]
+
+
+def test_cache_hits_do_not_ask_the_bucket_each_time(app, pushed, front):
+    fetch_mpack(app, pushed.tip)
+    fetch_mpack(app, pushed.tip)  # the first hit checks the pack is still stored
+    asked = []
+    front.fault = lambda method, path: asked.append((method, path))
+    for _ in range(5):
+        assert fetch_mpack(app, pushed.tip).json["cached"] is True
+    assert asked == []  # one indexed lookup and one signature each (FMC_13), no bucket round trip

@@ -281,3 +281,14 @@ def test_quarantine_moves_a_damaged_object_aside_and_keeps_an_intact_one(store, 
 def test_probe_write_leaves_nothing_behind(store, s3_client, bucket):
     store.probe_write()
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_still_exists_trusts_a_recent_answer_and_forgets_what_it_deletes(store, front):
+    store.put_bytes(MPACKS, DIGEST, DATA)
+    heads = []
+    front.fault = lambda method, path: heads.append(path) if method == "HEAD" else None
+    assert store.still_exists(MPACKS, DIGEST) and store.still_exists(MPACKS, DIGEST)
+    assert len(heads) == 1  # a cache hit's check costs the bucket one HEAD per half minute, not one per hit
+    store.delete_many(MPACKS, [DIGEST])
+    assert store.still_exists(MPACKS, DIGEST) is False
+    assert store.exists(MPACKS, DIGEST) is False

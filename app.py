@@ -12,7 +12,7 @@ import falcon
 
 from mpack.http import errors as http_errors
 from mpack.http.logs import configure_logging
-from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
+from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
@@ -41,6 +41,7 @@ def create_app(hub: Hub) -> HubApp:
     api.req_options.strip_url_path_trailing_slash = True
     http_errors.install(api)
     api.add_route("/healthz", Health(hub))
+    api.add_route("/metrics", Metrics(hub))
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))
     api.add_route("/admin/gc", AdminGc(hub))

@@ -14,7 +14,7 @@ import sys
 from mpack.client import commands as client_cli
 from mpack.format.errors import MuseError
 from mpack.http.logs import configure_logging
-from mpack.http.serving import HubServer
+from mpack.http.serving import HubServer, exec_server
 from mpack.hub import auth, gc, jobs
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings, secrets_path
@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  home: {settings.home}", file=sys.stderr)
     if not os.environ.get("MPACKHUB_ADMIN_TOKEN"):
         print(f"  admin token: in {secrets_path(settings.home)} (key admin_token)", file=sys.stderr)
-    server.run()
+    sys.stderr.flush()
+    exec_server()  # a fresh interpreter, so that metrics start in multiprocess mode
     return 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from mpack.hub import db as dbmod
 from mpack.hub.handlers import production_registry
+from mpack.hub.metrics import HubMetrics
 from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
@@ -23,4 +24,5 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     dbmod.migrate(database, clock)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = LocalStore(settings.store_root, signer)
-    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)
+    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
+               metrics=HubMetrics(settings.metrics_dir))

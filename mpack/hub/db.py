@@ -61,8 +61,12 @@ def _v1_create_tables(db: pw.Database) -> None:
     )
 
 
+def _v2_gc_runs(db: pw.Database) -> None:
+    db.create_tables([models.GcRun], safe=True)
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables, _v2_gc_runs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

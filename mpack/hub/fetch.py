@@ -100,7 +100,21 @@ def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
 
 
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
-    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``."""
+    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``.
+
+    Counted by result: ``hit`` (answered from a cache row), ``miss`` (a full pack
+    built or waited for), ``delta`` (the same with haves), ``error``.
+    """
+    try:
+        answer = _fetch(hub, repo, want, have)
+    except Exception:
+        hub.metrics.fetch("error")
+        raise
+    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss")
+    return answer
+
+
+def _fetch(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
     haves = parse_haves(have)
     base = cache.base_key(haves)
     if len(want) == 1 and ids.is_id(want[0]):  # the clone's fast path: one primary-key lookup

@@ -43,6 +43,7 @@ class Settings:
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
     def store_root(self) -> Path:
@@ -60,7 +61,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
         env = _Env(environ)
-        home = Path(env.str("MPACKHUB_HOME", "./var")).resolve()
+        home = home_from_env(environ)
         generated = _generated_secrets(home) if _needs_generated(environ) else {}
         values: dict[str, object] = dict(
             home=home,
@@ -80,6 +81,7 @@ class Settings:
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -101,6 +103,21 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["signing_key_ids"] = [kid for kid, _ in self.signing_keys]
         return {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()}
+
+
+def home_from_env(environ: Mapping[str, str]) -> Path:
+    """``MPACKHUB_HOME`` (default ``./var``), absolute."""
+    return Path(environ.get("MPACKHUB_HOME", "").strip() or "./var").resolve()
+
+
+# prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
+    given = environ.get(METRICS_DIR_VAR, "").strip()
+    return Path(given).resolve() if given else home_from_env(environ) / "metrics"
 
 
 class _Env:

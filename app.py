@@ -11,6 +11,7 @@ import os
 import falcon
 
 from mpack.http import errors as http_errors
+from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
 from mpack.http.logs import configure_logging
 from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
@@ -42,6 +43,11 @@ def create_app(hub: Hub) -> HubApp:
     http_errors.install(api)
     api.add_route("/healthz", Health(hub))
     api.add_route("/metrics", Metrics(hub))
+    api.add_route("/admin", AdminPage(hub))
+    api.add_route("/admin/login", AdminLogin(hub))
+    api.add_route("/admin/logout", AdminLogout(hub))
+    api.add_route("/admin/actions/retry", AdminRetry(hub))
+    api.add_route("/admin/actions/gc", AdminGcAction(hub))
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))
     api.add_route("/admin/gc", AdminGc(hub))

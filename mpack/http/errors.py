@@ -11,6 +11,7 @@ import logging
 import falcon
 
 from mpack.format.errors import MPackError
+from mpack.http import admin_html
 from mpack.hub import errors
 
 log = logging.getLogger("mpackhub.http")
@@ -25,6 +26,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
+    (errors.Conflict, falcon.HTTP_409),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
@@ -50,6 +52,10 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     if status == falcon.HTTP_500:
         log.error("internal error", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
+    if getattr(req.context, "html", False):  # the admin page's forms: a page, not JSON
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = admin_html.error_page(status, exc.detail)
+        return
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):

@@ -13,7 +13,7 @@ from mpack.format.errors import InvalidId, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
+    "AlreadyExists", "BadRequest", "Conflict", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
     "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
@@ -86,6 +86,12 @@ class NonFastForward(MuseError):
 
 class AlreadyExists(MuseError):
     code = "already_exists"
+
+
+class Conflict(MuseError):
+    """The thing exists but is in the wrong state for this request."""
+
+    code = "conflict"
 
 
 # -- 413 / 416 / 422 ------------------------------------------------------------------

@@ -66,6 +66,13 @@ def test_fetches_are_counted_by_result(app, admin, pushed):
     assert value(after, "mpackhub_pack_build_bytes_total") > 0
 
 
+def test_prebuilds_are_builds_not_fetch_requests(app, hub, admin, pushed):
+    run_until_idle(hub, production_registry(), "test-worker")
+    samples = scrape(app, admin)
+    assert value(samples, "mpackhub_pack_builds_total") >= 1
+    assert sum(value(samples, "mpackhub_fetch_requests_total", result=r) for r in ("hit", "miss", "delta", "error")) == 0
+
+
 def test_download_bytes_count_what_a_get_sends(app, admin, pushed):
     answer = fetch(app, {"want": [pushed.tip]})
     path = answer["mpack_url"].replace("http://hub.test", "")

@@ -109,7 +109,7 @@ class Wire(Resource):
     def on_post_fetch_mpack(self, req, resp, owner, repo):
         target = repos.readable_repo(owner, repo, self.user(req))
         want, have = fetch.parse_want_have(self.body(req))
-        send(req, resp, fetch.wire_fetch_mpack(self.hub, target, want=want, have=have))
+        send(req, resp, fetch.fetch_request(self.hub, target, want=want, have=have))
 
 
 class Download(Resource):

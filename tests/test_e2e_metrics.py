@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.live_hub import live_hub, push_like_cli
+from bench.live_hub import ROOT, LiveHub, free_port, live_hub, push_like_cli, wait_healthy
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -79,3 +80,29 @@ def test_fetches_on_both_workers_add_up_exactly(tmp_path):
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: server.call("GET", "/healthz").status == 200, what="a replacement worker")
         assert total(scrape(server), FETCHES) == total(after, FETCHES)
+
+
+def test_mpackhub_serve_counts_in_multiprocess_mode(tmp_path):
+    """``mpackhub serve`` has imported prometheus_client already; it execs a fresh gunicorn that counts."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin = "serve-admin-token-" + os.urandom(8).hex()
+    env = {**os.environ, "MPACKHUB_HOME": str(tmp_path / "hub"), "MPACKHUB_ADMIN_TOKEN": admin,
+           "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(), "MPACKHUB_WORKERS": "2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mpackhub") if (ROOT / ".venv").exists() else "mpackhub",
+                                    "serve", "--bind", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, process)
+            server = LiveHub(url, tmp_path / "hub", admin, process)
+            token = server.create_user("served")
+            server.create_repo(token, "tune")
+            for _ in range(4):
+                assert server.call("POST", "/served/tune/fetch/mpack", {"want": ["0" * 64]}).status == 404
+            assert total(scrape(server), FETCHES, result="error") == 4
+            assert list((tmp_path / "hub" / "metrics").glob("counter_*.db"))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=40)

@@ -38,7 +38,7 @@ class Metrics(Resource):
     def on_get(self, req, resp):
         auth.require_admin(self.hub, req.get_header("Authorization"))
         resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(metrics.Scrape(self.hub))
+        resp.data = generate_latest(metrics.Scrape(self.hub.metrics, self.hub.settings, self.hub.now))
 
 
 class AdminUsers(Resource):

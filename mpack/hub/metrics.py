@@ -20,9 +20,8 @@ right whichever worker answers. ``docs/operations.md`` lists every metric.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import peewee as pw
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
@@ -31,9 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from mpack.format.errors import MuseError
 from mpack.hub.models import BackgroundJob, FetchMPackCache, Object
-
-if TYPE_CHECKING:
-    from mpack.hub.services import Hub
+from mpack.hub.settings import Settings
 
 FETCH_RESULTS = ("hit", "miss", "delta", "error")
 PREFIX = "mpackhub"
@@ -48,7 +45,7 @@ class MetricsModeError(MuseError):
 
 
 class HubMetrics:
-    """The hub's counters and histograms; ``registry`` is what ``/metrics`` exposes.
+    """The hub's counters and histograms; ``registry`` yields them (``Scrape`` adds the gauges).
 
     ``multiprocess_dir`` set: values live in that directory (one file per
     process) and ``registry`` merges every process's files on each scrape.
@@ -142,9 +139,8 @@ class HubMetrics:
 
 # -- gauges read at scrape time ---------------------------------------------------------
 
-def cache_usage(hub: Hub) -> dict[str, dict[str, int]]:
-    """``{"fresh"|"expired": {"rows": n, "bytes": n}}``; bytes count each stored pack once."""
-    now = hub.now()
+def cache_usage(now: float) -> dict[str, dict[str, int]]:
+    """``{"fresh"|"expired": {"rows": n, "bytes": n}}`` at ``now``; bytes count each stored pack once."""
     usage = {}
     for state, condition in (("fresh", FetchMPackCache.expires_at > now), ("expired", FetchMPackCache.expires_at <= now)):
         rows = FetchMPackCache.select().where(condition).count()
@@ -155,21 +151,20 @@ def cache_usage(hub: Hub) -> dict[str, dict[str, int]]:
     return usage
 
 
-def blob_bytes(hub: Hub) -> int:
+def blob_bytes() -> int:
     """Bytes of the stored blobs (each blob once, however many repos hold it)."""
     blobs = Object.select(Object.digest, pw.fn.MAX(Object.size).alias("size")).group_by(Object.digest)
     return int(Object.select(pw.fn.COALESCE(pw.fn.SUM(blobs.c.size), 0)).from_(blobs).scalar() or 0)
 
 
-def jobs_by_status_and_type(hub: Hub) -> dict[tuple[str, str], int]:
+def jobs_by_status_and_type() -> dict[tuple[str, str], int]:
     query = (BackgroundJob.select(BackgroundJob.status, BackgroundJob.job_type, pw.fn.COUNT(BackgroundJob.job_id))
              .group_by(BackgroundJob.status, BackgroundJob.job_type))
     return {(status, job_type): count for status, job_type, count in query.tuples()}
 
 
-def queue_age(hub: Hub) -> dict[str, float]:
-    """Per job type: how long the oldest due pending job has waited (seconds since it became due)."""
-    now = hub.now()
+def queue_age(now: float) -> dict[str, float]:
+    """Per job type: how long the oldest due pending job has waited at ``now`` (seconds since it became due)."""
     query = (BackgroundJob.select(BackgroundJob.job_type, pw.fn.MIN(BackgroundJob.run_after))
              .where((BackgroundJob.status == "pending") & (BackgroundJob.run_after <= now))
              .group_by(BackgroundJob.job_type))
@@ -179,8 +174,8 @@ def queue_age(hub: Hub) -> dict[str, float]:
 class StateCollector:
     """Gauges of what the database and the disk hold, computed on each scrape."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self.settings, self.clock = settings, clock
 
     def collect(self) -> Iterator[Metric]:
         yield from self._cache()
@@ -192,36 +187,36 @@ class StateCollector:
         rows = GaugeMetricFamily(f"{PREFIX}_cache_rows", "fetch cache rows by state (fresh, expired)", labels=["state"])
         size = GaugeMetricFamily(f"{PREFIX}_cache_bytes", "bytes of the packs cache rows name, by state",
                                  labels=["state"])
-        for state, usage in cache_usage(self.hub).items():
+        for state, usage in cache_usage(self.clock()).items():
             rows.add_metric([state], usage["rows"])
             size.add_metric([state], usage["bytes"])
         limit = GaugeMetricFamily(f"{PREFIX}_cache_max_bytes", "MPACKHUB_CACHE_MAX_BYTES (0: no quota)",
-                                  value=self.hub.settings.cache_max_bytes)
+                                  value=self.settings.cache_max_bytes)
         return iter((rows, size, limit))
 
     def _store(self) -> Iterator[Metric]:
         store = GaugeMetricFamily(f"{PREFIX}_store_bytes", "bytes in the store by kind (blobs, mpacks named by the cache)",
                                   labels=["kind"])
-        store.add_metric(["blobs"], blob_bytes(self.hub))
-        store.add_metric(["mpacks"], sum(u["bytes"] for u in cache_usage(self.hub).values()))
+        store.add_metric(["blobs"], blob_bytes())
+        store.add_metric(["mpacks"], sum(u["bytes"] for u in cache_usage(self.clock()).values()))
         yield store
 
     def _jobs(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "background jobs by status and type", labels=["status", "type"])
-        counts = jobs_by_status_and_type(self.hub)
+        counts = jobs_by_status_and_type()
         types = sorted({t for _, t in counts})  # every type the table holds, at 0 where none
         for status in ("pending", "running", "done", "failed"):
             for job_type in types:
                 jobs.add_metric([status, job_type], counts.get((status, job_type), 0))
         age = GaugeMetricFamily(f"{PREFIX}_job_queue_age_seconds",
                                 "how long the oldest due pending job of each type has waited", labels=["type"])
-        ages = queue_age(self.hub)
+        ages = queue_age(self.clock())
         for job_type in types:
             age.add_metric([job_type], ages.get(job_type, 0.0))
         return iter((jobs, age))
 
     def _disk(self) -> Iterator[Metric]:
-        usage = shutil.disk_usage(self.hub.settings.home)
+        usage = shutil.disk_usage(self.settings.home)
         free = GaugeMetricFamily(f"{PREFIX}_disk_free_bytes", "free bytes on the file system of MPACKHUB_HOME",
                                  value=usage.free)
         total = GaugeMetricFamily(f"{PREFIX}_disk_total_bytes", "size of the file system of MPACKHUB_HOME",
@@ -232,8 +227,8 @@ class StateCollector:
 class Scrape:
     """What ``GET /metrics`` exposes: the counters of every process, then the state gauges."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.parts = (hub.metrics.registry, StateCollector(hub))
+    def __init__(self, metrics: HubMetrics, settings: Settings, clock: Callable[[], float]) -> None:
+        self.parts = (metrics.registry, StateCollector(settings, clock))
 
     def collect(self) -> Iterator[Metric]:
         for part in self.parts:

@@ -63,10 +63,10 @@ def hit_rate(hub: Hub) -> dict:
 
 
 def disk(hub: Hub) -> dict:
-    usage = metrics.cache_usage(hub)
+    usage = metrics.cache_usage(hub.now())
     fs = shutil.disk_usage(hub.settings.home)
     return {
-        "blob_bytes": metrics.blob_bytes(hub), "cache_bytes": usage["fresh"]["bytes"],
+        "blob_bytes": metrics.blob_bytes(), "cache_bytes": usage["fresh"]["bytes"],
         "expired_cache_bytes": usage["expired"]["bytes"], "cache_max_bytes": hub.settings.cache_max_bytes,
         "disk_free": fs.free, "disk_total": fs.total,
     }

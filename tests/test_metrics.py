@@ -119,6 +119,7 @@ def test_failed_job_attempts_are_counted(app, hub, admin):
     run_until_idle(hub, production_registry(), "test-worker")
     samples = scrape(app, admin)
     assert value(samples, "mpackhub_jobs", status="failed", type="no.such.type") == 1
+    assert value(samples, "mpackhub_job_runs_total", type="no.such.type", outcome="error") == 1
 
 
 def test_gc_runs_and_what_they_free(app, hub, admin, pushed, clock):

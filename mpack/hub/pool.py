@@ -136,6 +136,7 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     try:
         handler = registry.handler_for(job.job_type)
     except UnknownJobType as exc:
+        hub.metrics.job_ran(job.job_type, "error", 0.0)
         hub.log.error("job failed: %s", exc.detail, extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, exc.detail, permanent=True)
         return

@@ -195,3 +195,16 @@ def test_logout_clears_the_cookie(admin_app):
     response = admin_app.post("/admin/logout", {"csrf": csrf}, status=303)
     assert response.headers["Set-Cookie"].startswith('mpackhub_admin=""; expires=')
     admin_app.get("/admin", status=303)
+
+
+def test_cache_use_is_shown_against_the_quota(tmp_path):
+    hub = build_hub(Settings.for_home(tmp_path / "quota", public_url="http://hub.test", job_threads=0,
+                                      cache_max_bytes=10 * 1024 * 1024))
+    try:
+        app = webtest.TestApp(create_app(hub))
+        login(app, hub.settings.admin_token)
+        page = app.get("/admin", status=200)
+        assert '<meter id="cache-meter" min="0" max="10485760" value="0"' in page.text
+        assert "0 B of 10.0 MiB (0 %)" in page.text
+    finally:
+        hub.db.close()

@@ -61,11 +61,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
         env = _Env(environ)
-        home = home_from_env(environ)
+        home = home_of(environ)
         generated = _generated_secrets(home) if _needs_generated(environ) else {}
         values: dict[str, object] = dict(
             home=home,
-            database_url=env.str("MPACKHUB_DATABASE_URL", f"sqlite:///{home / 'mpackhub.sqlite3'}"),
+            database_url=database_url_of(environ, home),
             # Unset, the public URL is the bind address: right for a local hub, to be set behind a proxy.
             public_url=env.str("MPACKHUB_PUBLIC_URL", "http://" + env.str("MPACKHUB_BIND", "127.0.0.1:8000")).rstrip("/"),
             admin_token=env.str("MPACKHUB_ADMIN_TOKEN", "") or str(generated.get("admin_token", "")),
@@ -105,9 +105,13 @@ class Settings:
         return {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()}
 
 
-def home_from_env(environ: Mapping[str, str]) -> Path:
-    """``MPACKHUB_HOME`` (default ``./var``), absolute."""
-    return Path(environ.get("MPACKHUB_HOME", "").strip() or "./var").resolve()
+def home_of(environ: Mapping[str, str]) -> Path:
+    """The absolute hub home named by ``MPACKHUB_HOME`` (default ``./var``), created by nothing here."""
+    return Path(environ.get("MPACKHUB_HOME", "./var").strip() or "./var").resolve()
+
+
+def database_url_of(environ: Mapping[str, str], home: Path) -> str:
+    return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
 
 
 # prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
@@ -117,7 +121,7 @@ METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
     """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
     given = environ.get(METRICS_DIR_VAR, "").strip()
-    return Path(given).resolve() if given else home_from_env(environ) / "metrics"
+    return Path(given).resolve() if given else home_of(environ) / "metrics"
 
 
 class _Env:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mpack.hub import gc, jobs
+from mpack.hub import gc, jobs, status
 from mpack.hub.handlers import production_registry
 from mpack.hub.metrics import HubMetrics, MetricsModeError
+from mpack.hub.models import FetchMPackCache
 from mpack.hub.pool import run_until_idle
 from tests.factories import History, error_of, push_history, unpack, wire
 
@@ -146,3 +147,16 @@ def test_a_metrics_dir_set_too_late_is_refused(tmp_path):
     # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR.
     with pytest.raises(MetricsModeError):
         HubMetrics(tmp_path / "metrics")
+
+
+def test_a_pack_named_by_two_rows_is_counted_once(app, hub, admin, repo):
+    now = hub.now()
+    for cache_id, expires in (("a" * 64, now + 100), ("b" * 64, now - 100)):
+        FetchMPackCache.create(cache_id=cache_id, repo=repo, tip_commit_id=cache_id, mpack_id="sha256:" + "c" * 64,
+                               created_at=now, expires_at=expires, last_used_at=now, size=1000)
+    samples = scrape(app, admin)
+    assert value(samples, "mpackhub_cache_rows", state="fresh") == value(samples, "mpackhub_cache_rows", state="expired") == 1
+    assert value(samples, "mpackhub_cache_bytes", state="fresh") == 1000
+    assert value(samples, "mpackhub_store_bytes", kind="mpacks") == 1000
+    assert status.repositories(hub)[0]["cache_rows"] == 2
+    assert status.repositories(hub)[0]["cache_bytes"] == 1000

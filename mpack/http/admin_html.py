@@ -134,7 +134,7 @@ def _disk(disk: dict) -> str:
     rows = [
         ["Store: blobs", esc(size(disk["blob_bytes"]))],
         ["Cache: packs named by fresh rows", meter],
-        ["Cache: packs named only by expired rows (GC frees them)", esc(size(disk["expired_cache_bytes"]))],
+        ["Cache: packs named by expired rows (GC frees those no fresh row names)", esc(size(disk["expired_cache_bytes"]))],
         ["File system of the hub's home: free of total", f"{esc(size(disk['disk_free']))} of {esc(size(disk['disk_total']))}"],
     ]
     return f'<section id="disk"><h2>Disk</h2>{_table(["", ""], rows)}</section>'

@@ -139,16 +139,27 @@ class HubMetrics:
 
 # -- gauges read at scrape time ---------------------------------------------------------
 
+def _pack_bytes(condition) -> int:
+    """Bytes of the packs the rows matching ``condition`` name, each pack once."""
+    packs = (FetchMPackCache.select(FetchMPackCache.mpack_id, pw.fn.MAX(FetchMPackCache.size).alias("size"))
+             .where(condition).group_by(FetchMPackCache.mpack_id))
+    return int(FetchMPackCache.select(pw.fn.COALESCE(pw.fn.SUM(packs.c.size), 0)).from_(packs).scalar() or 0)
+
+
 def cache_usage(now: float) -> dict[str, dict[str, int]]:
-    """``{"fresh"|"expired": {"rows": n, "bytes": n}}`` at ``now``; bytes count each stored pack once."""
+    """``{"fresh"|"expired": {"rows": n, "bytes": n}}`` at ``now``; bytes count each stored pack once.
+
+    A pack named by a fresh row and an expired one counts in both states.
+    """
     usage = {}
     for state, condition in (("fresh", FetchMPackCache.expires_at > now), ("expired", FetchMPackCache.expires_at <= now)):
-        rows = FetchMPackCache.select().where(condition).count()
-        packs = (FetchMPackCache.select(FetchMPackCache.mpack_id, pw.fn.MAX(FetchMPackCache.size).alias("size"))
-                 .where(condition).group_by(FetchMPackCache.mpack_id))
-        size = FetchMPackCache.select(pw.fn.COALESCE(pw.fn.SUM(packs.c.size), 0)).from_(packs).scalar()
-        usage[state] = {"rows": rows, "bytes": int(size or 0)}
+        usage[state] = {"rows": FetchMPackCache.select().where(condition).count(), "bytes": _pack_bytes(condition)}
     return usage
+
+
+def mpack_bytes() -> int:
+    """Bytes of every pack a cache row names (each once)."""
+    return _pack_bytes(True)
 
 
 def blob_bytes() -> int:
@@ -198,7 +209,7 @@ class StateCollector:
         store = GaugeMetricFamily(f"{PREFIX}_store_bytes", "bytes in the store by kind (blobs, mpacks named by the cache)",
                                   labels=["kind"])
         store.add_metric(["blobs"], blob_bytes())
-        store.add_metric(["mpacks"], sum(u["bytes"] for u in cache_usage(self.clock()).values()))
+        store.add_metric(["mpacks"], mpack_bytes())
         yield store
 
     def _jobs(self) -> Iterator[Metric]:

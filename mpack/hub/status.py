@@ -28,8 +28,11 @@ def repositories(hub: Hub) -> list[dict]:
     objects = _per_repo(Object.select(Object.repo, pw.fn.COUNT(Object.digest), pw.fn.SUM(Object.size)).group_by(Object.repo))
     commits = _per_repo(Commit.select(Commit.repo, pw.fn.COUNT(Commit.digest)).group_by(Commit.repo))
     branches = _per_repo(Branch.select(Branch.repo, pw.fn.COUNT(Branch.id)).group_by(Branch.repo))
-    cached = _per_repo(FetchMPackCache.select(FetchMPackCache.repo, pw.fn.COUNT(FetchMPackCache.cache_id),
-                                              pw.fn.SUM(FetchMPackCache.size)).group_by(FetchMPackCache.repo))
+    packs = (FetchMPackCache.select(FetchMPackCache.repo, pw.fn.COUNT(FetchMPackCache.cache_id).alias("rows"),
+                                    pw.fn.MAX(FetchMPackCache.size).alias("size"))
+             .group_by(FetchMPackCache.repo, FetchMPackCache.mpack_id))
+    cached = _per_repo(FetchMPackCache.select(packs.c.repo_id, pw.fn.SUM(packs.c.rows), pw.fn.SUM(packs.c.size))
+                       .from_(packs).group_by(packs.c.repo_id))  # each pack once per repo
     rows = []
     for repo in Repo.select().order_by(Repo.owner, Repo.name):
         count, size = objects.get(repo.repo_id, (0, 0))
@@ -37,8 +40,8 @@ def repositories(hub: Hub) -> list[dict]:
         rows.append({
             "name": f"{repo.owner}/{repo.name}", "visibility": repo.visibility, "objects": count,
             "object_bytes": int(size or 0), "commits": commits.get(repo.repo_id, (0,))[0],
-            "branches": branches.get(repo.repo_id, (0,))[0], "cache_rows": cache_rows,
-            "cache_bytes": int(cache_bytes or 0),
+            "branches": branches.get(repo.repo_id, (0,))[0],
+            "cache_rows": int(cache_rows or 0), "cache_bytes": int(cache_bytes or 0),
         })
     return rows
 

@@ -93,7 +93,7 @@ def _stats_of(row) -> cache.PackStats:
 
 
 def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is None or not cache.record_hit(hub, row):  # gone since read (GC): a miss
         return None
     return _answer(hub, _stats_of(row), cached=True, row=row)
@@ -138,7 +138,7 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
 
 def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
     commits = _walk_commit_delta(repo, list(wants), haves)

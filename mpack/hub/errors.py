@@ -13,7 +13,7 @@ from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageFull, StoredObjectMissing
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
+    "AlreadyExists", "BadRequest", "Conflict", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable",
     "RepoNotFound", "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized",
@@ -87,6 +87,12 @@ class NonFastForward(MuseError):
 
 class AlreadyExists(MuseError):
     code = "already_exists"
+
+
+class Conflict(MuseError):
+    """The thing exists but is in the wrong state for this request."""
+
+    code = "conflict"
 
 
 # -- 413 / 416 / 422 ------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Settings:
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
     database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
     def store_root(self) -> Path:
@@ -82,6 +83,7 @@ class Settings:
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
             database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
+            metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -112,6 +114,16 @@ def home_of(environ: Mapping[str, str]) -> Path:
 
 def database_url_of(environ: Mapping[str, str], home: Path) -> str:
     return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
+
+
+# prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
+    given = environ.get(METRICS_DIR_VAR, "").strip()
+    return Path(given).resolve() if given else home_of(environ) / "metrics"
 
 
 class _Env:

@@ -48,7 +48,9 @@ def database_url(home: Path | str, *, sqlite_name: str = "mpackhub.sqlite3", emp
         raise RuntimeError("no PostgreSQL cluster: open homes in the test process first")
     url = cluster.create_database(template=None if empty else TEMPLATE)
     _session["made"].append(url.rsplit("/", 1)[1])
-    remembered.write_text(url)
+    fd = os.open(remembered, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private, as the hub keeps its home
+    with os.fdopen(fd, "w") as out:
+        out.write(url)
     return url
 
 

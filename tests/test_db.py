@@ -69,7 +69,7 @@ def test_a_database_at_the_previous_schema_upgrades_keeping_its_rows(tmp_path):
 
 
 @only_postgres
-def test_v4_turns_postgres_real_timestamps_into_double_precision(tmp_path):
+def test_v5_turns_postgres_real_timestamps_into_double_precision(tmp_path):
     """Version 1 made PostgreSQL ``real`` columns (peewee FloatField): rebuild that, then upgrade."""
     url = database_url(tmp_path / "hub", empty=True)
     db = dbmod.open_database(url)

@@ -17,6 +17,7 @@ import falcon
 import peewee as pw
 
 from mpack.format.errors import MPackError
+from mpack.http import admin_html
 from mpack.hub import db as dbmod
 from mpack.hub import errors
 
@@ -32,6 +33,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
+    (errors.Conflict, falcon.HTTP_409),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
@@ -60,6 +62,10 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     if status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
         log.error("request failed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
+    if getattr(req.context, "html", False):  # the admin page's forms: a page, not JSON
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = admin_html.error_page(status, exc.detail)
+        return
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):

@@ -253,6 +253,10 @@ def _v3_health_probe(db: pw.Database) -> None:
     db.create_tables([models.HealthProbe], safe=True)
 
 
+def _v4_gc_runs(db: pw.Database) -> None:
+    db.create_tables([models.GcRun], safe=True)
+
+
 # Epoch-second columns: PostgreSQL's ``real`` (what v1 made of peewee's FloatField) holds
 # them to 128 s; ``double precision`` to a microsecond. SQLite's REAL is already 8 bytes.
 TIMESTAMP_COLUMNS = {
@@ -264,10 +268,11 @@ TIMESTAMP_COLUMNS = {
     "fetch_mpack_cache": ("created_at", "expires_at", "last_used_at"),
     "background_job": ("created_at", "run_after", "locked_until", "finished_at"),
     "health_probe": ("at",),
+    "gc_run": ("started_at",),
 }
 
 
-def _v4_double_timestamps(db: pw.Database) -> None:
+def _v5_double_timestamps(db: pw.Database) -> None:
     if not is_postgres(db):
         return
     for table, columns in TIMESTAMP_COLUMNS.items():
@@ -277,7 +282,7 @@ def _v4_double_timestamps(db: pw.Database) -> None:
 
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
 MIGRATIONS: list[Callable[[pw.Database], None]] = [
-    _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_double_timestamps,
+    _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_gc_runs, _v5_double_timestamps,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

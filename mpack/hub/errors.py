@@ -20,7 +20,7 @@ from storage.errors import (
 )
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
+    "AlreadyExists", "BadRequest", "Conflict", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable",
     "RepoNotFound", "DatabaseFull", "StorageError", "StorageFull", "StorageUnavailable", "StoredObjectMissing",
@@ -94,6 +94,12 @@ class NonFastForward(MuseError):
 
 class AlreadyExists(MuseError):
     code = "already_exists"
+
+
+class Conflict(MuseError):
+    """The thing exists but is in the wrong state for this request."""
+
+    code = "conflict"
 
 
 # -- 413 / 416 / 422 ------------------------------------------------------------------

@@ -99,6 +99,23 @@ def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
 
+def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
+    """A client's ``POST /fetch/mpack``: ``wire_fetch_mpack``, counted by result.
+
+    ``hit``: answered from a cache row; ``miss``: a full pack built (or waited
+    for); ``delta``: the same with haves; ``error``: refused or failed. The
+    prebuild job calls ``wire_fetch_mpack`` directly, so builds ahead of time
+    are not counted as requests.
+    """
+    try:
+        answer = wire_fetch_mpack(hub, repo, want, have)
+    except Exception:
+        hub.metrics.fetch("error")
+        raise
+    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss")
+    return answer
+
+
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
     """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``."""
     haves = parse_haves(have)

@@ -37,8 +37,8 @@ import peewee as pw
 from mpack.format import ids
 from mpack.hub import cache, health, jobs, prebuild
 from mpack.hub.db import xact_lock
-from mpack.hub.errors import InvalidField, RepoNotFound
-from mpack.hub.models import FetchMPackCache, Repo
+from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
+from mpack.hub.models import FetchMPackCache, GcRun, Repo
 from mpack.hub.repos import find_repo
 from storage.base import MPACKS
 from storage.errors import StoredObjectMissing
@@ -47,6 +47,7 @@ from storage.signing import CLOCK_SLACK
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
+REPORTS_KEPT = 50  # GC reports kept for the admin page
 TEMP_GRACE = 3600.0  # a temp file untouched for an hour belongs to a dead build
 EXPIRY_SLACK = float(CLOCK_SLACK)  # how long past any expiry GC waits before acting on it
 DELETE_BATCH = 100  # packs re-checked and deleted per transaction (one DeleteObjects on S3)
@@ -234,7 +235,28 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
             report.prebuilds_requeued = prebuild.retry_failed_for_space(hub)
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
+    hub.metrics.gc_ran(report)
+    _keep_report(hub, repo, report)
     return report
+
+
+def _keep_report(hub: Hub, repo: Repo | None, report: GcReport) -> None:
+    """Keep the report for the admin page; on a full database the pass still counts (it is logged)."""
+    scope = "" if repo is None else f"{repo.owner}/{repo.name}"
+    try:
+        with hub.db.atomic():
+            GcRun.create(started_at=hub.now(), scope=scope, dry_run=report.dry_run, report=report.as_dict())
+            keep = GcRun.select(GcRun.id).order_by(GcRun.started_at.desc(), GcRun.id.desc()).limit(REPORTS_KEPT)
+            GcRun.delete().where(GcRun.id.not_in(keep)).execute()
+    except DatabaseFull:
+        hub.log.warning("gc report not kept: the database is full")
+
+
+def recent_reports(hub: Hub, limit: int = 10) -> list[dict]:
+    """The newest GC reports: ``{started_at, scope, dry_run, report}``, newest first."""
+    query = GcRun.select().order_by(GcRun.started_at.desc(), GcRun.id.desc()).limit(limit)
+    return [{"id": run.id, "started_at": run.started_at, "scope": run.scope, "dry_run": run.dry_run,
+             "report": run.report} for run in query]
 
 
 def gc_fetch_mpack_cache(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> int:

@@ -37,6 +37,7 @@ import peewee as pw
 
 from mpack.format.errors import MuseError
 from mpack.hub.db import for_update
+from mpack.hub.errors import Conflict, NotFound
 from mpack.hub.models import BackgroundJob
 
 if TYPE_CHECKING:
@@ -282,6 +283,62 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
                              result={"superseded_by": newer.job_id})
     return _update_owned(job_id, worker_id, status=PENDING, last_error=error, locked_by=None, locked_until=None,
                          run_after=now + backoff_delay(job.attempt, rng))
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class JobNotFailed(Conflict):
+    """Only a failed job can be retried (a pending or running one is on its way)."""
+
+    code = "job_not_failed"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} is {status}, not failed")
+        self.job_id, self.status = job_id, status
+
+
+def retry(hub: Hub, job_id: str) -> str:
+    """Give a failed job a fresh set of attempts, due now → the id of the pending job that will run it.
+
+    If (repo, type) already has a pending job, the payload is merged into it and
+    the failed one is closed as superseded (one pending job per repo and type).
+    """
+    pending_id = _retry_integrity(hub, lambda: _retry(hub, job_id))
+    if hub.pool is not None:
+        hub.pool.wake()
+    return pending_id
+
+
+def _retry(hub: Hub, job_id: str) -> str:
+    job = BackgroundJob.get_or_none(BackgroundJob.job_id == job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.status != FAILED:
+        raise JobNotFailed(job_id, job.status)
+    now = hub.now()
+    newer = _pending_for(job.repo_id, job.job_type)
+    if newer is not None:
+        BackgroundJob.update(payload=merge_payloads(job.payload or {}, newer.payload or {}),
+                             run_after=now).where(BackgroundJob.job_id == newer.job_id).execute()
+        BackgroundJob.update(status=DONE, result={"superseded_by": newer.job_id}).where(
+            BackgroundJob.job_id == job_id).execute()
+        return newer.job_id
+    BackgroundJob.update(status=PENDING, attempt=0, run_after=now, locked_by=None, locked_until=None,
+                         finished_at=None).where((BackgroundJob.job_id == job_id) & (BackgroundJob.status == FAILED)).execute()
+    return job_id
+
+
+def oldest(hub: Hub, status: str, limit: int = 20) -> list[dict]:
+    """Jobs in ``status``, oldest first (the admin page's queue and failure lists)."""
+    query = (BackgroundJob.select().where(BackgroundJob.status == status)
+             .order_by(BackgroundJob.created_at, BackgroundJob.job_id).limit(limit))
+    return [describe(job) for job in query]
 
 
 def failed_with(hub: Hub, job_type: str, codes: set[str], repo_id: str | None = None) -> list[BackgroundJob]:

@@ -147,18 +147,24 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     try:
         handler = registry.handler_for(job.job_type)
     except UnknownJobType as exc:
+        hub.metrics.job_ran(job.job_type, "error", 0.0)
         hub.log.error("job failed: %s", exc.detail, extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, exc.detail, permanent=True)
         return
+    started = time.perf_counter()
     try:
         with Heartbeat(hub, job.job_id, worker_id, lease_seconds):
             result = handler(hub, job.job_id)
     except Exception as exc:  # the loop survives its jobs; the failure is recorded on the job
+        hub.metrics.job_ran(job.job_type, "error", time.perf_counter() - started)
         hub.log.exception("job failed", extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, f"{type(exc).__name__}: {exc}",
                   permanent=isinstance(exc, PermanentJobError), code=_error_code(exc))
         return
-    if not jobs.complete(hub, job.job_id, worker_id, result or {}):
+    if jobs.complete(hub, job.job_id, worker_id, result or {}):
+        hub.metrics.job_ran(job.job_type, "done", time.perf_counter() - started)
+    else:
+        hub.metrics.job_ran(job.job_type, "lost", time.perf_counter() - started)
         hub.log.warning("job finished after its lease was lost; result discarded", extra=_job_fields(job))
 
 

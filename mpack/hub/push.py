@@ -22,7 +22,7 @@ import peewee as pw
 from mpack.format import ids, rules
 from mpack.hub import prebuild
 from mpack.hub.db import for_update
-from mpack.hub.errors import BadRequest, InvalidField, MissingReference, NonFastForward
+from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
@@ -204,8 +204,11 @@ def _generations(repo: Repo, commits: list[ParsedCommit]) -> dict[str, int]:
 # -- applying ---------------------------------------------------------------------
 
 def _store_bytes(hub: Hub, blobs: Iterable[Blob]) -> None:
+    count = size = 0
     for blob in blobs:
         hub.store.put_bytes(BLOBS, blob.digest, blob.content)
+        count, size = count + 1, size + len(blob.content)
+    hub.metrics.objects_stored(count, size)
 
 
 def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
@@ -243,7 +246,17 @@ def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
 
 
 def push(hub: Hub, repo: Repo, body: dict) -> dict:
-    """Apply ``POST /push`` → ``{ok, message, branch_heads}``."""
+    """Apply ``POST /push`` → ``{ok, message, branch_heads}`` (counted as ok or rejected)."""
+    try:
+        answer = _apply_push(hub, repo, body)
+    except MuseError:
+        hub.metrics.pushed("rejected")
+        raise
+    hub.metrics.pushed("ok")
+    return answer
+
+
+def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
     branch = rules.check_branch_name(body.get("branch"))
     force = body.get("force", False)
     if not isinstance(force, bool):

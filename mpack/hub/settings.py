@@ -47,6 +47,7 @@ class Settings:
     store_url: str = ""  # "" → file://$MPACKHUB_HOME/store; s3://bucket/prefix → the S3 store
     s3_endpoint_url: str = ""  # "" → AWS; R2, MinIO or a test server otherwise
     s3_region: str = ""
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
     def store_root(self) -> Path:
@@ -95,6 +96,7 @@ class Settings:
             store_url=env.str("MPACKHUB_STORE_URL", ""),
             s3_endpoint_url=env.str("MPACKHUB_S3_ENDPOINT_URL", ""),
             s3_region=env.str("MPACKHUB_S3_REGION", ""),
+            metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -138,6 +140,16 @@ def home_of(environ: Mapping[str, str]) -> Path:
 
 def database_url_of(environ: Mapping[str, str], home: Path) -> str:
     return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
+
+
+# prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
+    given = environ.get(METRICS_DIR_VAR, "").strip()
+    return Path(given).resolve() if given else home_of(environ) / "metrics"
 
 
 class _Env:

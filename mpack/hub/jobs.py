@@ -316,13 +316,14 @@ def retry(hub: Hub, job_id: str) -> str:
 
 
 def _retry(hub: Hub, job_id: str) -> str:
-    job = BackgroundJob.get_or_none(BackgroundJob.job_id == job_id)
+    # Locked (PostgreSQL): a second retry of the same job, from any node, waits and then finds it pending.
+    job = for_update(hub.db, BackgroundJob.select().where(BackgroundJob.job_id == job_id)).first()
     if job is None:
         raise JobNotFound(job_id)
     if job.status != FAILED:
         raise JobNotFailed(job_id, job.status)
     now = hub.now()
-    newer = _pending_for(job.repo_id, job.job_type)
+    newer = _pending_for(hub, job.repo_id, job.job_type)
     if newer is not None:
         BackgroundJob.update(payload=merge_payloads(job.payload or {}, newer.payload or {}),
                              run_after=now).where(BackgroundJob.job_id == newer.job_id).execute()

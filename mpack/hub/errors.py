@@ -13,10 +13,10 @@ from mpack.format.errors import InvalidId, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
+    "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
     "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
-    "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "ServerBusy", "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -88,10 +88,24 @@ class AlreadyExists(MuseError):
     code = "already_exists"
 
 
-# -- 413 / 416 / 422 ------------------------------------------------------------------
+# -- 408 / 413 / 416 / 422 / 503 --------------------------------------------------------
+
+class BodyTimeout(MuseError):
+    """The request body did not arrive within its deadline (MPACKHUB_BODY_TIMEOUT)."""
+
+    code = "body_timeout"
+
 
 class BodyTooLarge(MuseError):
+    """Over the route's byte limit, or (``body_too_complex``) more decoded objects than its size allows."""
+
     code = "body_too_large"
+
+
+class ServerBusy(MuseError):
+    """Every body reader of this worker is taken (slow clients): retry shortly."""
+
+    code = "busy"
 
 
 class RangeNotSatisfiable(MuseError):

@@ -1,0 +1,205 @@
+"""Reading request bodies off the socket: a size limit, a deadline, a bounded number of readers.
+
+Guarantees, per worker process:
+- A body is read within ``body_timeout`` seconds, plus one second for every
+  ``body_min_rate`` bytes already received (a large push on a slow link keeps
+  going; a client that stalls does not). Past its deadline the read side of
+  the socket is shut, the read returns, and the request is answered 408: a
+  slow client holds a thread for at most that long.
+- At most ``body_readers`` bodies are read at once (by default one less than
+  the worker's threads), so a thread is always left for requests without a
+  body (``/healthz``, ``refs``, downloads); a body that finds every reader
+  busy is answered 503 at once.
+- A request answered before its body was read (401, 403, 404, 413 …) has the
+  body read and discarded first, up to ``body_drain_bytes`` and within the
+  deadline, so that a client that sends its whole body before reading the
+  answer (the Muse CLI, curl, requests) receives the JSON error instead of a
+  broken pipe. A body too large to drain gets its answer and a closed socket.
+
+Deadlines need the client socket, which gunicorn passes as
+``environ["gunicorn.socket"]``; under other servers (the tests' webtest) the
+body is read without one.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import falcon
+
+from mpack.hub.errors import BodyTimeout, BodyTooLarge, MalformedBody, ServerBusy
+from mpack.hub.settings import Settings
+
+CHUNK = 256 * 1024
+
+
+@dataclass
+class _Watch:
+    """One body being read: its deadline moves forward with the bytes received."""
+
+    sock: socket.socket | None
+    started: float
+    timeout: float
+    min_rate: float
+    received: int = 0
+    expired: bool = False
+
+    def deadline(self) -> float:
+        return self.started + self.timeout + self.received / self.min_rate
+
+    def expire(self) -> None:
+        """Wake the thread blocked in recv(): with the read side shut, recv() returns b""."""
+        self.expired = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
+
+
+@dataclass
+class Watchdog:
+    """One thread per process that expires the bodies whose deadline has passed."""
+
+    clock: Callable[[], float] = time.monotonic
+    _watched: dict[int, _Watch] = field(default_factory=dict)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _thread: threading.Thread | None = None
+
+    def add(self, watch: _Watch) -> None:
+        with self._cond:
+            self._watched[id(watch)] = watch
+            if self._thread is None or not self._thread.is_alive():  # started lazily: after gunicorn's fork
+                self._thread = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def discard(self, watch: _Watch) -> None:
+        with self._cond:
+            self._watched.pop(id(watch), None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = self.clock()
+                for key, watch in list(self._watched.items()):
+                    if watch.deadline() <= now:
+                        watch.expire()
+                        del self._watched[key]
+                soonest = min((w.deadline() for w in self._watched.values()), default=now + 60.0)
+                self._cond.wait(max(soonest - now, 0.01))
+
+
+class Intake:
+    """Reads and drains request bodies under the guarantees in this module's docstring."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._slots = threading.BoundedSemaphore(settings.body_readers)
+        self._watchdog = Watchdog(clock)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read(self, req: falcon.Request, max_bytes: int) -> bytes:
+        """The whole body (at most ``max_bytes``, else BodyTooLarge); BodyTimeout past the deadline."""
+        length = req.content_length
+        if length is not None and length > max_bytes:
+            raise BodyTooLarge(f"request body of {length} bytes exceeds this route's limit of {max_bytes}")
+        if length == 0 or (length is None and not req.env.get("wsgi.input_terminated")):
+            req.context.body_done = True
+            return b""
+        with self._reading(req, busy=ServerBusy) as watch:
+            chunks: list[bytes] = []
+            for piece in self._pieces(req, watch, max_bytes + 1):
+                chunks.append(piece)
+                if watch.received > max_bytes:
+                    req.context.body_done = False  # the rest is drained before the 413 goes out
+                    raise BodyTooLarge(f"request body exceeds this route's limit of {max_bytes} bytes")
+            return b"".join(chunks)
+
+    def drain(self, req: falcon.Request) -> bool:
+        """Read and discard an unread body (bounded) → whether the connection may be reused."""
+        if getattr(req.context, "body_done", False) or not self._has_body(req):
+            return True
+        length = req.content_length
+        if length is not None and length > self.settings.body_drain_bytes:
+            self._give_up(req)
+            return False
+        try:
+            with self._reading(req, busy=None) as watch:
+                for _ in self._pieces(req, watch, self.settings.body_drain_bytes + 1):
+                    if watch.received > self.settings.body_drain_bytes:
+                        raise BodyTooLarge("too large to drain")
+        except (BodyTooLarge, BodyTimeout, MalformedBody, ServerBusy):
+            self._give_up(req)
+            return False
+        return True
+
+    # -- the parts ----------------------------------------------------------------------
+
+    @staticmethod
+    def _has_body(req: falcon.Request) -> bool:
+        """Whether unread bytes may follow the headers (a GET without a body never needs a reader)."""
+        return bool(req.content_length) or bool(req.content_length is None and req.get_header("Transfer-Encoding"))
+
+    @contextlib.contextmanager
+    def _reading(self, req: falcon.Request, busy: type[ServerBusy] | None) -> Iterator[_Watch]:
+        if not self._slots.acquire(blocking=False):
+            self._give_up(req)
+            raise (busy or ServerBusy)("every body reader of this worker is busy; retry shortly")
+        req.context.body_done = True  # whatever happens next, nobody reads this body again
+        sock = req.env.get("gunicorn.socket")
+        watch = _Watch(sock, self.clock(), self.settings.body_timeout, self.settings.body_min_rate)
+        if sock is not None:
+            self._watchdog.add(watch)
+        try:
+            yield watch
+        finally:
+            self._watchdog.discard(watch)
+            self._slots.release()
+
+    def _pieces(self, req: falcon.Request, watch: _Watch, at_most: int) -> Iterator[bytes]:
+        # A chunked body has no Content-Length; a server that ends the stream at the
+        # body's end says so with wsgi.input_terminated (gunicorn does).
+        length = req.content_length
+        stream = req.bounded_stream if length is not None else req.stream
+        while length is None or watch.received < length:
+            try:
+                piece = stream.read(min(CHUNK, at_most - watch.received))
+            except OSError:  # reset, a malformed chunk, or the watchdog shut the socket
+                piece = b""
+            if watch.expired:
+                raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s")
+            if not piece:
+                if length is None:
+                    return
+                raise MalformedBody(f"the request body ended after {watch.received} of {length} bytes")
+            watch.received += len(piece)
+            yield piece
+            if watch.received >= at_most:
+                return
+
+    @staticmethod
+    def _give_up(req: falcon.Request) -> None:
+        """Do not read this body: shut the read side so the server closes without waiting on it."""
+        req.context.body_done = True
+        sock = req.env.get("gunicorn.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+
+class BodyMiddleware:
+    """Hands each request the process's ``Intake``; drains bodies nobody read before answering."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.intake = self.intake
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        self.intake.drain(req)

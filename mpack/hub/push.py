@@ -21,6 +21,7 @@ from mpack.format import ids
 from mpack.hub import prebuild
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
+from mpack.hub.jsonlike import check_json_like
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
@@ -112,6 +113,7 @@ def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
         if not isinstance(path, str) or not path:
             raise InvalidField(f"{name}.manifest", "paths must be non-empty strings")
         ids.check_id(object_id, "object_id")
+    check_json_like(record, name)
     digest = ids.snapshot_digest(manifest)
     if not ids.same_digest(snapshot_id, digest):
         raise ContentMismatch("snapshot", snapshot_id, digest)
@@ -127,7 +129,9 @@ def parse_commit(record: object, name: str) -> ParsedCommit:
         value = record.get(key)
         if value is not None:
             parents.append(ids.check_id(value, key))
-    digest = ids.commit_digest(parents, snapshot_id, _str(record, "message", name), _str(record, "committed_at", name))
+    message, committed_at = _str(record, "message", name), _str(record, "committed_at", name)
+    check_json_like(record, name)
+    digest = ids.commit_digest(parents, snapshot_id, message, committed_at)
     if not ids.same_digest(commit_id, digest):
         raise ContentMismatch("commit", commit_id, digest)
     return ParsedCommit(record, digest, [ids.hex_of(p) for p in parents], ids.hex_of(snapshot_id))

@@ -7,10 +7,13 @@ connections, and what a client that keeps sending after a refusal receives.
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgpack
@@ -108,7 +111,7 @@ def slow_client(url: str, path: str) -> socket.socket:
 
 def test_slow_bodies_do_not_stall_healthz(tmp_path):
     """Issue 9 item 3: 32 connections that send one byte of a 1000-byte body leave /healthz answering."""
-    deadline = 1.0
+    deadline = 2.0
     with live_hub(tmp_path / "hub", workers=2,
                   env={"MPACKHUB_BODY_TIMEOUT": str(deadline), "MPACKHUB_JOB_THREADS": "0"}) as server:
         token = server.create_user("alice")
@@ -160,3 +163,36 @@ def test_refused_push_by_a_stranger_still_delivers_the_json_error(public_repo_hu
     status, reply, _ = raw_post(server.url, "/alice/song/push", body, headers)
     assert status == 403
     assert json.loads(reply)["error"] == "forbidden"
+
+
+def paced_push_objects(url: str, path: str, token: str, pieces: int = 8, pause: float = 0.03):
+    """One push/objects of 2 MiB sent in 256 KiB pieces with pauses: an upload that moves, slowly."""
+    blob = os.urandom(pieces * 256 * 1024 - 200)
+    body = msgpack.packb({"objects": [{"object_id": hashlib.sha256(blob).hexdigest(), "content": blob}]},
+                         use_bin_type=True)
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        for name, value in {"Content-Type": "application/x-msgpack", "Accept": "application/json",
+                            "Authorization": f"Bearer {token}", "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        for start in range(0, len(body), 256 * 1024):
+            conn.send(body[start:start + 256 * 1024])
+            time.sleep(pause)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_uploads_that_move_wait_for_a_reader_instead_of_a_503(tmp_path):
+    """The Muse CLI sends four push/objects at once: with one body reader they queue, none is refused."""
+    with live_hub(tmp_path / "hub", workers=1, env={"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0"}) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: paced_push_objects(server.url, "/alice/song/push/objects", token),
+                                    range(4)))
+        assert [status for status, _ in results] == [200] * 4, results

@@ -8,8 +8,10 @@ Guarantees, per worker process:
   slow client holds a thread for at most that long.
 - At most ``body_readers`` bodies are read at once (by default one less than
   the worker's threads), so a thread is always left for requests without a
-  body (``/healthz``, ``refs``, downloads); a body that finds every reader
-  busy is answered 503 at once.
+  body (``/healthz``, ``refs``, downloads). A body that finds every reader
+  taken waits up to ``SLOT_WAIT`` while some reader moves data at the minimum
+  rate, and is answered 503 (``Retry-After: 1``) otherwise — at once when
+  only stalled clients hold them.
 - A request answered before its body was read (401, 403, 404, 413 …) has the
   body read and discarded first, up to ``body_drain_bytes`` and within the
   deadline, so that a client that sends its whole body before reading the
@@ -34,10 +36,11 @@ import falcon
 from mpack.hub.errors import BodyTimeout, BodyTooLarge, MalformedBody, ServerBusy
 from mpack.hub.settings import Settings
 
-CHUNK = 256 * 1024
+CHUNK = 32 * 1024  # small enough that progress shows within half a second at the minimum rate
+SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 
 
-@dataclass
+@dataclass(eq=False)
 class _Watch:
     """One body being read: its deadline moves forward with the bytes received."""
 
@@ -50,6 +53,14 @@ class _Watch:
 
     def deadline(self) -> float:
         return self.started + self.timeout + self.received / self.min_rate
+
+    def moving(self, now: float) -> bool:
+        """Whether bytes arrive at the minimum rate at least (a fast upload, not a stalled client).
+
+        The piece being read counts as received: a reader is moving for its first
+        ``CHUNK / min_rate`` seconds, then only if it keeps up.
+        """
+        return self.received + CHUNK >= self.min_rate * (now - self.started)
 
     def expire(self) -> None:
         """Wake the thread blocked in recv(): with the read side shut, recv() returns b""."""
@@ -99,6 +110,7 @@ class Intake:
         self.settings = settings
         self.clock = clock
         self._slots = threading.BoundedSemaphore(settings.body_readers)
+        self._active: set[_Watch] = set()
         self._watchdog = Watchdog(clock)
 
     # -- reading ----------------------------------------------------------------------
@@ -111,7 +123,7 @@ class Intake:
         if length == 0 or (length is None and not req.env.get("wsgi.input_terminated")):
             req.context.body_done = True
             return b""
-        with self._reading(req, busy=ServerBusy) as watch:
+        with self._reading(req) as watch:
             chunks: list[bytes] = []
             for piece in self._pieces(req, watch, max_bytes + 1):
                 chunks.append(piece)
@@ -129,7 +141,7 @@ class Intake:
             self._give_up(req)
             return False
         try:
-            with self._reading(req, busy=None) as watch:
+            with self._reading(req) as watch:
                 for _ in self._pieces(req, watch, self.settings.body_drain_bytes + 1):
                     if watch.received > self.settings.body_drain_bytes:
                         raise BodyTooLarge("too large to drain")
@@ -146,20 +158,38 @@ class Intake:
         return bool(req.content_length) or bool(req.content_length is None and req.get_header("Transfer-Encoding"))
 
     @contextlib.contextmanager
-    def _reading(self, req: falcon.Request, busy: type[ServerBusy] | None) -> Iterator[_Watch]:
-        if not self._slots.acquire(blocking=False):
+    def _reading(self, req: falcon.Request) -> Iterator[_Watch]:
+        if not self._acquire():
             self._give_up(req)
-            raise (busy or ServerBusy)("every body reader of this worker is busy; retry shortly")
+            raise ServerBusy("every body reader of this worker is busy with a slow client; retry shortly")
         req.context.body_done = True  # whatever happens next, nobody reads this body again
         sock = req.env.get("gunicorn.socket")
         watch = _Watch(sock, self.clock(), self.settings.body_timeout, self.settings.body_min_rate)
+        self._active.add(watch)
         if sock is not None:
             self._watchdog.add(watch)
         try:
             yield watch
         finally:
             self._watchdog.discard(watch)
+            self._active.discard(watch)
             self._slots.release()
+
+    def _acquire(self) -> bool:
+        """A reader: at once if one is free; else wait (briefly) only while some reader moves data.
+
+        Readers held by stalled clients free up only at their deadline: a body
+        that finds only those is refused at once, so the thread it holds is free
+        again for /healthz. Readers held by uploads that move (the Muse CLI sends
+        four push/objects at a time) free up soon: waiting for one is worth it.
+        """
+        if self._slots.acquire(blocking=False):
+            return True
+        give_up = self.clock() + min(SLOT_WAIT, self.settings.body_timeout)
+        while self.clock() < give_up and any(w.moving(self.clock()) for w in list(self._active)):
+            if self._slots.acquire(timeout=0.05):
+                return True
+        return False
 
     def _pieces(self, req: falcon.Request, watch: _Watch, at_most: int) -> Iterator[bytes]:
         # A chunked body has no Content-Length; a server that ends the stream at the

@@ -21,7 +21,7 @@ from mpack.hub import fetch
 from mpack.hub.errors import BodyTooLarge, MalformedBody
 from mpack.hub.models import Commit, FetchMPackCache, Snapshot
 from mpack.hub.settings import Settings
-from tests.factories import MSGPACK, History, error_of, push_history, unpack, wire
+from tests.factories import MSGPACK, History, error_of, push_history, refuse_nul_like_postgresql, unpack, wire
 
 SONG = "/gabriel/song"
 JSON = "application/json"
@@ -255,3 +255,21 @@ def test_a_record_value_json_cannot_hold_is_422_naming_the_field(app, owner, rep
     assert body["error"] == "invalid_record"
     assert field in body["detail"]
     assert Commit.select().count() == 0 and Snapshot.select().count() == 0
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("POST", f"{SONG}/fetch/mpack", {"want": ["ma\x00in"]}, 404),
+    ("POST", f"{SONG}/fetch", {"want": ["ma\x00in"], "have": []}, 200),  # unknown wants are skipped
+    ("GET", "/gab\x00riel/song/refs", None, 404),
+    ("GET", "/api/repos/gabriel/so\x00ng", None, 404),
+    ("POST", "/admin/gc", {"repo": "gabriel/so\x00ng"}, 404),
+])
+def test_a_nul_in_a_name_never_reaches_a_query(app, hub, pushed, monkeypatch, method, path, body, status):
+    """PostgreSQL refuses NUL in a query (a 500 there): names no repo or branch can have are not looked up."""
+    refuse_nul_like_postgresql(hub.db, monkeypatch)
+    headers = {"Authorization": f"Bearer {hub.settings.admin_token}"} if path.startswith("/admin") else {}
+    if body is None:
+        response = app.get(path, headers=headers, expect_errors=True)
+    else:
+        response = app.post_json(path, body, headers=headers, expect_errors=True)
+    assert response.status_int == status, response.body[:300]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mpack.format import ids
 from mpack.hub import cache
 from mpack.hub.build import build_mpack
-from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
+from mpack.hub.errors import BadRequest, InvalidField, InvalidId, UnknownCommits
 from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo
 from storage.errors import StorageError
@@ -43,11 +43,20 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
     return want, have
 
 
+def _branch_like(name: str) -> bool:
+    """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query)."""
+    try:
+        ids.check_branch_name(name)
+    except InvalidId:
+        return False
+    return True
+
+
 def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) -> dict[str, str]:
     """Commit ids or branch names → {digest: commit_id as stored}; unknown → UnknownCommits."""
     resolved: dict[str, str] = {}
     unknown: list[str] = []
-    names = [w for w in want if not ids.is_id(w)]
+    names = [w for w in want if not ids.is_id(w) and _branch_like(w)]
     heads = {}
     if names:
         heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))}

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, jobs
+from mpack.hub import cache, jobs, repos
 from mpack.hub.errors import InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
@@ -77,7 +77,7 @@ def parse_request(body: dict) -> tuple[Repo | None, bool]:
     if not isinstance(name, str) or name.count("/") != 1:
         raise InvalidField("repo", "must be 'owner/name'")
     owner, repo_name = name.split("/")
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == repo_name))
+    repo = repos.find_repo(owner, repo_name)
     if repo is None:
         raise RepoNotFound(owner, repo_name)
     return repo, dry_run

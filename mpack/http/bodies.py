@@ -160,7 +160,9 @@ class Intake:
     @staticmethod
     def _has_body(req: falcon.Request) -> bool:
         """Whether unread bytes may follow the headers (a GET without a body never needs a reader)."""
-        return bool(req.content_length) or bool(req.content_length is None and req.get_header("Transfer-Encoding"))
+        chunked = req.content_length is None and req.get_header("Transfer-Encoding")
+        # Without wsgi.input_terminated a chunked stream may not end at the body's end: never read it.
+        return bool(req.content_length) or bool(chunked and req.env.get("wsgi.input_terminated"))
 
     @contextlib.contextmanager
     def _reading(self, req: falcon.Request) -> Iterator[_Watch]:

@@ -229,6 +229,22 @@ class Intake:
                 sock.shutdown(socket.SHUT_RD)
 
 
+def read_raw(req: falcon.Request, max_bytes: int) -> bytes | bytearray:
+    """The raw body, at most ``max_bytes``: through the app's ``Intake`` (deadline, readers, drain)
+    when its middleware installed one, else read plainly (an app assembled without it)."""
+    intake = getattr(req.context, "intake", None)
+    if intake is not None:
+        return intake.read(req, max_bytes)
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds this route's limit of {max_bytes}")
+    chunked = length is None and req.env.get("wsgi.input_terminated")
+    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BodyTooLarge(f"request body exceeds this route's limit of {max_bytes} bytes")
+    return raw
+
+
 class BodyMiddleware:
     """Hands each request the process's ``Intake``; drains bodies nobody read before answering."""
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import falcon
 import msgpack
 
+from mpack.http.bodies import read_raw
 from mpack.hub.errors import BodyTooLarge, MalformedBody
 from mpack.hub.settings import Settings
 
@@ -70,8 +71,7 @@ def large_limits(settings: Settings) -> BodyLimits:
 
 def read_body(req: falcon.Request, limits: BodyLimits, *, optional: bool = False) -> dict:
     """The request body as a dict (msgpack or JSON by Content-Type); ``{}`` when absent and ``optional``."""
-    intake = getattr(req.context, "intake", None)
-    raw = intake.read(req, limits.max_bytes) if intake is not None else _read_plain(req, limits.max_bytes)
+    raw = read_raw(req, limits.max_bytes)
     if not raw:
         if optional:
             return {}
@@ -80,18 +80,6 @@ def read_body(req: falcon.Request, limits: BodyLimits, *, optional: bool = False
     if not isinstance(body, dict):
         raise MalformedBody("request body must be a map")
     return body
-
-
-def _read_plain(req: falcon.Request, max_bytes: int) -> bytes:
-    """Without an intake (an app built without its middleware): the limit, no deadline."""
-    length = req.content_length
-    if length is not None and length > max_bytes:
-        raise BodyTooLarge(f"request body of {length} bytes exceeds this route's limit of {max_bytes}")
-    chunked = length is None and req.env.get("wsgi.input_terminated")
-    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise BodyTooLarge(f"request body exceeds this route's limit of {max_bytes} bytes")
-    return raw
 
 
 def decode(raw: bytes, content_type: str, limits: BodyLimits) -> object:

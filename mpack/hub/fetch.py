@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.hub import cache
 from mpack.hub.build import build_mpack
-from mpack.hub.errors import BadRequest, InvalidField, InvalidId, UnknownCommits
+from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
 from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo
 from storage.errors import StorageError
@@ -45,11 +45,7 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
 
 def _branch_like(name: str) -> bool:
     """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query)."""
-    try:
-        ids.check_branch_name(name)
-    except InvalidId:
-        return False
-    return True
+    return rules.branch_problem(name) is None
 
 
 def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) -> dict[str, str]:

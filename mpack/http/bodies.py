@@ -38,6 +38,9 @@ from mpack.hub.settings import Settings
 
 CHUNK = 32 * 1024  # small enough that progress shows within half a second at the minimum rate
 SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
+# A body refused for want of a reader is taken if it has already arrived (a fast client
+# then reads its 503 rather than a reset); a stalled one costs the thread this long.
+QUICK_DRAIN_BYTES, QUICK_DRAIN_SECONDS = 1024 * 1024, 0.01
 
 
 @dataclass(eq=False)
@@ -167,7 +170,7 @@ class Intake:
     @contextlib.contextmanager
     def _reading(self, req: falcon.Request) -> Iterator[_Watch]:
         if not self._acquire():
-            self._give_up(req)
+            self._quick_drain(req)
             raise ServerBusy("every body reader of this worker is busy with a slow client; retry shortly")
         req.context.body_done = True  # whatever happens next, nobody reads this body again
         sock = req.env.get("gunicorn.socket")
@@ -218,6 +221,23 @@ class Intake:
             yield piece
             if watch.received >= at_most:
                 return
+
+    def _quick_drain(self, req: falcon.Request) -> None:
+        """Without a reader: take what already arrived of a small body, else give up on it."""
+        req.context.body_done = True
+        sock, length = req.env.get("gunicorn.socket"), req.content_length
+        if sock is None or length is None or length > QUICK_DRAIN_BYTES:
+            self._give_up(req)
+            return
+        watch = _Watch(sock, self.clock(), QUICK_DRAIN_SECONDS, float("inf"))
+        self._watchdog.add(watch)
+        try:
+            for _ in self._pieces(req, watch, length + 1):
+                pass
+        except (BodyTimeout, MalformedBody):
+            self._give_up(req)
+        finally:
+            self._watchdog.discard(watch)
 
     @staticmethod
     def _give_up(req: falcon.Request) -> None:

@@ -129,6 +129,11 @@ def test_slow_bodies_do_not_stall_healthz(tmp_path):
         server.create_repo(token, "song")
         slow = [slow_client(server.url, "/alice/song/fetch/mpack") for _ in range(32)]
         try:
+            # A client with a whole body while stalled ones hold the readers: a complete JSON answer.
+            body = msgpack.packb({"want": ["main"], "pad": "x" * 50_000})
+            status, reply, _ = raw_post(server.url, "/alice/song/fetch/mpack", body,
+                                        {"Content-Type": "application/x-msgpack", "Accept": "application/json"})
+            assert status in (404, 503) and "error" in json.loads(reply), (status, reply)
             slowest = 0.0
             end = time.monotonic() + 3 * deadline
             while time.monotonic() < end:

@@ -228,9 +228,10 @@ def test_a_lone_surrogate_in_json_is_a_400(app, owner, pushed, route, template):
     assert error_of(response, 400)["error"] == "malformed_body"
 
 
-def test_a_surrogate_pair_in_json_is_text(app, owner, repo):
-    """An emoji escaped as a pair (what json.dumps writes) is fine: only lone halves are refused."""
-    response = _json_post(app, "/api/repos", '{"name": "tune", "pad": "\\ud83c\\udfb5"}', owner[1])
+@pytest.mark.parametrize("text", ["\\ud83c\\udfb5", "\\\\ud800"])
+def test_a_surrogate_pair_in_json_is_text(app, owner, repo, text):
+    """An emoji escaped as a pair (what json.dumps writes), or a backslash before "ud800", is text."""
+    response = _json_post(app, "/api/repos", '{"name": "tune", "pad": "%s"}' % text, owner[1])
     assert response.status_int == 201
 
 

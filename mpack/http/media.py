@@ -36,7 +36,11 @@ JSON = "application/json"
 
 MEMORY_FACTOR = 3  # decoded objects may take this many times the body (the raw body is one more)
 MEMORY_SLACK = 1024 * 1024  # small bodies are never refused for their shape
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_HIGH, _LOW = rb"\\u[dD][89abAB][0-9a-fA-F]{2}", rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+# An escaped UTF-16 half not paired with its other half: a pair (an emoji as json.dumps
+# writes it) does not match. A match may still be text (an escaped backslash before "u"),
+# so it only calls for the exact check.
+_LONE_SURROGATE = re.compile(rb"%s(?!%s)|(?<!%s)%s" % (_HIGH, _LOW, _HIGH, _LOW))
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def _decode_json(raw: bytes) -> object:
         raise MalformedBody(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise MalformedBody("malformed JSON: nested too deeply") from None
-    if _SURROGATE_ESCAPE.search(raw):  # a pair is fine (an emoji); a lone half cannot be stored
+    if _LONE_SURROGATE.search(raw):  # a pair is fine (an emoji); a lone half cannot be stored
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

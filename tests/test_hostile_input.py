@@ -231,7 +231,7 @@ def test_a_lone_surrogate_in_json_is_a_400(app, owner, pushed, route, template):
 @pytest.mark.parametrize("text", ["\\ud83c\\udfb5", "\\\\ud800"])
 def test_a_surrogate_pair_in_json_is_text(app, owner, repo, text):
     """An emoji escaped as a pair (what json.dumps writes), or a backslash before "ud800", is text."""
-    response = _json_post(app, "/api/repos", '{"name": "tune", "pad": "%s"}' % text, owner[1])
+    response = _json_post(app, "/api/repos", '{"name": "tune", "pad": "' + text + '"}', owner[1])
     assert response.status_int == 201
 
 

@@ -208,3 +208,17 @@ def test_uploads_that_move_wait_for_a_reader_instead_of_a_503(tmp_path):
             results = list(pool.map(lambda _: paced_push_objects(server.url, "/alice/song/push/objects", token),
                                     range(4)))
         assert [status for status, _ in results] == [200] * 4, results
+
+
+def test_a_malformed_chunked_body_is_a_400_without_a_traceback(public_repo_hub):
+    """gunicorn's own parse error while the hub reads a chunked body (not an OSError) once meant a 500."""
+    server, _ = public_repo_hub
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /alice/song/fetch/mpack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-msgpack\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n\x81\xa4want\r\nzz\r\n")
+        head, _, body = read_answer(sock, 10).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert json.loads(body)["error"] == "malformed_body"
+    log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
+    assert "Traceback" not in log

@@ -209,8 +209,10 @@ class Intake:
         while length is None or watch.received < length:
             try:
                 piece = stream.read(min(CHUNK, at_most - watch.received))
-            except OSError:  # reset, a malformed chunk, or the watchdog shut the socket
-                piece = b""
+            except Exception as exc:  # noqa: BLE001 — a reset (OSError), or the server's own parse error (gunicorn's ParseException for a malformed chunk)
+                if watch.expired:  # the watchdog shut the socket mid-chunk
+                    raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s") from None
+                raise MalformedBody(f"the request body could not be read ({type(exc).__name__})") from None
             if watch.expired:
                 raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s")
             if not piece:

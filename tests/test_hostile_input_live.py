@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -222,3 +223,50 @@ def test_a_malformed_chunked_body_is_a_400_without_a_traceback(public_repo_hub):
     assert json.loads(body)["error"] == "malformed_body"
     log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
     assert "Traceback" not in log
+
+
+def framing_case(rng: random.Random, body: bytes) -> bytes:
+    """A request whose framing is wrong in one of the ways a broken or hostile client gets it wrong."""
+    path = rng.choice(["/alice/song/fetch/mpack", "/alice/song/push/objects", "/alice/song/refs", "/healthz",
+                       "/admin/gc", "/api/repos", "/mpacks/" + "0" * 64, "/alice/song/push"])
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-msgpack\r\nConnection: close\r\n"
+    kind = rng.randrange(6)
+    if kind == 0:  # declares more than it sends
+        return (head + f"Content-Length: {len(body) + rng.randint(1, 5000)}\r\n\r\n").encode() + body
+    if kind == 1:  # declares less than it sends (the rest looks like a next request)
+        return (head + f"Content-Length: {rng.randint(0, len(body))}\r\n\r\n").encode() + body
+    if kind == 2:  # chunk sizes that lie or are not hex
+        size = rng.choice([f"{len(body):x}", f"{len(body) + 3:x}", "zz", "-1", "1" * 30, f"{len(body):x};x=\r"])
+        return (head + "Transfer-Encoding: chunked\r\n\r\n" + size + "\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    if kind == 3:  # chunked, then cut short
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"%x\r\n" % len(body) + body[:len(body) // 2]
+    if kind == 4:  # both framings at once
+        return (head + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n").encode() + body
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + bytes(rng.randrange(256) for _ in body)
+
+
+def test_broken_framing_on_a_real_gunicorn_never_gets_a_5xx_or_a_traceback(public_repo_hub):
+    """Body framing only a real server sees (webtest hands the app a clean stream): seeded, ~5 s."""
+    server, token = public_repo_hub
+    rng = random.Random(int(os.environ.get("MPACKHUB_FUZZ_SEED", "9")))
+    host, port = server.url.removeprefix("http://").split(":")
+    body = msgpack.packb({"want": ["main"], "have": [], "objects": [], "pad": b"x" * 300})
+    end, cases = time.monotonic() + 5, 0
+    while time.monotonic() < end:
+        raw = framing_case(rng, body)
+        if rng.random() < 0.5:
+            raw = raw.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {token}\r\n".encode())
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                answer = read_answer(sock, 10)
+            except ConnectionResetError:
+                answer = b""
+        cases += 1
+        if answer:
+            status = int(answer.split(b" ", 2)[1])
+            assert status < 500, (raw[:300], answer[:300])
+    log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
+    assert cases > 20

@@ -28,7 +28,7 @@ import falcon
 import msgpack
 
 from mpack.http.bodies import read_raw
-from mpack.hub.errors import BodyTooLarge, MalformedBody
+from mpack.hub.errors import BodyTooComplex, MalformedBody
 from mpack.hub.settings import Settings
 
 MSGPACK = "application/x-msgpack"
@@ -116,10 +116,8 @@ class _Budget:
         return items
 
 
-def _too_complex() -> BodyTooLarge:
-    error = BodyTooLarge("the request body decodes to more objects than its size allows")
-    error.code = "body_too_complex"
-    return error
+def _too_complex() -> BodyTooComplex:
+    return BodyTooComplex("the request body decodes to more objects than its size allows")
 
 
 def _decode_msgpack(raw: bytes, limits: BodyLimits, budget: _Budget) -> object:

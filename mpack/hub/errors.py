@@ -13,8 +13,8 @@ from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageFull, StoredObjectMissing
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTimeout", "Conflict", "BodyTooLarge", "BundleTooLarge", "ContentMismatch",
-    "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference",
+    "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge",
+    "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference",
     "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
     "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull",
     "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
@@ -104,9 +104,15 @@ class BodyTimeout(MuseError):
 
 
 class BodyTooLarge(MuseError):
-    """Over the route's byte limit, or (``body_too_complex``) more decoded objects than its size allows."""
+    """Over the route's byte limit."""
 
     code = "body_too_large"
+
+
+class BodyTooComplex(BodyTooLarge):
+    """Within its byte limit, but it decodes to more objects than its size allows (issue 9)."""
+
+    code = "body_too_complex"
 
 
 class ServerBusy(MuseError):

@@ -14,8 +14,8 @@ from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, Stora
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge",
-    "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference",
-    "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
+    "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody",
+    "MissingReference", "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
     "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull",
     "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]

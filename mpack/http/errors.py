@@ -30,6 +30,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.Forbidden, falcon.HTTP_403),
     (errors.InvalidUrlToken, falcon.HTTP_403),
     (errors.NotFound, falcon.HTTP_404),
+    (errors.BodyTimeout, falcon.HTTP_408),
     (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
@@ -42,6 +43,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.StorageUnavailable, falcon.HTTP_503),  # before StorageError: a subclass
     (errors.StorageError, falcon.HTTP_507),
     (errors.ObjectUnavailable, falcon.HTTP_503),
+    (errors.ServerBusy, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 
@@ -73,6 +75,8 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     if isinstance(exc, errors.StorageUnavailable):  # an outage the operator must see, answered "retry"
         log.warning("storage unavailable", extra={"path": req.path, "detail": exc.detail})
         resp.set_header("Retry-After", "5")
+    if isinstance(exc, errors.ServerBusy):
+        resp.set_header("Retry-After", "1")
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")
 

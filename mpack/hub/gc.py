@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, health, jobs, prebuild
+from mpack.hub import cache, health, jobs, prebuild, repos
 from mpack.hub.db import xact_lock
 from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, GcRun, Repo
-from mpack.hub.repos import find_repo
 from storage.base import MPACKS
 from storage.errors import StoredObjectMissing
 from storage.signing import CLOCK_SLACK
@@ -89,7 +88,7 @@ def parse_request(body: dict) -> tuple[Repo | None, bool]:
     if not isinstance(name, str) or name.count("/") != 1:
         raise InvalidField("repo", "must be 'owner/name'")
     owner, repo_name = name.split("/")
-    repo = find_repo(owner, repo_name)
+    repo = repos.find_repo(owner, repo_name)
     if repo is None:
         raise RepoNotFound(owner, repo_name)
     return repo, dry_run

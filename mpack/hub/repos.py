@@ -42,9 +42,9 @@ def create_repo(hub: Hub, owner: User, name: object, visibility: object = "publi
 
 
 def find_repo(owner: str, name: str) -> Repo | None:
-    """The repo named ``owner/name``, or None. A NUL cannot be in a stored name, and PostgreSQL
-    refuses it even as a parameter, so such a name is not found without asking."""
-    if "\x00" in owner or "\x00" in name:
+    """The repo ``owner/name``; names no repo could have (NUL, which PostgreSQL refuses
+    in a query, or any other character outside the name rules) are never looked up."""
+    if not (REPO_NAME.fullmatch(owner) and REPO_NAME.fullmatch(name)):
         return None
     return Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
 

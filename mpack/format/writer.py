@@ -31,7 +31,7 @@ from mpack.format import ids
 from mpack.format.errors import OversizedRecord
 
 MAGIC = b"MUSE\0"
-VERSION = 1
+VERSION = 2
 FLAGS = 0
 
 REC_BLOB, REC_SNAPSHOT, REC_COMMIT, REC_TRAILER = 0x01, 0x02, 0x03, 0xFF
@@ -40,12 +40,15 @@ CODEC_RAW, CODEC_ZSTD = 0, 1
 CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
 MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
 MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
+MIN_META_COMPRESS = 1024  # shorter snapshot and commit records (most commits, most deltas) stay raw
+SNAPSHOT_KEYS = ("base", "del", "fields", "set", "snapshot_id")  # a snapshot record's map, exactly
 
 _NAMES = {REC_BLOB: "blob", REC_SNAPSHOT: "snapshot", REC_COMMIT: "commit"}
 _HEADER = struct.Struct(">5sBB")
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _BLOB_TAIL = struct.Struct(">QB")  # raw size, codec
+_META_HEAD = struct.Struct(">BBI")  # type, codec, stored length
 _COUNTS = struct.Struct(">QQQQ")  # blobs, snapshots, commits, raw blob bytes
 _U64_MAX = (1 << 64) - 1
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
@@ -79,9 +82,17 @@ class BlobRecord:
 
 @dataclass(frozen=True)
 class SnapshotRecord:
-    """A snapshot dict whose ``snapshot_id`` matches its manifest."""
+    """A snapshot dict whose ``snapshot_id`` matches its (rebuilt) manifest.
+
+    ``changed`` holds the entries this record added or changed against its
+    base (the previous snapshot record, or ``base`` for the first one, or
+    nothing): the only entries that are new to a receiver holding the base.
+    ``data`` is the whole snapshot; the reader builds a fresh dict per record.
+    """
 
     data: dict
+    changed: dict = field(default_factory=dict, repr=False, compare=False)
+    base: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,8 @@ class MPackWriter:
         self._stage = REC_BLOB
         self._counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
         self._blob_bytes = 0
+        self._previous: str | None = None  # the last snapshot record's id
+        self._previous_manifest: dict | None = None  # and its manifest, when add_snapshot wrote it
         self._broken = False
         self._trailer: Trailer | None = None
         self._out.write(_HEADER.pack(MAGIC, VERSION, FLAGS))
@@ -185,9 +198,55 @@ class MPackWriter:
         self._added(REC_BLOB)
         self._blob_bytes += size
 
-    def add_snapshot(self, snapshot: dict) -> None:
-        """Append a snapshot record (the dict as given, keys sorted)."""
-        self._add_meta(REC_SNAPSHOT, snapshot)
+    def add_snapshot(self, snapshot: dict, *, base: tuple[str, dict] | None = None) -> None:
+        """Append a snapshot record: its delta against the previous snapshot record.
+
+        The first snapshot record of a pack is written in full, or, with
+        ``base`` = (snapshot id, manifest) of a snapshot the receiver holds, as
+        a delta against that. After ``add_snapshot_delta`` (whose manifest the
+        writer never sees) the next ``add_snapshot`` is written in full.
+        """
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("manifest"), dict):
+            raise TypeError("a snapshot must be a dict with a manifest dict")
+        manifest = snapshot["manifest"]
+        if base is not None and self._previous is not None:
+            raise ValueError("only the first snapshot record of a pack may name an outside base")
+        if self._previous is not None and self._previous_manifest is not None:
+            base_id, old = self._previous, self._previous_manifest
+        elif base is not None:
+            base_id, old = base
+        else:
+            base_id, old = None, {}
+        changed = {path: oid for path, oid in manifest.items() if old.get(path) != oid}
+        removed = [path for path in old if path not in manifest]
+        fields = {key: value for key, value in snapshot.items() if key not in ("snapshot_id", "manifest")}
+        self.add_snapshot_delta(snapshot.get("snapshot_id"), fields, base_id, changed, removed)
+        self._previous_manifest = dict(manifest)
+
+    def add_snapshot_delta(self, snapshot_id: str, fields: dict, base_id: str | None,
+                           changed: dict, removed: list) -> None:
+        """Append a snapshot record from its delta, as a hub keeps it (the writer trusts it).
+
+        Args:
+            snapshot_id: The snapshot's id, as spelled.
+            fields: Every key of the snapshot but ``snapshot_id`` and ``manifest``.
+            base_id: None for a full record (``changed`` is then the whole
+                manifest); otherwise the previous snapshot record's id, or for
+                the first record the id of a snapshot the receiver holds.
+            changed: Entries added or changed against the base (path -> id).
+            removed: Paths of the base that this snapshot drops.
+        """
+        self._enter(REC_SNAPSHOT)
+        if not ids.is_id(snapshot_id) or not (base_id is None or ids.is_id(base_id)):
+            raise ValueError(f"malformed snapshot or base id {snapshot_id!r} / {base_id!r}")
+        if base_id is not None and self._previous is not None and base_id[-64:] != self._previous[-64:]:
+            raise ValueError(f"snapshot {snapshot_id} must be a delta against the previous record, not {base_id}")
+        if not isinstance(fields, dict) or "snapshot_id" in fields or "manifest" in fields:
+            raise ValueError("snapshot fields must be a dict without snapshot_id or manifest")
+        record = {"base": base_id, "del": sorted(removed), "fields": fields, "set": changed,
+                  "snapshot_id": snapshot_id}
+        self._add_meta(REC_SNAPSHOT, record)
+        self._previous, self._previous_manifest = snapshot_id, None
 
     def add_commit(self, commit: dict) -> None:
         """Append a commit record (the dict as given, keys sorted)."""
@@ -238,7 +297,14 @@ class MPackWriter:
         payload = encode_record(record)
         if len(payload) > MAX_META_RECORD:
             raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
-        self._out.write(_U8.pack(kind) + _U32.pack(len(payload)))
+        if len(payload) >= MIN_META_COMPRESS:
+            frame = self._zstd.compress(payload)
+            if len(frame) * 10 <= len(payload) * 9:
+                self._out.write(_META_HEAD.pack(kind, CODEC_ZSTD, len(frame)) + _U32.pack(len(payload)))
+                self._out.write(frame)
+                self._added(kind)
+                return
+        self._out.write(_META_HEAD.pack(kind, CODEC_RAW, len(payload)))
         self._out.write(payload)
         self._added(kind)
 

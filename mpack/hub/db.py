@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import peewee as pw
 
 from mpack.format.errors import MuseError
-from mpack.hub import models
+from mpack.hub import deltas, models
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,20 @@ def _v1_create_tables(db: pw.Database) -> None:
     )
 
 
+def _v2_snapshot_deltas_and_pack_versions(db: pw.Database) -> None:
+    """Snapshot deltas (builds read them instead of manifests) and the format version of each cached pack.
+
+    Rows cached before this carry format version 1: hits refuse them and GC removes them.
+    """
+    db.create_tables([models.SnapshotDelta], safe=True)
+    columns = {column.name for column in db.get_columns("fetch_mpack_cache")}
+    if "format_version" not in columns:
+        db.execute_sql("ALTER TABLE fetch_mpack_cache ADD COLUMN format_version INTEGER NOT NULL DEFAULT 1")
+    deltas.backfill(db)
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_v1_create_tables, _v2_snapshot_deltas_and_pack_versions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

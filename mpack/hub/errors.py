@@ -121,3 +121,14 @@ class BundleTooLarge(Unprocessable):
     code = "bundle_too_large"
 
 
+
+
+class CorruptStoredBlob(MuseError):
+    """A blob in the store does not hash to its digest: the build stops instead of shipping it."""
+
+    code = "corrupt_stored_blob"
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(f"stored blob {digest} is corrupt (its bytes hash to {actual}); restore it from a "
+                         "backup or push it again")
+        self.digest, self.actual = digest, actual

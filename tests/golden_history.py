@@ -22,10 +22,10 @@ def golden_history() -> tuple[History, int]:
               "donn\u00e9es/\u00e9t\u00e9.txt": "cr\u00e8me br\u00fbl\u00e9e\n".encode(),
               "\u97f3\u697d/\u66f2.mid": bytes(range(256)) * 16, "stems/big.wav": bytes(range(251)) * 5000})
     base = h.commit({"src/util.py": _text("util", 30), "README.md": b"# Golden\n\nsecond\n"})
-    side = h.commit({"feature/a.txt": b"a\n", "src/main.py": _text("main", 41), "feature/empty": b""})
+    h.commit({"feature/a.txt": b"a\n", "src/main.py": _text("main", 41), "feature/empty": b""})
     side2 = h.commit({"feature/b \u2014 \u00e9.txt": _text("b", 3)})
     main_files = h.snapshots[base["snapshot_id"]]["manifest"]
-    main2 = h.commit({"docs/guide.md": _text("guide", 12), "empty.txt": None}, parents=[base["commit_id"]],
+    h.commit({"docs/guide.md": _text("guide", 12), "empty.txt": None}, parents=[base["commit_id"]],
                      files=main_files)
     renamed = dict(h.files)
     renamed["lib/util.py"] = renamed.pop("src/util.py")  # a rename: same blob, new path
@@ -34,7 +34,6 @@ def golden_history() -> tuple[History, int]:
     merged.pop("src/util.py", None)
     merged["src/main.py"] = h.blob(_text("main", 42))
     h.commit({}, parents=[main3["commit_id"], side2["commit_id"]], files=merged, message="merge feature")
-    del main2
     split = len(h.commits)
     h.commit({"stems/big.wav": None, "stems/bigger.wav": bytes(range(241)) * 6000, "\u00e9/\u00e8/\u00ea.txt": b""})
     moved = dict(h.files)

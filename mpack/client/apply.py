@@ -1,14 +1,17 @@
 """Applying a downloaded mpack to a clone, all or nothing.
 
-``stage_pack`` reads the whole pack with the verifying reader, streaming each
-blob into a temp file of a stage directory (memory bounded by one chunk plus
-the snapshot and commit records) and keeping the records. Nothing reaches the
-repository before the trailer has verified. ``StagedPack.commit_into`` then
-checks that the pack together with the repository is complete (every object
-a snapshot names, every snapshot and parent a commit names) and moves objects
-in first, then snapshots, then commits; refs are the caller's last step, so
-a repository never names a commit whose history it lacks. On any error the
-stage directory is deleted and the repository is left as it was.
+``stage_pack`` reads the whole pack with the verifying reader and spills
+everything to a stage directory: each blob streams into a temp file, each
+snapshot and commit record is written there already as the JSON file the
+Muse layout holds. Memory holds one manifest (the reader's) and the ids of
+what was staged, never the records. Nothing reaches the repository before the
+trailer has verified. ``StagedPack.commit_into`` then checks that the pack
+together with the repository is complete (every object a snapshot adds,
+every snapshot and parent a commit names), renames objects, then snapshots,
+then commits into place, and makes all of it durable in one pass
+(``files.make_durable``); refs are the caller's last step, so a repository
+never names a commit whose history it lacks. On any error the stage
+directory is deleted and the repository is left as it was.
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mpack.client.layout import MuseRepo
+from mpack.client.files import make_durable
+from mpack.client.layout import MuseRepo, record_json
 from mpack.format import ids
 from mpack.format.errors import MuseError
-from mpack.format.reader import iter_mpack
+from mpack.format.reader import BaseResolver, iter_mpack
 from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Trailer
 
 EMPTY_BLOB = ids.object_digest(b"")
@@ -40,37 +44,42 @@ class IncompletePack(MuseError):
 
 
 @dataclass
+class StagedCommit:
+    commit_id: str
+    snapshot_id: str
+    parents: list[str]
+    path: Path
+
+
+@dataclass
 class StagedPack:
-    """A verified pack waiting in ``stage_dir``: blob temp files plus its records."""
+    """A verified pack waiting in ``stage_dir``: blob files and record files, by digest."""
 
     stage_dir: Path
     trailer: Trailer | None = None
     blobs: dict[str, Path] = field(default_factory=dict)  # digest -> temp file
-    snapshots: dict[str, dict] = field(default_factory=dict)  # digest -> record
-    commits: dict[str, dict] = field(default_factory=dict)  # digest -> record, in pack order
+    snapshots: dict[str, tuple[str, Path]] = field(default_factory=dict)  # digest -> (id, JSON file)
+    commits: dict[str, StagedCommit] = field(default_factory=dict)  # digest -> staged commit, in pack order
+    objects_named: dict[str, str] = field(default_factory=dict)  # digest -> id, of entries the snapshots add
 
     def missing_references(self, repo: MuseRepo) -> IncompletePack | None:
         """The first kind of reference neither the pack nor ``repo`` can satisfy, or None."""
-        named = {o for s in self.snapshots.values() for o in s["manifest"].values()}  # snapshots share most ids
-        objects = sorted(o for o in named if not self._has_object(repo, o))
+        objects = sorted(o for d, o in self.objects_named.items()
+                         if d != EMPTY_BLOB and d not in self.blobs and not repo.has_object(o))
         if objects:
             return IncompletePack("objects", objects)
-        snapshots = sorted({c["snapshot_id"] for c in self.commits.values()
-                            if ids.hex_of(c["snapshot_id"]) not in self.snapshots and not repo.has_snapshot(c["snapshot_id"])})
+        snapshots = sorted({c.snapshot_id for c in self.commits.values()
+                            if ids.hex_of(c.snapshot_id) not in self.snapshots and not repo.has_snapshot(c.snapshot_id)})
         if snapshots:
             return IncompletePack("snapshots", snapshots)
-        parents = sorted({p for c in self.commits.values() for p in _parents(c)
+        parents = sorted({p for c in self.commits.values() for p in c.parents
                           if ids.hex_of(p) not in self.commits and not repo.has_commit(p)})
         if parents:
             return IncompletePack("parent commits", parents)
         return None
 
-    def _has_object(self, repo: MuseRepo, object_id: str) -> bool:
-        digest = ids.hex_of(object_id)
-        return digest == EMPTY_BLOB or digest in self.blobs or repo.has_object(object_id)
-
     def commit_into(self, repo: MuseRepo) -> None:
-        """Check completeness, then move objects, snapshots and commits into ``repo``; drop the stage.
+        """Check completeness, move objects, snapshots and commits into ``repo``, make them durable; drop the stage.
 
         Raises:
             IncompletePack: A reference is unsatisfied; nothing was moved.
@@ -79,31 +88,27 @@ class StagedPack:
             problem = self.missing_references(repo)
             if problem is not None:
                 raise problem
-            for digest, temp in self.blobs.items():
-                repo.install_object_file(digest, temp)
-            if self._names_empty_blob() and not repo.has_object(EMPTY_BLOB):
+            written = [repo.install_object_file(digest, temp) for digest, temp in self.blobs.items()]
+            if EMPTY_BLOB in self.objects_named and not repo.has_object(EMPTY_BLOB):
                 repo.write_object(EMPTY_BLOB, b"")
-            for snapshot in self.snapshots.values():
-                repo.write_snapshot(snapshot)
-            for commit in self.commits.values():
-                repo.write_commit(commit)
+                written.append(repo.object_path(EMPTY_BLOB))
+            written += [repo.install_record_file("snapshots", sid, path) for sid, path in self.snapshots.values()]
+            written += [repo.install_record_file("commits", c.commit_id, c.path) for c in self.commits.values()]
+            make_durable([path for path in written if path is not None])
         finally:
             self.discard()
-
-    def _names_empty_blob(self) -> bool:
-        return any(ids.hex_of(o) == EMPTY_BLOB for s in self.snapshots.values() for o in s["manifest"].values())
 
     def discard(self) -> None:
         """Delete the stage directory and everything in it."""
         shutil.rmtree(self.stage_dir, ignore_errors=True)
 
 
-def _parents(commit: dict) -> list[str]:
-    return [p for p in (commit.get("parent_commit_id"), commit.get("parent2_commit_id")) if p]
+def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
+               snapshot_base: BaseResolver | None = None) -> StagedPack:
+    """Verify a whole pack, staging its blobs and records as files under ``stage_dir`` (created here).
 
-
-def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike) -> StagedPack:
-    """Verify a whole pack, staging its blobs as files under ``stage_dir`` (created here).
+    Args:
+        snapshot_base: The receiver's snapshots, for a pack whose first snapshot is a delta.
 
     Raises:
         MPackError: The pack is malformed, truncated or altered; the stage is deleted.
@@ -112,7 +117,7 @@ def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike) -> StagedPack:
     stage.mkdir(parents=True, exist_ok=True)
     staged = StagedPack(stage)
     try:
-        for record in iter_mpack(pack_file):
+        for record in iter_mpack(pack_file, snapshot_base=snapshot_base):
             _stage_record(staged, record)
     except BaseException:
         staged.discard()
@@ -124,11 +129,27 @@ def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | Comm
     if isinstance(record, BlobRecord):
         staged.blobs[ids.hex_of(record.object_id)] = _stage_blob(staged.stage_dir, record)
     elif isinstance(record, SnapshotRecord):
-        staged.snapshots[ids.hex_of(record.data["snapshot_id"])] = record.data
+        snapshot_id = record.data["snapshot_id"]
+        digest = ids.hex_of(snapshot_id)
+        for object_id in record.changed.values():  # the entries new to a receiver holding the base
+            staged.objects_named.setdefault(object_id[-64:], object_id)
+        staged.snapshots[digest] = (snapshot_id, _stage_file(staged.stage_dir, "s-" + digest,
+                                                             record_json("snapshots", record.data)))
     elif isinstance(record, CommitRecord):
-        staged.commits[ids.hex_of(record.data["commit_id"])] = record.data
+        data = record.data
+        digest = ids.hex_of(data["commit_id"])
+        parents = [p for p in (data.get("parent_commit_id"), data.get("parent2_commit_id")) if p]
+        staged.commits[digest] = StagedCommit(data["commit_id"], data["snapshot_id"], parents,
+                                              _stage_file(staged.stage_dir, "c-" + digest, record_json("commits", data)))
     else:
         staged.trailer = record
+
+
+def _stage_file(stage_dir: Path, name: str, data: bytes) -> Path:
+    path = stage_dir / name
+    with open(path, "wb") as out:
+        out.write(data)
+    return path
 
 
 def _stage_blob(stage_dir: Path, record: BlobRecord) -> Path:
@@ -142,12 +163,12 @@ def _stage_blob(stage_dir: Path, record: BlobRecord) -> Path:
 def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo) -> StagedPack:
     """Stage and apply the pack at ``pack_path`` into ``repo``; returns the (discarded) stage for its counts.
 
-    The stage lives in ``.muse/tmp`` so that objects move in by rename.
+    The stage lives in ``.muse/tmp`` so that objects and records move in by rename.
     """
     stage_dir = tempfile.mkdtemp(prefix="stage-", dir=repo.tmp_dir)
     try:
         with open(pack_path, "rb") as src:
-            staged = stage_pack(src, stage_dir)
+            staged = stage_pack(src, stage_dir, repo.snapshot_manifest)
     except BaseException:
         shutil.rmtree(stage_dir, ignore_errors=True)
         raise

@@ -46,6 +46,19 @@ def toml_string(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def record_json(kind: str, record: dict) -> bytes:
+    """The bytes of a commit or snapshot file, as the v1 client wrote them from a pack.
+
+    Keys sorted at every level (a pack's records were canonical msgpack), commits
+    indented, snapshots compact (whole manifests: the C encoder writes them fast).
+    """
+    try:
+        text = json.dumps(record, indent=2 if kind == "commits" else None, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise LayoutError(f"{kind[:-1]} cannot be stored as JSON: {exc}") from None
+    return (text + "\n").encode("utf-8")
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -174,14 +187,34 @@ class MuseRepo(WorkTree):
         if not self.has_object(object_id):
             atomic_write(self.object_path(object_id), content)
 
-    def install_object_file(self, object_id: str, source: Path) -> None:
-        """Rename an already verified file into the store (``source`` on the same file system)."""
+    def install_object_file(self, object_id: str, source: Path) -> Path | None:
+        """Rename an already verified file into the store (``source`` on the same file system).
+
+        Returns the new file, or None when the object was there already.
+        """
         target = self.object_path(object_id)
         if target.is_file():
             unlink_quietly(source)
-            return
+            return None
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
+        return target
+
+    def install_record_file(self, kind: str, record_id: str, source: Path) -> Path | None:
+        """Rename a verified record file (``record_json``'s bytes) into ``kind``; None if it was there."""
+        if self._record_path(kind, record_id) is not None:
+            unlink_quietly(source)  # content-addressed: the same id is the same record
+            return None
+        target = self.muse / kind / f"{record_id}.json"
+        os.replace(source, target)
+        return target
+
+    def snapshot_manifest(self, snapshot_id: str) -> dict | None:
+        """The manifest of a snapshot this repository holds, else None (a pack's delta base)."""
+        if not self.has_snapshot(snapshot_id):
+            return None
+        manifest = self.read_snapshot(snapshot_id).get("manifest")
+        return manifest if isinstance(manifest, dict) else None
 
     # -- snapshots and commits -----------------------------------------------------
 

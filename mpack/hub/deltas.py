@@ -122,7 +122,7 @@ def for_push(repo, snapshots: dict[str, dict], commits: Iterable[tuple[str, list
         (Snapshot.repo == repo) & Snapshot.digest.in_(list(snapshots)))} if snapshots else set()
     pushed = {digest: (parents, snapshot) for digest, parents, snapshot, _ in commits}
     first: dict[str, str | None] = {}  # new snapshot -> first parent of the earliest commit naming it
-    for digest, parents, snapshot, _ in sorted(commits, key=lambda c: (c[3], c[0])):
+    for _digest, parents, snapshot, _ in sorted(commits, key=lambda c: (c[3], c[0])):
         if snapshot in snapshots and snapshot not in present and snapshot not in first:
             first[snapshot] = parents[0] if parents else None
     outside = {p for p in first.values() if p is not None and p not in pushed}

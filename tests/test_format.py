@@ -710,7 +710,7 @@ def test_canonical_order_refuses_a_cycle():
 # -- bounded memory ------------------------------------------------------------------
 
 class GeneratedBlob:
-    """A large blob made on the fly, half noise and half zeros per MiB, in short reads."""
+    """A large blob made on the fly, half zeros and half noise per MiB, in short reads."""
 
     def __init__(self, size: int) -> None:
         self._size, self._pos, self._index, self._block = size, 0, -1, bytearray(CHUNK_SIZE)
@@ -719,7 +719,7 @@ class GeneratedBlob:
         index, offset = divmod(self._pos, CHUNK_SIZE)
         if self._index != index:
             self._index = index
-            self._block[:CHUNK_SIZE // 2] = random.Random(index).randbytes(CHUNK_SIZE // 2)
+            self._block[CHUNK_SIZE // 2:] = random.Random(index).randbytes(CHUNK_SIZE // 2)
         piece = bytes(self._block[offset:offset + min(n, 256 << 10, self._size - self._pos)])
         self._pos += len(piece)
         return piece

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -40,6 +40,7 @@ CODEC_RAW, CODEC_ZSTD = 0, 1
 CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
 MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
 MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
+BLOB_PROBE = 64 << 10  # a blob is compressed only if its first 64 KiB shrink by 10 %
 MIN_META_COMPRESS = 1024  # shorter snapshot and commit records (most commits, most deltas) stay raw
 SNAPSHOT_KEYS = ("base", "del", "fields", "set", "snapshot_id")  # a snapshot record's map, exactly
 
@@ -105,23 +106,25 @@ class CommitRecord:
 # -- writing ------------------------------------------------------------------------
 
 class _HashingWriter:
-    """Passes writes through to a file while hashing and counting them."""
+    """Passes writes through to a file while hashing (unless the file hashes them) and counting them."""
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: BinaryIO, running_sha256: Callable[[], str] | None = None) -> None:
         self._f = fileobj
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if running_sha256 is None else None
+        self._running = running_sha256
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
         self._f.write(data)  # a buffered file writes everything or raises
-        self._sha.update(data)
+        if self._sha is not None:
+            self._sha.update(data)
         self.bytes_written += len(data)
 
     def digest(self) -> bytes:
-        return self._sha.digest()
+        return bytes.fromhex(self.hexdigest())
 
     def hexdigest(self) -> str:
-        return self._sha.hexdigest()
+        return self._sha.hexdigest() if self._sha is not None else self._running()
 
 
 class MPackWriter:
@@ -132,7 +135,13 @@ class MPackWriter:
 
     Args:
         fileobj: A buffered binary file-like object opened for writing.
-        level: zstd compression level (1-22) tried on each blob.
+        level: zstd compression level (1-22) for snapshot and commit records,
+            and for blobs unless ``compress_blobs`` is False.
+        compress_blobs: Try zstd on each blob (on a probe of its first
+            ``BLOB_PROBE`` bytes); False writes every blob raw.
+        running_sha256: For a ``fileobj`` that hashes what it is written (a
+            store's pending file): returns the hex sha256 of the bytes written
+            so far, and the writer does not hash them a second time.
 
     Raises:
         ValueError: On misuse: records out of order, a blob whose source has
@@ -142,10 +151,12 @@ class MPackWriter:
             ``MAX_META_RECORD`` bytes (no reader would accept it).
     """
 
-    def __init__(self, fileobj: BinaryIO, *, level: int = 3) -> None:
+    def __init__(self, fileobj: BinaryIO, *, level: int = 3, compress_blobs: bool = True,
+                 running_sha256: Callable[[], str] | None = None) -> None:
         if not isinstance(level, int) or not 1 <= level <= 22:
             raise ValueError(f"zstd level must be an int from 1 to 22, not {level!r}")
-        self._out = _HashingWriter(fileobj)
+        self._out = _HashingWriter(fileobj, running_sha256)
+        self._compress_blobs = compress_blobs
         self._zstd = zstandard.ZstdCompressor(level=level)
         self._stage = REC_BLOB
         self._counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
@@ -182,8 +193,7 @@ class MPackWriter:
             raise ValueError(f"blob size must be an int from 0 to 2**64-1, not {size!r}")
         chunks = _source_chunks(source, size)
         first = next(chunks, b"")
-        frame = self._zstd.compress(first) if first else b""
-        codec = CODEC_ZSTD if first and len(frame) * 10 <= len(first) * 9 else CODEC_RAW
+        codec, frame = self._blob_codec(first)
         self._broken = True  # a failure from here on leaves half a record behind
         oid = object_id.encode("ascii")
         self._out.write(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
@@ -197,6 +207,16 @@ class MPackWriter:
         self._broken = False
         self._added(REC_BLOB)
         self._blob_bytes += size
+
+    def _blob_codec(self, first: bytes | memoryview) -> tuple[int, bytes | None]:
+        """(codec, the first chunk's frame if already made) from a probe of the blob's first bytes."""
+        if not first or not self._compress_blobs:
+            return CODEC_RAW, None
+        probe = first[:BLOB_PROBE]
+        frame = self._zstd.compress(probe)
+        if len(frame) * 10 > len(probe) * 9:
+            return CODEC_RAW, None
+        return CODEC_ZSTD, frame if len(probe) == len(first) else None
 
     def add_snapshot(self, snapshot: dict, *, base: tuple[str, dict] | None = None) -> None:
         """Append a snapshot record: its delta against the previous snapshot record.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 from mpack.format import ids
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 BATCH = 500
+PARALLEL_HASH_MIN = 256 << 10  # smaller reads are hashed inline: a hand-off costs more than it saves
 MPACK_PREFIX = "sha256:"
 EMPTY_BLOB = ids.object_digest(b"")
 
@@ -132,34 +134,55 @@ def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
 
 
 class _Verifying:
-    """Reads a stored blob for the writer, hashing it; ``check`` compares with its digest."""
+    """Reads a stored blob for the writer, hashing it; ``check`` compares with its digest.
 
-    def __init__(self, source: BinaryIO, digest: str) -> None:
-        self._source, self._digest, self._sha = source, digest, hashlib.sha256()
+    A large chunk is hashed on a helper thread (hashlib releases the GIL) while
+    the writer copies it into the pack and the pack's own hash runs here.
+    """
+
+    def __init__(self, source: BinaryIO, digest: str, helper: ThreadPoolExecutor) -> None:
+        self._source, self._digest, self._sha, self._helper = source, digest, hashlib.sha256(), helper
+        self._hashing: Future | None = None
 
     def read(self, n: int = -1) -> bytes:
+        self._wait()
         data = self._source.read(n)
-        self._sha.update(data)
+        if len(data) >= PARALLEL_HASH_MIN:
+            self._hashing = self._helper.submit(self._sha.update, data)
+        else:
+            self._sha.update(data)
         return data
 
+    def _wait(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
     def check(self) -> None:
+        self._wait()
         actual = self._sha.hexdigest()
         if actual != self._digest:
             raise CorruptStoredBlob(self._digest, actual)
 
 
 def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str], sizes: dict[str, int]) -> None:
-    for digest in sorted(blobs):
-        if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
-            writer.add_blob(blobs[digest], b"", 0)
-            continue
-        with hub.store.open(BLOBS, digest) as source:
-            verifying = _Verifying(source, digest)
-            try:
-                writer.add_blob(blobs[digest], verifying, sizes[digest])
-            except ValueError as exc:  # the stored file is shorter or longer than its recorded size
-                raise CorruptStoredBlob(digest, f"size differs ({exc})") from None
-            verifying.check()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpack-verify") as helper:
+        for digest in sorted(blobs):
+            _write_blob(hub, writer, digest, blobs[digest], sizes, helper)
+
+
+def _write_blob(hub: Hub, writer: MPackWriter, digest: str, object_id: str, sizes: dict[str, int],
+                helper: ThreadPoolExecutor) -> None:
+    if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
+        writer.add_blob(object_id, b"", 0)
+        return
+    with hub.store.open(BLOBS, digest) as source:
+        verifying = _Verifying(source, digest, helper)
+        try:
+            writer.add_blob(object_id, verifying, sizes[digest])
+        except ValueError as exc:  # the stored file is shorter or longer than its recorded size
+            raise CorruptStoredBlob(digest, f"size differs ({exc})") from None
+        verifying.check()
 
 
 def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict]:
@@ -172,7 +195,10 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
     blobs = blobs_of(records)
     sizes = _blob_sizes(repo, sorted(blobs))
     with hub.store.new_file(MPACKS) as pending:
-        writer = MPackWriter(pending)
+        level = hub.settings.pack_blob_zstd_level
+        # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
+        writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,
+                             running_sha256=lambda: pending.sha256_hex)
         _write_blobs(hub, writer, blobs, sizes)
         for delta in records:
             writer.add_snapshot_delta(delta.snapshot_id, delta.fields, delta.base_id or None, delta.changed,

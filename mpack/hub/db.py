@@ -62,11 +62,13 @@ def _v1_create_tables(db: pw.Database) -> None:
 
 
 def _v2_snapshot_deltas_and_pack_versions(db: pw.Database) -> None:
-    """Snapshot deltas (builds read them instead of manifests) and the format version of each cached pack.
+    """Snapshot deltas (builds read them instead of manifests), the format version of each cached pack,
+    and an index for walking the commit graph by generation.
 
     Rows cached before this carry format version 1: hits refuse them and GC removes them.
     """
     db.create_tables([models.SnapshotDelta], safe=True)
+    db.execute_sql('CREATE INDEX IF NOT EXISTS commit_repo_id_generation ON "commit" (repo_id, generation)')
     columns = {column.name for column in db.get_columns("fetch_mpack_cache")}
     if "format_version" not in columns:
         db.execute_sql("ALTER TABLE fetch_mpack_cache ADD COLUMN format_version INTEGER NOT NULL DEFAULT 1")

@@ -88,6 +88,7 @@ class Commit(BaseModel):
 
     class Meta:
         primary_key = pw.CompositeKey("repo", "digest")
+        indexes = ((("repo", "generation"), False),)  # history.reachable scans by generation
 
 
 class Snapshot(BaseModel):

@@ -15,21 +15,28 @@ directory is deleted and the repository is left as it was.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from mpack.client.files import make_durable
 from mpack.client.layout import MuseRepo, record_json
+from mpack.client.snapshot_json import SnapshotJson
 from mpack.format import ids
 from mpack.format.errors import MuseError
 from mpack.format.reader import BaseResolver, iter_mpack
 from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Trailer
 
 EMPTY_BLOB = ids.object_digest(b"")
+WRITER_THREADS = 4
+MAX_QUEUED_BYTES = 32 << 20  # staged bytes handed to the writer threads and not yet written
 
 
 class IncompletePack(MuseError):
@@ -61,6 +68,9 @@ class StagedPack:
     snapshots: dict[str, tuple[str, Path]] = field(default_factory=dict)  # digest -> (id, JSON file)
     commits: dict[str, StagedCommit] = field(default_factory=dict)  # digest -> staged commit, in pack order
     objects_named: dict[str, str] = field(default_factory=dict)  # digest -> id, of entries the snapshots add
+    files: StageWriter | None = field(default=None, repr=False)
+    _names: Iterator[int] = field(default_factory=itertools.count, repr=False)
+    snapshot_json: SnapshotJson = field(default_factory=SnapshotJson, repr=False)
 
     def missing_references(self, repo: MuseRepo) -> IncompletePack | None:
         """The first kind of reference neither the pack nor ``repo`` can satisfy, or None."""
@@ -98,9 +108,56 @@ class StagedPack:
         finally:
             self.discard()
 
+    def stage_path(self, kind: str) -> Path:
+        """A fresh file name in the stage (one per record: a pack may repeat an id)."""
+        return self.stage_dir / f"{kind}-{next(self._names)}"
+
     def discard(self) -> None:
         """Delete the stage directory and everything in it."""
         shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+
+class StageWriter:
+    """Writes stage files on a few threads: creating one file per object and record is most of an
+    apply's cost, and threads overlap the file system's latency (the GIL is released in I/O).
+
+    At most ``MAX_QUEUED_BYTES`` wait in memory; the first failure is raised by
+    ``write`` or ``finish``.
+    """
+
+    def __init__(self, threads: int = WRITER_THREADS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mpack-stage")
+        self._queued: deque[tuple[Future, int]] = deque()
+        self._bytes = 0
+
+    def write(self, path: Path, data: bytes) -> Path:
+        self._queued.append((self._pool.submit(_write_file, path, data), len(data)))
+        self._bytes += len(data)
+        while self._bytes > MAX_QUEUED_BYTES or len(self._queued) > 1024:
+            self._settle_one()
+        return path
+
+    def _settle_one(self) -> None:
+        future, size = self._queued.popleft()
+        self._bytes -= size
+        future.result()
+
+    def finish(self) -> None:
+        """Wait for every write; raises the first failure."""
+        try:
+            while self._queued:
+                self._settle_one()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop, letting writes under way end (the caller may then delete the stage)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
 
 
 def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
@@ -115,11 +172,13 @@ def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
     """
     stage = Path(stage_dir)
     stage.mkdir(parents=True, exist_ok=True)
-    staged = StagedPack(stage)
+    staged = StagedPack(stage, files=StageWriter())
     try:
         for record in iter_mpack(pack_file, snapshot_base=snapshot_base):
             _stage_record(staged, record)
+        staged.files.finish()
     except BaseException:
+        staged.files.close()
         staged.discard()
         raise
     return staged
@@ -127,37 +186,32 @@ def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
 
 def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | CommitRecord | Trailer) -> None:
     if isinstance(record, BlobRecord):
-        staged.blobs[ids.hex_of(record.object_id)] = _stage_blob(staged.stage_dir, record)
+        digest = ids.hex_of(record.object_id)
+        staged.blobs[digest] = _stage_blob(staged, staged.stage_path("b"), record)
     elif isinstance(record, SnapshotRecord):
         snapshot_id = record.data["snapshot_id"]
         digest = ids.hex_of(snapshot_id)
         for object_id in record.changed.values():  # the entries new to a receiver holding the base
             staged.objects_named.setdefault(object_id[-64:], object_id)
-        staged.snapshots[digest] = (snapshot_id, _stage_file(staged.stage_dir, "s-" + digest,
-                                                             record_json("snapshots", record.data)))
+        staged.snapshots[digest] = (snapshot_id, staged.files.write(
+            staged.stage_path("s"), staged.snapshot_json.render(record)))
     elif isinstance(record, CommitRecord):
         data = record.data
         digest = ids.hex_of(data["commit_id"])
         parents = [p for p in (data.get("parent_commit_id"), data.get("parent2_commit_id")) if p]
-        staged.commits[digest] = StagedCommit(data["commit_id"], data["snapshot_id"], parents,
-                                              _stage_file(staged.stage_dir, "c-" + digest, record_json("commits", data)))
+        path = staged.files.write(staged.stage_path("c"), record_json("commits", data))
+        staged.commits[digest] = StagedCommit(data["commit_id"], data["snapshot_id"], parents, path)
     else:
         staged.trailer = record
 
 
-def _stage_file(stage_dir: Path, name: str, data: bytes) -> Path:
-    path = stage_dir / name
+def _stage_blob(staged: StagedPack, path: Path, record: BlobRecord) -> Path:
+    if record.size <= MAX_QUEUED_BYTES // 8:  # small: read it whole (one chunk or two), write it on a thread
+        return staged.files.write(path, b"".join(record.chunks))  # the reader checks the id as the chunks run out
     with open(path, "wb") as out:
-        out.write(data)
-    return path
-
-
-def _stage_blob(stage_dir: Path, record: BlobRecord) -> Path:
-    fd, name = tempfile.mkstemp(prefix="blob-", dir=stage_dir)
-    with os.fdopen(fd, "wb") as out:
-        for chunk in record.chunks:  # the reader checks the id when the chunks run out
+        for chunk in record.chunks:
             out.write(chunk)
-    return Path(name)
+    return path
 
 
 def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo) -> StagedPack:

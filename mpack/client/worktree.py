@@ -8,8 +8,10 @@ only what changed between two snapshots.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mpack.client.errors import LayoutError, UnsafePath
@@ -17,6 +19,7 @@ from mpack.client.files import READ_CHUNK, file_digest, unlink_quietly
 from mpack.format import ids
 
 MUSE_DIR = ".muse"
+COPY_THREADS = 4
 
 
 def safe_parts(path: object) -> tuple[str, ...]:
@@ -57,11 +60,21 @@ class WorkTree:
         for path in removed:
             unlink_quietly(targets[path])
             self._prune_dirs(targets[path].parent)
-        for path, oid in changed.items():
-            target = targets[path]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
-            self._copy_object(oid, target)
+        made: set[Path] = set()
+        with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="mpack-checkout") as pool:
+            copies = []
+            for path, oid in changed.items():
+                target = targets[path]
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
+                    made.add(target.parent)
+                elif target.is_symlink():
+                    raise UnsafePath(path, f"{target} is a symlink")
+                # Creating files dominates a checkout: threads overlap the file system's latency.
+                copies.append(pool.submit(self._copy_object, oid, target))
+            for copy in copies:
+                copy.result()
 
     def modified_paths(self, checked_out: Mapping[str, str], incoming: Mapping[str, str]) -> list[str]:
         """Work-tree paths a move from ``checked_out`` to ``incoming`` would overwrite or delete unsaved.
@@ -97,8 +110,7 @@ class WorkTree:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
-                while block := source.read(READ_CHUNK):
-                    out.write(block)
+                shutil.copyfileobj(source, out, READ_CHUNK)
             os.replace(tmp, target)  # replaces a file; a symlink was refused above
         except BaseException:
             unlink_quietly(Path(tmp))

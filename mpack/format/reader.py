@@ -319,7 +319,7 @@ class _Manifests:
             entries[:] = sorted(f"{path}\0{object_id}" for path, object_id in manifest.items())
         _check_digest("snapshot", claimed, hashlib.sha256("\0".join(entries).encode("utf-8")).hexdigest())
         self._previous = claimed
-        return SnapshotRecord({**fields, "snapshot_id": claimed, "manifest": dict(manifest)}, changed, base)
+        return SnapshotRecord({**fields, "snapshot_id": claimed, "manifest": dict(manifest)}, changed, base, removed)
 
     def _start(self, base: str | None, offset: int) -> None:
         if base is None:

@@ -94,6 +94,7 @@ class SnapshotRecord:
     data: dict
     changed: dict = field(default_factory=dict, repr=False, compare=False)
     base: str | None = field(default=None, compare=False)
+    removed: list = field(default_factory=list, repr=False, compare=False)  # paths dropped from the base
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from mpack.client.files import make_durable
 from mpack.client.layout import MuseRepo, record_json
 from mpack.client.snapshot_json import SnapshotJson
 from mpack.format import ids
-from mpack.format.errors import MuseError
+from mpack.format.errors import IdMismatch, MuseError
 from mpack.format.reader import BaseResolver, iter_mpack
 from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Trailer
 
@@ -214,15 +214,20 @@ def _stage_blob(staged: StagedPack, path: Path, record: BlobRecord) -> Path:
     return path
 
 
-def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo) -> StagedPack:
+def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, expected_id: str | None = None) -> StagedPack:
     """Stage and apply the pack at ``pack_path`` into ``repo``; returns the (discarded) stage for its counts.
 
     The stage lives in ``.muse/tmp`` so that objects and records move in by rename.
+
+    Raises:
+        IdMismatch: ``expected_id`` is given and the file's sha256 differs (nothing applied).
     """
     stage_dir = tempfile.mkdtemp(prefix="stage-", dir=repo.tmp_dir)
     try:
         with open(pack_path, "rb") as src:
             staged = stage_pack(src, stage_dir, repo.snapshot_manifest)
+        if expected_id is not None and staged.trailer.mpack_hex != ids.hex_of(expected_id):
+            raise IdMismatch("mpack", expected_id, staged.trailer.mpack_hex)
     except BaseException:
         shutil.rmtree(stage_dir, ignore_errors=True)
         raise

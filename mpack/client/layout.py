@@ -69,6 +69,7 @@ class MuseRepo(WorkTree):
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.muse = self.root / MUSE_DIR
+        self._object_dirs: set[Path] = set()
 
     # -- creation and identity -----------------------------------------------------
 
@@ -196,7 +197,9 @@ class MuseRepo(WorkTree):
         if target.is_file():
             unlink_quietly(source)
             return None
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._object_dirs:  # 256 of them: one mkdir each, not one per object
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._object_dirs.add(target.parent)
         os.replace(source, target)
         return target
 

@@ -387,4 +387,4 @@ def _read_trailer(src: _HashingReader, found: tuple[int, int, int, int]) -> Trai
         raise MalformedRecord(offset, f"trailer counts {declared} differ from the records read {found}")
     if src.read_upto(1):
         raise MalformedRecord(src.offset - 1, "data after the trailer")
-    return Trailer(*declared, checksum_hex=expected)
+    return Trailer(*declared, checksum_hex=expected, mpack_hex=src.hexdigest())

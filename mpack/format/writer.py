@@ -64,6 +64,7 @@ class Trailer:
     commit_count: int
     blob_bytes: int
     checksum_hex: str
+    mpack_hex: str = field(default="", compare=False)  # sha256 of the whole pack: its id
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class MPackWriter:
         self._out.write(_U8.pack(REC_TRAILER) + _COUNTS.pack(*counts, self._blob_bytes))
         checksum = self._out.digest()
         self._out.write(checksum)
-        self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex())
+        self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex(), self._out.hexdigest())
         return self._trailer
 
     def _enter(self, kind: int) -> None:

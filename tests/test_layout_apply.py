@@ -291,7 +291,7 @@ def test_snapshot_files_rendered_from_deltas_are_the_json_of_whole_snapshots():
     blobs = [ids.object_digest(bytes([n])) for n in range(20)]
     paths = ["a", "b/c", "\u00e9/\u00fc", "z", "a b", "A", "\u97f3", "b", "b/c/d", "x\u2014y", 'q"uote', "back\\slash"]
     history, manifest = History(), {}
-    for n in range(60):
+    for _n in range(60):
         for _ in range(rng.randint(0, 4)):
             path = rng.choice(paths)
             if rng.random() < 0.3:

@@ -11,7 +11,8 @@ from bench.registry import BENCHMARKS, load
 
 pytestmark = pytest.mark.e2e  # push and prebuild start a real gunicorn on 127.0.0.1
 
-TINY_SCALE = {"push": 0.01, "prebuild": 0.01, "gc": 0.1, "fetch": 0.01}  # others: their own --quick default
+# others: their own --quick default
+TINY_SCALE = {"push": 0.01, "prebuild": 0.01, "gc": 0.1, "fetch": 0.01, "clone-branches": 0.005}
 COLUMNS = {
     "push": [["stage", "seconds", "share %", "MB/s", "commits/s"], ["measurement", "seconds", "MB/s", "ratio"]],
     "prebuild": [["measurement", "median s", "min s", "max s", "ratio"],

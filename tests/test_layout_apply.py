@@ -280,9 +280,9 @@ def test_a_pack_whose_sha256_is_not_the_expected_id_is_not_applied(repo, tmp_pat
     history = History().linear(2)
     before = tree(repo.root)
     with pytest.raises(IdMismatch) as refused:
-        apply_pack(write_pack(tmp_path, pack_bytes(history)), repo, "sha256:" + "0" * 64)
+        apply_pack(write_pack(tmp_path, pack_bytes(history)), repo, expected_id="sha256:" + "0" * 64)
     assert refused.value.kind == "mpack" and tree(repo.root) == before
-    apply_pack(write_pack(tmp_path, data := pack_bytes(history)), repo, ids.object_digest(data))
+    apply_pack(write_pack(tmp_path, data := pack_bytes(history)), repo, expected_id=ids.object_digest(data))
     assert repo.has_commit(history.tip)
 
 

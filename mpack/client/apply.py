@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from mpack.client.files import make_durable
 from mpack.client.layout import MuseRepo, record_json
+from mpack.client.progress import Bar, CountingReader
 from mpack.client.snapshot_json import SnapshotJson
 from mpack.format import ids
 from mpack.format.errors import IdMismatch, MuseError
@@ -206,6 +207,7 @@ def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | Comm
 
 
 def _stage_blob(staged: StagedPack, path: Path, record: BlobRecord) -> Path:
+    # Stage files are created with the umask's mode (open, not mkstemp): they are renamed into the clone.
     if record.size <= MAX_QUEUED_BYTES // 8:  # small: read it whole (one chunk or two), write it on a thread
         return staged.files.write(path, b"".join(record.chunks))  # the reader checks the id as the chunks run out
     with open(path, "wb") as out:
@@ -214,10 +216,12 @@ def _stage_blob(staged: StagedPack, path: Path, record: BlobRecord) -> Path:
     return path
 
 
-def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, expected_id: str | None = None) -> StagedPack:
+def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, bar: Bar | None = None, *,
+               expected_id: str | None = None) -> StagedPack:
     """Stage and apply the pack at ``pack_path`` into ``repo``; returns the (discarded) stage for its counts.
 
-    The stage lives in ``.muse/tmp`` so that objects and records move in by rename.
+    The stage lives in ``.muse/tmp`` so that objects and records move in by rename. ``bar``
+    shows the bytes of the pack read and verified so far.
 
     Raises:
         IdMismatch: ``expected_id`` is given and the file's sha256 differs (nothing applied).
@@ -225,7 +229,8 @@ def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, expected_id: str | 
     stage_dir = tempfile.mkdtemp(prefix="stage-", dir=repo.tmp_dir)
     try:
         with open(pack_path, "rb") as src:
-            staged = stage_pack(src, stage_dir, repo.snapshot_manifest)
+            reader = CountingReader(src, os.fstat(src.fileno()).st_size, bar) if bar else src
+            staged = stage_pack(reader, stage_dir, repo.snapshot_manifest)
         if expected_id is not None and staged.trailer.mpack_hex != ids.hex_of(expected_id):
             raise IdMismatch("mpack", expected_id, staged.trailer.mpack_hex)
     except BaseException:

@@ -27,7 +27,7 @@ from bench.util import MB, Table, hashlib_sha256_mbps, measure, median, timer
 from mpack.format import ids
 from mpack.hub import fetch
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.models import FetchMPackCache, Object, Repo
+from mpack.hub.models import Commit, FetchMPackCache, Object, Repo, Snapshot
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 from storage.base import BLOBS
@@ -70,7 +70,11 @@ def incremental(home: Path, tip: str) -> tuple[float, float]:
     repo = Repo.get(Repo.name == REPO)
     content = b"one more line\n"
     object_id = ids.object_digest(content)
-    snapshot = {"snapshot_id": ids.snapshot_digest({"new.txt": object_id}), "manifest": {"new.txt": object_id},
+    # A real commit: the tip's tree plus one file (not a tree of one file, which deletes every other path).
+    tip_snapshot = Commit.get((Commit.repo == repo) & (Commit.digest == ids.hex_of(tip))).snapshot
+    manifest = {**Snapshot.get((Snapshot.repo == repo) & (Snapshot.digest == tip_snapshot)).record["manifest"],
+                "new.txt": object_id}
+    snapshot = {"snapshot_id": ids.snapshot_digest(manifest), "manifest": manifest,
                 "created_at": "2026-11-24T00:00:00+00:00"}
     message, when = "one more commit", "2026-11-24T00:00:01.000001+00:00"
     commit = {"commit_id": ids.commit_digest([tip], snapshot["snapshot_id"], message, when), "repo_id": "bench",

@@ -40,6 +40,7 @@ CODEC_RAW, CODEC_ZSTD = 0, 1
 CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
 MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
 MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
+SMALL_BLOB = 64 << 10  # a raw blob up to this size is written as one piece
 BLOB_PROBE = 64 << 10  # a blob is compressed only if its first 64 KiB shrink by 10 %
 MIN_META_COMPRESS = 1024  # shorter snapshot and commit records (most commits, most deltas) stay raw
 SNAPSHOT_KEYS = ("base", "del", "fields", "set", "snapshot_id")  # a snapshot record's map, exactly
@@ -196,9 +197,18 @@ class MPackWriter:
         chunks = _source_chunks(source, size)
         first = next(chunks, b"")
         codec, frame = self._blob_codec(first)
-        self._broken = True  # a failure from here on leaves half a record behind
         oid = object_id.encode("ascii")
-        self._out.write(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
+        head = _U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec)
+        if codec == CODEC_RAW and size <= SMALL_BLOB:
+            for _ in chunks:  # a small blob is one chunk: this only checks that the source ends here
+                pass
+            # One write for the whole record: most blobs are small, and each write costs a call and a hash update.
+            self._out.write(b"".join((head, _U32.pack(size), first, _U32.pack(0)) if size else (head, _U32.pack(0))))
+            self._added(REC_BLOB)
+            self._blob_bytes += size
+            return
+        self._broken = True  # a failure from here on leaves half a record behind
+        self._out.write(head)
         if first:
             self._write_chunk(first, codec, frame)
         del first, frame  # hold one chunk at a time, not the first for the whole blob

@@ -63,7 +63,7 @@ def load(repo, digests: Iterable[str]) -> dict[str, Delta]:
     for start in range(0, len(wanted), BATCH):
         query = SnapshotDelta.select(*columns).where(
             (SnapshotDelta.repo == repo) & SnapshotDelta.digest.in_(wanted[start:start + BATCH]))
-        found.update((row.digest, Delta(*(getattr(row, name) for name in Delta._fields))) for row in query)
+        found.update((row[0], Delta(*row)) for row in query.tuples())
     return found
 
 

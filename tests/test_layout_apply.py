@@ -127,7 +127,7 @@ def test_stage_pack_streams_blobs_to_files_and_applies_nothing(tmp_path):
     history.commit({"big.bin": os.urandom(3 << 20)})  # several chunks
     staged = stage_pack(io.BytesIO(pack_bytes(history)), tmp_path / "stage")
     assert staged.trailer is not None and staged.trailer.blob_count == 1
-    (blob_file,) = staged.blobs.values()
+    (blob_file,) = map(Path, staged.blobs.values())
     (content,) = history.blobs.values()
     assert blob_file.parent == tmp_path / "stage" and blob_file.read_bytes() == content
     staged.discard()

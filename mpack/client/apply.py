@@ -37,7 +37,7 @@ from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Traile
 
 EMPTY_BLOB = ids.object_digest(b"")
 WRITER_THREADS = 4
-MAX_QUEUED_BYTES = 32 << 20  # staged bytes handed to the writer threads and not yet written
+MAX_QUEUED_BYTES = 16 << 20  # staged bytes handed to the writer threads and not yet written
 
 
 class IncompletePack(MuseError):
@@ -56,7 +56,7 @@ class StagedCommit:
     commit_id: str
     snapshot_id: str
     parents: list[str]
-    path: Path
+    path: str
 
 
 @dataclass
@@ -65,8 +65,9 @@ class StagedPack:
 
     stage_dir: Path
     trailer: Trailer | None = None
-    blobs: dict[str, Path] = field(default_factory=dict)  # digest -> temp file
-    snapshots: dict[str, tuple[str, Path]] = field(default_factory=dict)  # digest -> (id, JSON file)
+    # Stage files as str, not Path: a 4x clone stages ~36,000 of them.
+    blobs: dict[str, str] = field(default_factory=dict)  # digest -> temp file
+    snapshots: dict[str, tuple[str, str]] = field(default_factory=dict)  # digest -> (id, JSON file)
     commits: dict[str, StagedCommit] = field(default_factory=dict)  # digest -> staged commit, in pack order
     objects_named: dict[str, str] = field(default_factory=dict)  # digest -> id, of entries the snapshots add
     files: StageWriter | None = field(default=None, repr=False)
@@ -109,9 +110,9 @@ class StagedPack:
         finally:
             self.discard()
 
-    def stage_path(self, kind: str) -> Path:
+    def stage_path(self, kind: str) -> str:
         """A fresh file name in the stage (one per record: a pack may repeat an id)."""
-        return self.stage_dir / f"{kind}-{next(self._names)}"
+        return os.path.join(self.stage_dir, f"{kind}-{next(self._names)}")
 
     def discard(self) -> None:
         """Delete the stage directory and everything in it."""
@@ -131,7 +132,7 @@ class StageWriter:
         self._queued: deque[tuple[Future, int]] = deque()
         self._bytes = 0
 
-    def write(self, path: Path, data: bytes) -> Path:
+    def write(self, path: str, data: bytes) -> str:
         self._queued.append((self._pool.submit(_write_file, path, data), len(data)))
         self._bytes += len(data)
         while self._bytes > MAX_QUEUED_BYTES or len(self._queued) > 1024:
@@ -156,7 +157,7 @@ class StageWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: str, data: bytes) -> None:
     with open(path, "wb") as out:
         out.write(data)
 
@@ -206,7 +207,7 @@ def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | Comm
         staged.trailer = record
 
 
-def _stage_blob(staged: StagedPack, path: Path, record: BlobRecord) -> Path:
+def _stage_blob(staged: StagedPack, path: str, record: BlobRecord) -> str:
     # Stage files are created with the umask's mode (open, not mkstemp): they are renamed into the clone.
     if record.size <= MAX_QUEUED_BYTES // 8:  # small: read it whole (one chunk or two), write it on a thread
         return staged.files.write(path, b"".join(record.chunks))  # the reader checks the id as the chunks run out

@@ -188,14 +188,14 @@ class MuseRepo(WorkTree):
         if not self.has_object(object_id):
             atomic_write(self.object_path(object_id), content)
 
-    def install_object_file(self, object_id: str, source: Path) -> Path | None:
+    def install_object_file(self, object_id: str, source: str | Path) -> Path | None:
         """Rename an already verified file into the store (``source`` on the same file system).
 
         Returns the new file, or None when the object was there already.
         """
         target = self.object_path(object_id)
         if target.is_file():
-            unlink_quietly(source)
+            unlink_quietly(Path(source))
             return None
         if target.parent not in self._object_dirs:  # 256 of them: one mkdir each, not one per object
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -203,10 +203,10 @@ class MuseRepo(WorkTree):
         os.replace(source, target)
         return target
 
-    def install_record_file(self, kind: str, record_id: str, source: Path) -> Path | None:
+    def install_record_file(self, kind: str, record_id: str, source: str | Path) -> Path | None:
         """Rename a verified record file (``record_json``'s bytes) into ``kind``; None if it was there."""
         if self._record_path(kind, record_id) is not None:
-            unlink_quietly(source)  # content-addressed: the same id is the same record
+            unlink_quietly(Path(source))  # content-addressed: the same id is the same record
             return None
         target = self.muse / kind / f"{record_id}.json"
         os.replace(source, target)

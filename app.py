@@ -11,8 +11,9 @@ import os
 import falcon
 
 from mpack.http import errors as http_errors
+from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
 from mpack.http.logs import configure_logging
-from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
+from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
@@ -41,9 +42,16 @@ def create_app(hub: Hub) -> HubApp:
     api.req_options.strip_url_path_trailing_slash = True
     http_errors.install(api)
     api.add_route("/healthz", Health(hub))
+    api.add_route("/metrics", Metrics(hub))
+    api.add_route("/admin", AdminPage(hub))
+    api.add_route("/admin/login", AdminLogin(hub))
+    api.add_route("/admin/logout", AdminLogout(hub))
+    api.add_route("/admin/actions/retry", AdminRetry(hub))
+    api.add_route("/admin/actions/gc", AdminGcAction(hub))
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))
     api.add_route("/admin/gc", AdminGc(hub))
+    api.add_route("/admin/fsck", AdminFsck(hub))
     repos = ApiRepos(hub)
     api.add_route("/api/repos", repos)
     api.add_route("/api/repos/{owner}/{name}", repos, suffix="one")

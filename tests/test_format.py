@@ -578,7 +578,8 @@ def full_delta(manifest: dict, **fields) -> dict:
 @pytest.mark.parametrize("change", [{"set": ["a"]}, {"set": {"a": "not-an-id"}}, {"set": {1: RAW_BLOB[0]}},
                                     {"fields": {"created_at": 5}}, {"fields": []}, {"fields": {"manifest": {}}},
                                     {"snapshot_id": None}, {"base": "HEAD"}, {"del": "a"}, {"del": ["absent"]},
-                                    {"extra": 1}])
+                                    {"extra": 1}, {"set": {"../escape": RAW_BLOB[0]}}, {"set": {".muse/HEAD": RAW_BLOB[0]}},
+                                    {"set": {"a\\b": RAW_BLOB[0]}}])
 def test_snapshot_of_the_wrong_shape(change):
     with pytest.raises(MalformedRecord):
         verify(snapshot_pack({**full_delta({"a": RAW_BLOB[0]}), **change}))
@@ -844,3 +845,11 @@ def test_the_reader_holds_one_manifest_however_many_snapshots():
     finally:
         tracemalloc.stop()
     assert peak < 6 << 20  # one manifest of 3,000 entries is ~1.5 MB; sixty would be ~90 MB
+
+
+def test_a_delta_entry_breaking_the_path_rules_is_refused_where_it_is_added():
+    first = full_delta({"a": RAW_BLOB[0]})
+    second = {**full_delta({"a": RAW_BLOB[0], "x/../../y": RAW_BLOB[0]}), "base": first["snapshot_id"],
+              "set": {"x/../../y": RAW_BLOB[0]}}
+    with pytest.raises(MalformedRecord, match="x/../../y"):
+        verify(snapshot_pack(first, second))

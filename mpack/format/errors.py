@@ -119,3 +119,15 @@ class MissingBase(MPackError):
         super().__init__(f"the pack's first snapshot is a delta against snapshot {base}, which this receiver "
                          "does not hold")
         self.base = base
+class InvalidRecord(MuseError):
+    """A commit, snapshot or branch name breaks a record rule (``mpack.format.rules``).
+
+    ``field`` names the offending field (``commit.metadata``, ``snapshot.manifest['../x']``,
+    ``branch``), so a client can tell which one to fix.
+    """
+
+    code = "invalid_record"
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field, self.why = field, why

@@ -16,11 +16,12 @@ from typing import BinaryIO
 import msgpack
 import zstandard
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.format.errors import (
     BadMagic,
     ChecksumMismatch,
     IdMismatch,
+    InvalidRecord,
     MalformedRecord,
     MissingBase,
     MPackError,
@@ -306,9 +307,12 @@ class _Manifests:
             if not isinstance(path, str) or path not in manifest:
                 raise MalformedRecord(offset, f"snapshot removes {str(path)[:80]!r}, which its base does not hold")
             del entries[bisect_left(entries, f"{path}\0{manifest.pop(path)}")]
-        for path, object_id in changed.items():
-            if not isinstance(path, str) or not ids.is_id(object_id):
-                raise MalformedRecord(offset, "snapshot entries must map str paths to object ids")
+        for path, object_id in changed.items():  # the record rules, once per entry added or changed
+            problem = rules.path_problem(path)
+            if problem is not None:
+                raise MalformedRecord(offset, f"snapshot.manifest[{repr(path)[:80]}]: path {problem}")
+            if not ids.is_id(object_id):
+                raise MalformedRecord(offset, f"snapshot.manifest[{path!r}]: object id is not a well-formed id")
             old = manifest.get(path)
             if old is not None:
                 del entries[bisect_left(entries, f"{path}\0{old}")]
@@ -349,19 +353,13 @@ def _snapshot_parts(data: dict, offset: int) -> tuple[str | None, list, dict, di
 
 
 def _check_commit(data: dict, offset: int) -> None:
-    claimed = _field_id(data, "commit_id", "commit", offset)
-    snapshot_id = _field_id(data, "snapshot_id", "commit", offset)
-    message, committed_at = data.get("message"), data.get("committed_at")
-    if not isinstance(message, str) or not isinstance(committed_at, str):
-        raise MalformedRecord(offset, "commit message and committed_at must be str")
-    parents = []
-    for key in ("parent_commit_id", "parent2_commit_id"):
-        parent = data.get(key)  # absent and nil both mean "no such parent"
-        if not (parent is None or ids.is_id(parent)):
-            raise MalformedRecord(offset, f"commit {key} must be an id or nil")
-        if parent is not None:
-            parents.append(parent)
-    _check_digest("commit", claimed, ids.commit_digest(parents, snapshot_id, message, committed_at))
+    try:
+        rules.check_commit_record(data)
+    except InvalidRecord as exc:
+        raise MalformedRecord(offset, exc.detail) from None
+    parents = rules.commit_parents(data)
+    _check_digest("commit", data["commit_id"],
+                  ids.commit_digest(parents, data["snapshot_id"], data["message"], data["committed_at"]))
 
 
 def _field_id(data: dict, key: str, kind: str, offset: int) -> str:

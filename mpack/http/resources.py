@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mpack.http.media import read_body, send
-from mpack.hub import auth, bundle, download, fetch, gc, health, jobs, push, repos
+from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
 if TYPE_CHECKING:
@@ -31,6 +32,15 @@ class Health(Resource):
         send(req, resp, report, falcon.HTTP_200 if report["status"] == "ok" else falcon.HTTP_503)
 
 
+class Metrics(Resource):
+    """``GET /metrics``: Prometheus text format, admin token required."""
+
+    def on_get(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(metrics.Scrape(self.hub.metrics, self.hub.settings, self.hub.now))
+
+
 class AdminUsers(Resource):
     def on_post(self, req, resp):
         auth.require_admin(self.hub, req.get_header("Authorization"))
@@ -50,6 +60,13 @@ class AdminGc(Resource):
         auth.require_admin(self.hub, req.get_header("Authorization"))
         repo, dry_run = gc.parse_request(self.body(req, optional=True))
         send(req, resp, gc.run_gc(self.hub, repo=repo, dry_run=dry_run).as_dict())
+
+
+class AdminFsck(Resource):
+    def on_post(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        dry_run = fsck.parse_request(self.body(req, optional=True))
+        send(req, resp, fsck.run_fsck(self.hub, dry_run=dry_run).as_dict())
 
 
 class ApiRepos(Resource):
@@ -100,14 +117,15 @@ class Wire(Resource):
     def on_post_fetch_mpack(self, req, resp, owner, repo):
         target = repos.readable_repo(owner, repo, self.user(req))
         want, have = fetch.parse_want_have(self.body(req))
-        send(req, resp, fetch.wire_fetch_mpack(self.hub, target, want=want, have=have))
+        send(req, resp, fetch.fetch_request(self.hub, target, want=want, have=have))
 
 
 class Download(Resource):
     """``GET|HEAD /mpacks/{mpack_id}?expires&kid&sig``: a signed, ranged, sendfile download."""
 
     def on_get(self, req, resp, mpack_id):
-        served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"))
+        served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
+                                               head=req.method == "HEAD")
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
@@ -24,10 +25,11 @@ from mpack.format.writer import MPackWriter
 from mpack.hub import deltas
 from mpack.hub.cache import PackStats
 from mpack.hub.deltas import Delta
-from mpack.hub.errors import CorruptStoredBlob
+from mpack.hub.errors import CorruptStoredBlob, ObjectUnavailable
 from mpack.hub.history import CommitNode, iter_records, load_commits, topological
 from mpack.hub.models import Object, Repo
 from storage.base import BLOBS, MPACKS
+from storage.errors import StoredObjectMissing
 
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
@@ -176,7 +178,7 @@ def _write_blob(hub: Hub, writer: MPackWriter, digest: str, object_id: str, size
     if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
         writer.add_blob(object_id, b"", 0)
         return
-    with hub.store.open(BLOBS, digest) as source:
+    with _open_blob(hub, digest) as source:
         verifying = _Verifying(source, digest, helper)
         try:
             writer.add_blob(object_id, verifying, sizes[digest])
@@ -189,8 +191,16 @@ def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict
     return iter_records(repo, topological(commits))
 
 
+def _open_blob(hub: Hub, digest: str):
+    try:
+        return hub.store.open(BLOBS, digest)
+    except StoredObjectMissing:  # quarantined by fsck, or lost: the owner must push it again
+        raise ObjectUnavailable(digest) from None
+
+
 def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
+    started = time.perf_counter()
     records = plan_snapshots(repo, commits)
     blobs = blobs_of(records)
     sizes = _blob_sizes(repo, sorted(blobs))
@@ -208,4 +218,5 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
         writer.finish()
         size = pending.size
         digest = pending.commit()
+    hub.metrics.pack_built(time.perf_counter() - started, size)
     return PackStats(MPACK_PREFIX + digest, size, len(commits), len(blobs))

@@ -81,7 +81,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
+def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
+                         head: bool = False) -> Served:
+    """Verify the token, open the pack, pick the range; a GET's bytes are counted (a HEAD sends none)."""
+    served = _open(hub, mpack_id, params, range_header)
+    if not head:
+        hub.metrics.download(served.length, partial=served.partial)
+    return served
+
+
+def _open(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
     hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
     digest = ids.hex_of(mpack_id)
     try:

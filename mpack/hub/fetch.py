@@ -93,10 +93,27 @@ def _stats_of(row) -> cache.PackStats:
 
 
 def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is None or not cache.record_hit(hub, row):  # gone since read (GC): a miss
         return None
     return _answer(hub, _stats_of(row), cached=True, row=row)
+
+
+def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
+    """A client's ``POST /fetch/mpack``: ``wire_fetch_mpack``, counted by result.
+
+    ``hit``: answered from a cache row; ``miss``: a full pack built (or waited
+    for); ``delta``: the same with haves; ``error``: refused or failed. The
+    prebuild job calls ``wire_fetch_mpack`` directly, so builds ahead of time
+    are not counted as requests.
+    """
+    try:
+        answer = wire_fetch_mpack(hub, repo, want, have)
+    except Exception:
+        hub.metrics.fetch("error")
+        raise
+    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss")
+    return answer
 
 
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
@@ -121,7 +138,7 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
 
 def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
     commits = _walk_commit_delta(repo, list(wants), haves)

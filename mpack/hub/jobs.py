@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import peewee as pw
 
 from mpack.format.errors import MuseError
+from mpack.hub.errors import Conflict, NotFound
 from mpack.hub.models import BackgroundJob
 
 if TYPE_CHECKING:
@@ -243,20 +244,27 @@ def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> flo
     return min(BACKOFF_CAP, raw * (1 + BACKOFF_JITTER * (2 * rng() - 1)))
 
 
-def fail(hub: Hub, job_id: str, worker_id: str, error: str, *,
-         permanent: bool = False, rng: Callable[[], float] = random.random) -> bool:
-    """Record a failed attempt: retry later, or give up. False when the worker lost the job."""
-    return _retry_integrity(hub, lambda: _fail(hub, job_id, worker_id, error, permanent, rng))
+def fail(hub: Hub, job_id: str, worker_id: str, error: str, *, permanent: bool = False,
+         rng: Callable[[], float] = random.random, code: str | None = None) -> bool:
+    """Record a failed attempt: retry later, or give up. False when the worker lost the job.
+
+    ``code`` (the error's stable code, e.g. ``storage_full``) is kept on a job
+    that gives up, as ``result["error_code"]``, so work that failed for lack of
+    space can be found and retried once space is back.
+    """
+    return _retry_integrity(hub, lambda: _fail(hub, job_id, worker_id, error, permanent, rng, code))
 
 
-def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rng: Callable[[], float]) -> bool:
+def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rng: Callable[[], float],
+          code: str | None = None) -> bool:
     job = BackgroundJob.get_or_none(BackgroundJob.job_id == job_id, BackgroundJob.locked_by == worker_id,
                                     BackgroundJob.status == RUNNING)
     if job is None:
         return False
     now = hub.now()
     if permanent or job.attempt >= job.max_attempts:
-        return _update_owned(job_id, worker_id, status=FAILED, last_error=error, finished_at=now, locked_until=None)
+        return _update_owned(job_id, worker_id, status=FAILED, last_error=error, finished_at=now, locked_until=None,
+                             result={"error_code": code} if code else None)
     newer = _pending_for(job.repo_id, job.job_type)
     if newer is not None:
         # New work for the same (repo, type) is already waiting: fold this
@@ -267,6 +275,77 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
                              result={"superseded_by": newer.job_id})
     return _update_owned(job_id, worker_id, status=PENDING, last_error=error, locked_by=None, locked_until=None,
                          run_after=now + backoff_delay(job.attempt, rng))
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class JobNotFailed(Conflict):
+    """Only a failed job can be retried (a pending or running one is on its way)."""
+
+    code = "job_not_failed"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} is {status}, not failed")
+        self.job_id, self.status = job_id, status
+
+
+def retry(hub: Hub, job_id: str) -> str:
+    """Give a failed job a fresh set of attempts, due now → the id of the pending job that will run it.
+
+    If (repo, type) already has a pending job, the payload is merged into it and
+    the failed one is closed as superseded (one pending job per repo and type).
+    """
+    pending_id = _retry_integrity(hub, lambda: _retry(hub, job_id))
+    if hub.pool is not None:
+        hub.pool.wake()
+    return pending_id
+
+
+def _retry(hub: Hub, job_id: str) -> str:
+    job = BackgroundJob.get_or_none(BackgroundJob.job_id == job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.status != FAILED:
+        raise JobNotFailed(job_id, job.status)
+    now = hub.now()
+    newer = _pending_for(job.repo_id, job.job_type)
+    if newer is not None:
+        BackgroundJob.update(payload=merge_payloads(job.payload or {}, newer.payload or {}),
+                             run_after=now).where(BackgroundJob.job_id == newer.job_id).execute()
+        BackgroundJob.update(status=DONE, result={"superseded_by": newer.job_id}).where(
+            BackgroundJob.job_id == job_id).execute()
+        return newer.job_id
+    BackgroundJob.update(status=PENDING, attempt=0, run_after=now, locked_by=None, locked_until=None,
+                         finished_at=None).where((BackgroundJob.job_id == job_id) & (BackgroundJob.status == FAILED)).execute()
+    return job_id
+
+
+def oldest(hub: Hub, status: str, limit: int = 20) -> list[dict]:
+    """Jobs in ``status``, oldest first (the admin page's queue and failure lists)."""
+    query = (BackgroundJob.select().where(BackgroundJob.status == status)
+             .order_by(BackgroundJob.created_at, BackgroundJob.job_id).limit(limit))
+    return [describe(job) for job in query]
+
+
+def failed_with(hub: Hub, job_type: str, codes: set[str], repo_id: str | None = None) -> list[BackgroundJob]:
+    """Failed jobs of a type whose recorded error code is one of ``codes`` (one repo, or all)."""
+    query = BackgroundJob.select().where(BackgroundJob.job_type == job_type, BackgroundJob.status == FAILED,
+                                         BackgroundJob.result.is_null(False))
+    if repo_id is not None:
+        query = query.where(BackgroundJob.repo == repo_id)
+    return [job for job in query if (job.result or {}).get("error_code") in codes]
+
+
+def mark_requeued(job_id: str, new_job_id: str) -> bool:
+    """A failed job whose work now lives in ``new_job_id``: done, superseded (it is not retried twice)."""
+    return BackgroundJob.update(status=DONE, result={"requeued_as": new_job_id}).where(
+        BackgroundJob.job_id == job_id, BackgroundJob.status == FAILED).execute() == 1
 
 
 # -- housekeeping and reports -------------------------------------------------------

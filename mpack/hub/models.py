@@ -177,5 +177,27 @@ class BackgroundJob(BaseModel):
         indexes = ((("status", "run_after"), False),)
 
 
+class GcRun(BaseModel):
+    """One GC pass's report (dry runs too), newest kept for the admin page."""
+
+    started_at = pw.FloatField(index=True)
+    scope = pw.CharField(max_length=200, default="")  # "owner/name", or "" for the whole hub
+    dry_run = pw.BooleanField(default=False)
+    report = JSONField()
+
+    class Meta:
+        table_name = "gc_run"
+
+
+class HealthProbe(BaseModel):
+    """Written and emptied by ``/healthz``'s write probe (migration 3); always empty otherwise."""
+
+    at = pw.FloatField()
+    pad = pw.BlobField()
+
+    class Meta:
+        table_name = "health_probe"
+
+
 ALL_MODELS = [SchemaVersion, User, ApiToken, Repo, Branch, Commit, Snapshot, Object, FetchMPackCache, BackgroundJob,
               SnapshotDelta]

@@ -22,7 +22,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Self
 
+from mpack.format.errors import MuseError
+from mpack.hub import db as dbmod
 from mpack.hub import jobs
+from mpack.hub.errors import DatabaseFull
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
 
@@ -126,6 +129,12 @@ def run_until_idle(hub: Hub, registry: JobRegistry, worker_id: str, *, lease_sec
     return count
 
 
+def _error_code(exc: Exception) -> str | None:
+    if isinstance(exc, MuseError):
+        return exc.code
+    return DatabaseFull.code if dbmod.is_disk_full(exc) else None
+
+
 def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: str, lease_seconds: float) -> None:
     """Run a job this worker holds and record how it ended."""
     if job.attempt > job.max_attempts:
@@ -136,18 +145,24 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     try:
         handler = registry.handler_for(job.job_type)
     except UnknownJobType as exc:
+        hub.metrics.job_ran(job.job_type, "error", 0.0)
         hub.log.error("job failed: %s", exc.detail, extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, exc.detail, permanent=True)
         return
+    started = time.perf_counter()
     try:
         with Heartbeat(hub, job.job_id, worker_id, lease_seconds):
             result = handler(hub, job.job_id)
     except Exception as exc:  # the loop survives its jobs; the failure is recorded on the job
+        hub.metrics.job_ran(job.job_type, "error", time.perf_counter() - started)
         hub.log.exception("job failed", extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, f"{type(exc).__name__}: {exc}",
-                  permanent=isinstance(exc, PermanentJobError))
+                  permanent=isinstance(exc, PermanentJobError), code=_error_code(exc))
         return
-    if not jobs.complete(hub, job.job_id, worker_id, result or {}):
+    if jobs.complete(hub, job.job_id, worker_id, result or {}):
+        hub.metrics.job_ran(job.job_type, "done", time.perf_counter() - started)
+    else:
+        hub.metrics.job_ran(job.job_type, "lost", time.perf_counter() - started)
         hub.log.warning("job finished after its lease was lost; result discarded", extra=_job_fields(job))
 
 

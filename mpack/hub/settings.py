@@ -44,6 +44,7 @@ class Settings:
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     pack_blob_zstd_level: int = 0  # 0: blobs go into packs raw (builds run at disk/hash speed)
     log_level: str = "INFO"
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
     def store_root(self) -> Path:
@@ -82,6 +83,7 @@ class Settings:
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             pack_blob_zstd_level=env.int("MPACKHUB_PACK_BLOB_ZSTD_LEVEL", 0, minimum=0, maximum=22),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -112,6 +114,16 @@ def home_of(environ: Mapping[str, str]) -> Path:
 
 def database_url_of(environ: Mapping[str, str], home: Path) -> str:
     return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
+
+
+# prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
+    given = environ.get(METRICS_DIR_VAR, "").strip()
+    return Path(given).resolve() if given else home_of(environ) / "metrics"
 
 
 class _Env:
@@ -170,7 +182,7 @@ def secrets_path(home: Path) -> Path:
 def _generated_secrets(home: Path) -> dict[str, str]:
     """Load, or create once with mode 0600, the secrets of an embedded install."""
     path = secrets_path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

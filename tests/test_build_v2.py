@@ -7,11 +7,12 @@ import pytest
 
 from mpack.format.reader import iter_mpack
 from mpack.format.writer import SnapshotRecord
-from mpack.hub import build, cache, db, deltas, fetch, gc
+from mpack.hub import build, cache, db, deltas, fetch, fsck, gc
 from mpack.hub.errors import CorruptStoredBlob
 from mpack.hub.models import FetchMPackCache, SchemaVersion, SnapshotDelta
 from storage.base import BLOBS, MPACKS
 from tests.factories import History, push_history
+from tests.test_format import v1_example_pack
 
 PATH = "/gabriel/song"
 
@@ -171,3 +172,18 @@ def test_snapshot_order_follows_first_parent_chains():
     order = build.snapshot_order(nodes)
     assert sorted(order) == sorted(h.snapshots) and order[0] == h.commits[0]["snapshot_id"]
     assert order == build.snapshot_order(dict(reversed(list(nodes.items()))))
+
+
+def test_fsck_keeps_incremental_and_old_format_packs_and_still_finds_a_damaged_one(hub, app, owner, repo):
+    h = History().linear(4)
+    push_history(app, owner[1], PATH, h)
+    incremental = fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[h.commits[1]["commit_id"]])
+    with hub.store.new_file(MPACKS) as pending:  # a pack cached before the upgrade: intact, only outdated
+        pending.write(v1_example_pack())
+        old = pending.commit()
+    assert fsck.run_fsck(hub).packs_quarantined == []
+    assert hub.store.exists(MPACKS, incremental["mpack_id"][-64:]) and hub.store.exists(MPACKS, old)
+    with open(hub.store.local_path(MPACKS, incremental["mpack_id"][-64:]), "r+b") as damaged:
+        damaged.seek(-40, 2)
+        damaged.write(b"\xff")
+    assert fsck.run_fsck(hub).packs_quarantined == [incremental["mpack_id"][-64:]]

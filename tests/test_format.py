@@ -24,6 +24,7 @@ from mpack.format.errors import (
     Truncated,
     UnsupportedVersion,
 )
+from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack, verify_mpack
 from mpack.format.writer import (
     CHUNK_SIZE,
@@ -36,7 +37,6 @@ from mpack.format.writer import (
     MPackWriter,
     SnapshotRecord,
     Trailer,
-    canonical_order_commits,
     encode_record,
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from mpack.format.writer import canonical_order_commits
+from mpack.format.order import canonical_order_commits
 from mpack.hub.models import Commit, Repo
 
 BATCH = 500  # ids per IN (...) query: well under SQLite's variable limit

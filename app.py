@@ -12,6 +12,7 @@ import falcon
 
 from mpack.http import errors as http_errors
 from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
+from mpack.http.bodies import BodyMiddleware, Intake
 from mpack.http.logs import configure_logging
 from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
@@ -37,7 +38,7 @@ class HubApp:
 
 
 def create_app(hub: Hub) -> HubApp:
-    api = falcon.App(cors_enable=False)
+    api = falcon.App(cors_enable=False, middleware=[BodyMiddleware(Intake(hub.settings))])
     api.req_options.auto_parse_form_urlencoded = False
     api.req_options.strip_url_path_trailing_slash = True
     http_errors.install(api)

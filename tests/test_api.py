@@ -51,7 +51,7 @@ def assert_unauthorized(response) -> None:
 
 MALFORMED_BODIES = [
     pytest.param(b"{not json", JSON, id="malformed-json"),
-    pytest.param(b"[" * 100_000, JSON, id="json-nested-too-deep"),
+    pytest.param(b"[" * 10_000, JSON, id="json-nested-too-deep"),
     pytest.param(b"\xff\xfe", JSON, id="json-not-utf8"),
     pytest.param(b"\xc1", MSGPACK, id="msgpack-reserved-byte"),
     pytest.param(b"\x82\xa4name", MSGPACK, id="msgpack-truncated"),

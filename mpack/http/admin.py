@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import falcon
 
 from mpack.http import admin_html
+from mpack.http.bodies import read_raw
 from mpack.hub import admin_session, gc, jobs, status
 from mpack.hub.errors import BadRequest, BodyTooLarge, Forbidden, InvalidField, MalformedBody, Unauthorized
 
@@ -41,11 +42,9 @@ def read_form(req: falcon.Request) -> dict[str, str]:
         raise BadRequest(f"expected a form ({FORM})")
     if (req.content_length or 0) > FORM_LIMIT:
         raise BodyTooLarge(f"a form is at most {FORM_LIMIT} bytes")
-    raw = req.bounded_stream.read(FORM_LIMIT + 1)
-    if len(raw) > FORM_LIMIT:
-        raise BodyTooLarge(f"a form is at most {FORM_LIMIT} bytes")
+    raw = read_raw(req, FORM_LIMIT)  # with the body deadline and readers (mpack.http.bodies)
     try:
-        fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20)
+        fields = parse_qs(bytes(raw).decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
         raise MalformedBody("malformed form") from None
     return {name: values[0] for name, values in fields.items()}

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.Forbidden, falcon.HTTP_403),
     (errors.InvalidUrlToken, falcon.HTTP_403),
     (errors.NotFound, falcon.HTTP_404),
+    (errors.BodyTimeout, falcon.HTTP_408),
     (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
     (errors.ObjectUnavailable, falcon.HTTP_503),
+    (errors.ServerBusy, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 
@@ -64,6 +66,8 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="mpackhub"')
+    if isinstance(exc, errors.ServerBusy):
+        resp.set_header("Retry-After", "1")
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")
 

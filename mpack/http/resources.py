@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mpack.http.media import read_body, send
+from mpack.http.media import large_limits, read_body, send, small_limits
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
@@ -18,8 +18,10 @@ class Resource:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def body(self, req: falcon.Request, *, optional: bool = False) -> dict:
-        return read_body(req, self.hub.settings.max_body_bytes, optional=optional)
+    def body(self, req: falcon.Request, *, optional: bool = False, large: bool = False) -> dict:
+        """The decoded body under this route's limits: ``large`` for push and push/objects only."""
+        limits = large_limits(self.hub.settings) if large else small_limits(self.hub.settings)
+        return read_body(req, limits, optional=optional)
 
     @staticmethod
     def user(req: falcon.Request):
@@ -100,11 +102,11 @@ class Wire(Resource):
 
     def on_post_push_objects(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))
-        send(req, resp, push.receive_objects(self.hub, target, self.body(req)))
+        send(req, resp, push.receive_objects(self.hub, target, self.body(req, large=True)))
 
     def on_post_push(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))
-        send(req, resp, push.push(self.hub, target, self.body(req)))
+        send(req, resp, push.push(self.hub, target, self.body(req, large=True)))
 
     def on_post_fetch(self, req, resp, owner, repo):
         target = repos.readable_repo(owner, repo, self.user(req))

@@ -1,13 +1,16 @@
 """The fetch-mpack cache: which stored pack answers (repo, tip[, haves]).
 
 ``cache_id`` is the seed's: sha256 hex of ``repo_id + tip_commit_id`` for a
-full pack; a delta pack (one tip, some haves) appends NUL and its base key.
+full pack; a delta pack appends NUL and its base key: the sha256 hex of the
+sorted digests that bound it (``base_key``), so a key has a fixed size however
+many haves the request named.
 Hits slide the expiry forward (at most ``cache_ttl`` from now), but write at
 most once a minute per row, so that a hot tip costs reads, not writes.
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,8 +24,10 @@ if TYPE_CHECKING:
 HIT_WRITE_INTERVAL = 60.0
 
 
-def base_key(have_digests: list[str]) -> str:
-    return ",".join(sorted(set(have_digests)))
+def base_key(bound_digests: Iterable[str]) -> str:
+    """"" for a full pack; else sha256 hex of the sorted, distinct digests that bound the delta."""
+    joined = ",".join(sorted(set(bound_digests)))
+    return hashlib.sha256(joined.encode("ascii")).hexdigest() if joined else ""
 
 
 def cache_id(repo_id: str, tip_commit_id: str, base: str = "") -> str:

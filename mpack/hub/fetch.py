@@ -4,18 +4,18 @@ A clone of a branch tip with a fresh cache row costs one primary-key lookup
 and one HMAC: the commit walk is never entered (FMC_13). Otherwise the delta
 (reachable from want, not from have) is walked, built once however many ask
 at the same time, stored under its id, signed, and — for a single want —
-recorded in the cache (FMC_14), with the haves as part of the key.
+recorded in the cache (FMC_14), keyed by the commits that bound the delta.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.hub import cache
 from mpack.hub.build import build_mpack
 from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
-from mpack.hub.history import walk_commit_delta
+from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo
 from storage.errors import StorageError
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 MAX_WANTS = 10_000
-MAX_HAVES = 1_000_000
+MAX_HAVES = 100_000  # a fetch names every local commit; 100,000 ids fit the 8 MiB read-route body limit
 
 # Module-level so that a test can observe that a cache hit never walks (FMC_13).
 _walk_commit_delta = walk_commit_delta
@@ -43,11 +43,16 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
     return want, have
 
 
+def _branch_like(name: str) -> bool:
+    """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query)."""
+    return rules.branch_problem(name) is None
+
+
 def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) -> dict[str, str]:
     """Commit ids or branch names → {digest: commit_id as stored}; unknown → UnknownCommits."""
     resolved: dict[str, str] = {}
     unknown: list[str] = []
-    names = [w for w in want if not ids.is_id(w)]
+    names = [w for w in want if not ids.is_id(w) and _branch_like(w)]
     heads = {}
     if names:
         heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))}
@@ -117,31 +122,55 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
 
 
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
-    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``."""
+    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``.
+
+    Haves the repo does not hold are dropped before anything is keyed, so made-up
+    haves are a plain clone and hit the tip's row. A delta is keyed by what bounds
+    its walk — its head wants and the commits just below it (``_delta_key``) —
+    hashed, so different requests for the same pack share one row.
+    """
     haves = parse_haves(have)
-    base = cache.base_key(haves)
-    if len(want) == 1 and ids.is_id(want[0]):  # the clone's fast path: one primary-key lookup
-        answer = _cache_hit(hub, repo, want[0], base)
+    if len(want) == 1 and ids.is_id(want[0]) and not haves:  # the clone's fast path: one primary-key lookup
+        answer = _cache_hit(hub, repo, want[0], "")
         if answer is not None:
             return answer
     wants = resolve_wants(repo, want)
+    known = sorted(load_commits(repo, haves)) if haves else []
     # Several wants are cached under their sorted ids joined by commas: every URL the hub
     # hands out then comes from a row, and no URL outlives its row (GC relies on it).
-    tip = ",".join(sorted(wants.values()))
-    answer = _cache_hit(hub, repo, tip, base)
+    asked = (",".join(sorted(wants.values())), cache.base_key(known))
+    answer = _cache_hit(hub, repo, *asked)
     if answer is not None:
         return answer
-    key = f"{repo.repo_id}\0{','.join(sorted(wants))}\0{base}"
-    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
+    commits = _walk_commit_delta(repo, list(wants), known)
+    tip, base = _delta_key(wants, commits)
+    if (tip, base) != asked:
+        answer = _cache_hit(hub, repo, tip, base)
+        if answer is not None:
+            return answer
+    key = f"{repo.repo_id}\0{tip}\0{base}"
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base))
     return _answer(hub, stats, cached=cached, row=row)
 
 
-def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
+def _delta_key(wants: dict[str, str], commits: dict[str, CommitNode]) -> tuple[str, str]:
+    """(tip, base) naming this delta's pack whatever the request that found it.
+
+    The tip is the wants no other wanted commit reaches (an ancestor adds nothing);
+    the base hashes the commits that bound the walk: parents of the delta outside
+    it, and wants the client already has. Haves that bound nothing are not in it.
+    """
+    parents = {p for c in commits.values() for p in c.parents}
+    heads = sorted(commit_id for digest, commit_id in wants.items() if digest in commits and digest not in parents)
+    bounds = (parents - commits.keys()) | {digest for digest in wants if digest not in commits}
+    return ",".join(heads) or ",".join(sorted(wants.values())), cache.base_key(bounds)
+
+
+def _build_once(hub: Hub, repo: Repo, commits: dict[str, CommitNode], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
     row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
-    commits = _walk_commit_delta(repo, list(wants), haves)
     for _ in range(3):
         stats = build_mpack(hub, repo, commits)
         try:

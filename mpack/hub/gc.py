@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, health, jobs, prebuild
+from mpack.hub import cache, health, jobs, prebuild, repos
 from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, GcRun, Repo
 from storage.base import MPACKS
@@ -82,7 +82,7 @@ def parse_request(body: dict) -> tuple[Repo | None, bool]:
     if not isinstance(name, str) or name.count("/") != 1:
         raise InvalidField("repo", "must be 'owner/name'")
     owner, repo_name = name.split("/")
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == repo_name))
+    repo = repos.find_repo(owner, repo_name)
     if repo is None:
         raise RepoNotFound(owner, repo_name)
     return repo, dry_run

@@ -139,7 +139,7 @@ class FetchMPackCache(BaseModel):
     cache_id = pw.CharField(max_length=64, primary_key=True)
     repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
     tip_commit_id = pw.TextField()  # one id, or several joined by "," (multi-want packs)
-    base = pw.TextField(default="")  # sorted have digests joined by ","; "" = full pack
+    base = pw.TextField(default="")  # cache.base_key of the commits bounding the delta; "" = full pack
     mpack_id = pw.CharField(max_length=71, index=True)
     created_at = pw.FloatField()
     expires_at = pw.FloatField(index=True)

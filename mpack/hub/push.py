@@ -21,6 +21,7 @@ from mpack.format import ids, rules
 from mpack.hub import deltas, prebuild
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
+from mpack.hub.jsonlike import check_json_like
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
@@ -99,6 +100,7 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
 
 def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
     record = rules.check_snapshot_record(_map(record, name), name)
+    check_json_like(record, name)
     snapshot_id = record["snapshot_id"]
     digest = ids.snapshot_digest(record["manifest"])
     if not ids.same_digest(snapshot_id, digest):
@@ -108,6 +110,7 @@ def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
 
 def parse_commit(record: object, name: str) -> ParsedCommit:
     record = rules.check_commit_record(_map(record, name), name)
+    check_json_like(record, name)
     commit_id, snapshot_id = record["commit_id"], record["snapshot_id"]
     parents = rules.commit_parents(record, name)
     digest = ids.commit_digest(parents, snapshot_id, record["message"], record["committed_at"])

@@ -33,7 +33,12 @@ class Settings:
     cache_ttl: int = 7 * DAY
     url_ttl: int = 3600
     url_ttl_max: int = 7 * DAY
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = 256 * 1024 * 1024  # push and push/objects
+    max_small_body_bytes: int = 8 * 1024 * 1024  # every other route
+    body_timeout: float = 10.0
+    body_min_rate: int = 64 * 1024
+    body_drain_bytes: int = 64 * 1024 * 1024
+    body_readers: int = 3
     job_threads: int = 2
     job_max_attempts: int = 5
     job_lease_seconds: int = 60
@@ -74,6 +79,13 @@ class Settings:
             cache_ttl=env.int("MPACKHUB_CACHE_TTL", 7 * DAY, minimum=60),
             url_ttl_max=env.int("MPACKHUB_URL_TTL_MAX", 7 * DAY, minimum=60, maximum=7 * DAY),
             max_body_bytes=env.int("MPACKHUB_MAX_BODY_BYTES", 256 * 1024 * 1024, minimum=1024),
+            max_small_body_bytes=env.int("MPACKHUB_MAX_SMALL_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
+            body_timeout=env.float("MPACKHUB_BODY_TIMEOUT", 10.0, minimum=0.1, maximum=3600.0),
+            body_min_rate=env.int("MPACKHUB_BODY_MIN_RATE", 64 * 1024, minimum=1024),
+            body_drain_bytes=env.int("MPACKHUB_BODY_DRAIN_BYTES", 64 * 1024 * 1024, minimum=0),
+            # One thread of each worker is kept for requests without a body (/healthz, refs, downloads).
+            body_readers=env.int("MPACKHUB_BODY_READERS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1),
+                                 minimum=1),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),

@@ -306,3 +306,12 @@ def test_snapshot_files_rendered_from_deltas_are_the_json_of_whole_snapshots():
             assert renderer.render(record) == record_json("snapshots", record.data)
             rendered += 1
     assert rendered == len(history.snapshots)
+
+
+def test_a_fresh_checkout_creates_the_same_files_in_place(filled, tmp_path):
+    manifest = {"a/b.txt": ids.object_digest(b"b"), "c.txt": ids.object_digest(b"c"), "d/e/f.txt": ids.object_digest(b"b")}
+    filled.checkout(manifest, fresh=True)
+    assert {p: (filled.root / p).read_bytes() for p in manifest} == {"a/b.txt": b"b", "c.txt": b"c", "d/e/f.txt": b"b"}
+    assert not [p for p in filled.root.rglob(".tmp-*")]
+    with pytest.raises(FileExistsError):  # exclusive: a fresh checkout never replaces what is there
+        filled.checkout({"c.txt": ids.object_digest(b"b")}, fresh=True)

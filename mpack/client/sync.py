@@ -147,7 +147,7 @@ def clone(url: str, target: Path, client: HubClient, branch: str | None = None, 
             repo.set_branch_head(name, head)
             repo.set_remote_head(name, head)
         if branch in heads:  # else an empty remote: a clone with no commits, ready to push
-            repo.checkout(manifest_of(repo, heads[branch]))
+            repo.checkout(manifest_of(repo, heads[branch]), fresh=True)  # in the temp dir: created in place
         repo.write_config(url, branch)
         repo.set_head_branch(branch)
         shutil.rmtree(repo.muse / "tmp", ignore_errors=True)

@@ -37,12 +37,16 @@ class WorkTree:
 
     root: Path
 
-    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None) -> None:
+    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None, *,
+                 fresh: bool = False) -> None:
         """Make the work tree hold ``manifest`` (path → object id).
 
         With ``previous`` (the manifest checked out now), only changed files are
         written and files gone from ``manifest`` are removed. Every path is
         checked, and every object found, before the first file is touched.
+        ``fresh``: the work tree is a new clone's, in a directory that is deleted
+        on failure; files are created in place (exclusively: nothing there is
+        replaced or followed) instead of through a temp file and a rename each.
         """
         previous = previous or {}
         changed = {path: oid for path, oid in manifest.items() if previous.get(path) != oid}
@@ -66,7 +70,7 @@ class WorkTree:
                 elif target.is_symlink():
                     raise UnsafePath(path, f"{target} is a symlink")
                 # Creating files dominates a checkout: threads overlap the file system's latency.
-                copies.append(pool.submit(self._copy_object, oid, target))
+                copies.append(pool.submit(self._create_file if fresh else self._copy_object, oid, target))
             for copy in copies:
                 copy.result()
 
@@ -109,6 +113,11 @@ class WorkTree:
         except BaseException:
             unlink_quietly(Path(tmp))
             raise
+
+    def _create_file(self, object_id: str, target: Path) -> None:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
+        with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
+            shutil.copyfileobj(source, out, READ_CHUNK)
 
     def _prune_dirs(self, folder: Path) -> None:
         while folder != self.root and folder.is_dir() and not any(folder.iterdir()):

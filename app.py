@@ -16,6 +16,7 @@ from mpack.http.bodies import BodyMiddleware, Intake
 from mpack.http.logs import configure_logging
 from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
+from mpack.hub.db import discard_connection
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 
@@ -41,7 +42,7 @@ def create_app(hub: Hub) -> HubApp:
     api = falcon.App(cors_enable=False, middleware=[BodyMiddleware(Intake(hub.settings))])
     api.req_options.auto_parse_form_urlencoded = False
     api.req_options.strip_url_path_trailing_slash = True
-    http_errors.install(api)
+    http_errors.install(api, lambda: discard_connection(hub.db))
     api.add_route("/healthz", Health(hub))
     api.add_route("/metrics", Metrics(hub))
     api.add_route("/admin", AdminPage(hub))

@@ -148,15 +148,16 @@ def test_gc_removes_rows_of_an_older_format_once_no_url_from_them_can_be_live(hu
     assert not hub.store.exists(MPACKS, answer["mpack_id"][-64:])
 
 
-def test_migration_2_versions_old_rows_and_backfills_deltas(hub, app, owner, repo):
+def test_the_deltas_migration_versions_old_rows_and_backfills_deltas(hub, app, owner, repo):
     h = branchy()
     push_history(app, owner[1], PATH, h)
     fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
     expected = deltas.load(repo, [s[-64:] for s in h.snapshots])
-    # Back to schema 1 as it was: no delta table, no format column.
+    # Back to the schema before the deltas: no delta table, no format column.
     hub.db.execute_sql("DROP TABLE snapshot_delta")
     hub.db.execute_sql("ALTER TABLE fetch_mpack_cache DROP COLUMN format_version")
-    SchemaVersion.delete().where(SchemaVersion.version > 1).execute()
+    mine = db.MIGRATIONS.index(db._v6_snapshot_deltas_and_pack_versions) + 1
+    SchemaVersion.delete().where(SchemaVersion.version >= mine).execute()
     db.migrate(hub.db)
     hub.db.connect(reuse_if_open=True)
     assert [r.format_version for r in FetchMPackCache.select()] == [1]

@@ -21,6 +21,7 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import BackgroundJob, FetchMPackCache
 from mpack.hub.settings import Settings
 from storage.base import MPACKS, new_temp_name
+from tests.database import database_url
 from tests.factories import History, fake_commit_id, make_repo, make_user, push_history
 
 DAY = 24 * 3600
@@ -277,7 +278,8 @@ def quota_hub(tmp_path, clock):
 
     Its rows live a month, so that least-recently-used rows exist to evict.
     """
-    settings = Settings.for_home(tmp_path / "quota", public_url="http://hub.test", job_threads=0,
+    settings = Settings.for_home(tmp_path / "quota",
+                                 database_url=database_url(tmp_path / "quota"), public_url="http://hub.test", job_threads=0,
                                  cache_max_bytes=250, cache_ttl=30 * DAY)
     hub = build_hub(settings, clock=clock)
     yield hub
@@ -501,6 +503,7 @@ def cli_logging(monkeypatch):
 
 def test_cli_gc_dry_run_prints_the_report_as_json(hub, monkeypatch, capsys, cli_logging):
     monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
+    monkeypatch.setenv("MPACKHUB_DATABASE_URL", hub.settings.database_url)
 
     assert cli.main(["gc", "--dry-run"]) == 0
 

@@ -38,7 +38,7 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     private_dir(settings.home)
     private_dir(settings.store_root)
     database = dbmod.open_database(settings.database_url)
-    dbmod.migrate(database, clock)
+    dbmod.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine")
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,

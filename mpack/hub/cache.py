@@ -14,7 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mpack.format import ids
 from mpack.format.writer import VERSION as FORMAT_VERSION
+from mpack.hub.db import xact_lock
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
 
@@ -91,6 +93,11 @@ def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
     return bool(applied)
 
 
+def pack_lock(mpack_id: str) -> str:
+    """The lock a cache-row write and GC's delete of the same pack take (PostgreSQL; see ``db.xact_lock``)."""
+    return "mpack:" + ids.hex_of(mpack_id)
+
+
 class PackVanished(Exception):
     """The pack was deleted (by GC) between its build and its row: build again."""
 
@@ -107,7 +114,9 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
     """Insert or replace the row for this key with a fresh expiry.
 
     The file's existence is checked inside the write transaction; GC deletes
-    files inside its own, so a row never names a file GC has just removed.
+    files inside its own, and both hold the pack's lock (``pack_lock``), so a
+    row never names a file GC has just removed. The write is one upsert, so
+    two nodes writing the same key both succeed and the later row stands.
     """
     now = hub.now()
     values = dict(
@@ -116,8 +125,11 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
         last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
         format_version=FORMAT_VERSION,
     )
+    changed = {FetchMPackCache._meta.fields[name]: value for name, value in values.items() if name != "cache_id"}
     with hub.db.atomic():
+        xact_lock(hub.db, pack_lock(stats.mpack_id))
         if not hub.store.exists(MPACKS, stats.mpack_id):
             raise PackVanished(stats.mpack_id)
-        FetchMPackCache.replace(**values).execute()
+        (FetchMPackCache.insert(**values)
+         .on_conflict(conflict_target=[FetchMPackCache.cache_id], update=changed).execute())
     return FetchMPackCache(**values)

@@ -13,8 +13,11 @@ Safety rules (docs/gc.md says why):
   expired, still unused), so a row refreshed or rebuilt since GC listed it
   stays. Every file is deleted inside a write transaction that first
   re-checks that no row names it (and, for orphans, its age); cache rows are
-  written inside one that checks the file exists. The two serialise, so no
-  row ever names a missing file.
+  written inside one that checks the file exists. The two serialise (SQLite:
+  one writer; PostgreSQL: both hold the pack's advisory lock), so no row ever
+  names a missing file, whichever nodes they run on. Row deletes are single
+  conditional statements, which PostgreSQL re-evaluates on a row another
+  transaction changed meanwhile.
 - The byte quota evicts least-recently-used rows, but never a row used within
   the longest URL lifetime (a URL from it may still be live).
 - Prebuilds that gave up on a full disk are requeued once writes work again.
@@ -32,6 +35,7 @@ import peewee as pw
 
 from mpack.format import ids
 from mpack.hub import cache, health, jobs, prebuild, repos
+from mpack.hub.db import xact_lock
 from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, GcRun, Repo
 from storage.base import MPACKS
@@ -110,6 +114,7 @@ def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
     if digest in gone.packs:
         return
     with hub.db.atomic():
+        xact_lock(hub.db, cache.pack_lock(digest))
         if _named_by_a_row(digest, gone.rows):
             return
         try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Self
 from mpack.format.errors import MuseError
 from mpack.hub import db as dbmod
 from mpack.hub import jobs
+from mpack.hub.db import discard_after
 from mpack.hub.errors import DatabaseFull
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
@@ -97,8 +98,9 @@ class JobPool:
         try:
             self.hub.db.connect(reuse_if_open=True)  # this thread's own connection, kept between jobs
             return run_one(self.hub, self.registry, worker_id, self.lease_seconds)
-        except Exception:  # the database itself failed (locked, gone): wait and try again
+        except Exception as exc:  # the database itself failed (locked, gone): wait, try again (a fresh connection)
             self.hub.log.exception("job pool: claiming or recording a job failed", extra={"worker_id": worker_id})
+            discard_after(self.hub.db, exc)
             return False
 
     def _wait_for_work(self) -> None:
@@ -208,8 +210,9 @@ class Heartbeat:
     def _renew(self) -> bool:
         try:
             renewed = jobs.renew(self.hub, self.job_id, self.worker_id, self.lease_seconds)
-        except Exception:  # a busy database: the next beat tries again before the lease ends
+        except Exception as exc:  # a busy or restarted database: the next beat tries again before the lease ends
             self.hub.log.exception("job heartbeat failed", extra={"job_id": self.job_id})
+            discard_after(self.hub.db, exc)
             return True
         if not renewed:
             self.lost = True

@@ -17,8 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import peewee as pw
+
 from mpack.format import ids, rules
 from mpack.hub import deltas, prebuild
+from mpack.hub.db import for_update
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
 from mpack.hub.jsonlike import check_json_like
@@ -313,11 +316,20 @@ def _is_fast_forward(repo: Repo, bundle: Bundle, previous: str, tip: str) -> boo
 
 def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, tip_digest: str,
                  force: bool) -> str | None:
-    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head."""
-    current = Branch.get_or_none((Branch.repo == repo) & (Branch.name == name))
+    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head.
+
+    The branch row is read ``FOR UPDATE`` (PostgreSQL; SQLite's writer lock does the same), so a
+    concurrent push to the same branch from any node waits, then checks fast-forward against the
+    head that push left, instead of both moving the branch from the same old head.
+    """
+    current = _locked_branch(hub, repo, name)
     if current is None:
-        Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
-        return None
+        try:
+            with hub.db.atomic():  # a savepoint: a concurrent first push of this branch may win the insert
+                Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
+            return None
+        except pw.IntegrityError:
+            current = _locked_branch(hub, repo, name)
     previous = current.head_commit_id
     if previous == tip_id:
         return previous
@@ -325,3 +337,7 @@ def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, t
         raise NonFastForward(name, previous, tip_id)
     Branch.update(head_commit_id=tip_id, updated_at=hub.now()).where(Branch.id == current.id).execute()
     return previous
+
+
+def _locked_branch(hub: Hub, repo: Repo, name: str) -> Branch | None:
+    return for_update(hub.db, Branch.select().where((Branch.repo == repo) & (Branch.name == name))).first()

@@ -46,7 +46,7 @@ class Hub:
 
     def __post_init__(self) -> None:
         if self.flights is None:
-            self.flights = SingleFlight(self.settings.home / "locks")
+            self.flights = SingleFlight(self.settings.home / "locks", self.db)
 
     def now(self) -> float:
         return self.clock()

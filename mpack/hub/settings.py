@@ -49,6 +49,7 @@ class Settings:
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     pack_blob_zstd_level: int = 0  # 0: blobs go into packs raw (builds run at disk/hash speed)
     log_level: str = "INFO"
+    database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
     metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
@@ -95,6 +96,7 @@ class Settings:
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             pack_blob_zstd_level=env.int("MPACKHUB_PACK_BLOB_ZSTD_LEVEL", 0, minimum=0, maximum=22),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
             metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
+from mpack.format.writer import VERSION as FORMAT_VERSION
 from mpack.hub.db import xact_lock
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
@@ -45,9 +46,15 @@ class PackStats:
 
 
 def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
-    """The unexpired row for this key, by primary key; None when absent or expired."""
+    """The unexpired row for this key, by primary key; None when absent, expired or of an older format.
+
+    A pack of an older format version (cached before an upgrade) is never handed
+    out: the reader refuses it. The rebuild replaces the row; GC removes the file.
+    """
     row = FetchMPackCache.get_or_none(FetchMPackCache.cache_id == cache_id(repo.repo_id, tip_commit_id, base))
-    return row if row is not None and row.expires_at > hub.now() else None
+    if row is None or row.expires_at <= hub.now() or row.format_version != FORMAT_VERSION:
+        return None
+    return row
 
 
 def usable_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
@@ -116,6 +123,7 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
         cache_id=cache_id(repo.repo_id, tip_commit_id, base), repo=repo.repo_id, tip_commit_id=tip_commit_id,
         base=base, mpack_id=stats.mpack_id, created_at=now, expires_at=now + hub.settings.cache_ttl,
         last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
+        format_version=FORMAT_VERSION,
     )
     changed = {FetchMPackCache._meta.fields[name]: value for name, value in values.items() if name != "cache_id"}
     with hub.db.atomic():

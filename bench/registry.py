@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "prebuild": "bench.prebuild",  # issue 4: push → cache row latency; job pool throughput
     "gc": "bench.gc",              # issue 5: GC over 100k cache rows and 10k packs
     "fetch": "bench.fetch_path",   # issue 3: cold build vs sha256, peak RSS 1×/4×, clone vs git, deltas
+    "hit": "bench.hit",            # issue 8: cache-hit fetch/mpack req/s vs a bare Falcon route (wrk)
 }
 
 

@@ -48,10 +48,15 @@ def _lookup(owner: str, name: str) -> Repo:
     return repo
 
 
+def may_read(owner: str, visibility: str, user: User | None) -> bool:
+    """Whether ``user`` (None = anonymous) may read a repo of ``owner`` with this visibility."""
+    return visibility == "public" or (user is not None and user.username == owner)
+
+
 def readable_repo(owner: str, name: str, user: User | None) -> Repo:
     """The repo if ``user`` (None = anonymous) may read it; RepoNotFound otherwise."""
     repo = _lookup(owner, name)
-    if not repo.is_public and (user is None or user.username != repo.owner):
+    if not may_read(repo.owner, repo.visibility, user):
         raise RepoNotFound(owner, name)
     return repo
 

@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING
 
 import falcon
 
-from mpack.http.media import read_body, send
 from mpack.format.errors import MuseError
+from mpack.http.media import read_body, send
 from mpack.hub import auth, bundle, download, fetch, gc, health, jobs, push, repos
 from mpack.hub.errors import InvalidField
 

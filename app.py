@@ -11,7 +11,7 @@ import os
 import falcon
 
 from mpack.http import errors as http_errors
-from mpack.http.logs import configure_logging
+from mpack.http.logs import configure_logging, with_request_id
 from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.services import Hub
@@ -32,7 +32,7 @@ class HubApp:
         self.hub = hub
 
     def __call__(self, environ, start_response):
-        return self.falcon_app(environ, start_response)
+        return with_request_id(self.falcon_app, environ, start_response)
 
 
 def create_app(hub: Hub) -> HubApp:

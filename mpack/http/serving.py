@@ -4,8 +4,9 @@
 same values to gunicorn programmatically, so both ways of starting behave
 alike. The app is loaded in each worker after the fork (never preloaded), so
 database connections and job threads are born in the worker that uses them.
-The access log records the path without its query string: signed-URL
-signatures never reach a log.
+Logging goes through ``mpack.http.logs.GunicornJsonLogger``: one JSON object
+per line on stderr; the access line records the path without its query
+string, so signed-URL signatures never reach a log.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 from gunicorn.app.base import BaseApplication
 
 from app import get_app
+from mpack.http.logs import GunicornJsonLogger
 
 
 def _env_int(name: str, default: int) -> int:
@@ -32,9 +34,11 @@ def config_values() -> dict[str, object]:
         "preload_app": False,
         "timeout": 120,
         "graceful_timeout": 30,
+        # Every line on stderr is one JSON object (mpack/http/logs.py): gunicorn's own
+        # lines, the access lines (with the request id, without the query string) and the app's.
+        "logger_class": GunicornJsonLogger,
+        "loglevel": os.environ.get("MPACKHUB_LOG_LEVEL", "info").strip().lower() or "info",
         "accesslog": "-",
-        "access_log_format": '{"ts":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s",'
-                             '"status":%(s)s,"bytes":"%(B)s","ms":%(M)s}',
         "errorlog": "-",
         # gunicorn 23+ opens a control socket under $HOME by default; several hubs on one
         # host (and the tests) would share it. Management goes through signals instead.

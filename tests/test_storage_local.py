@@ -207,3 +207,82 @@ def test_processes_putting_one_digest_store_one_intact_file(root):
     assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST[2:4], BIG_DIGEST)]
     with LocalStore(root, make_signer()).open(MPACKS, BIG_DIGEST) as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == BIG_DIGEST
+
+
+# -- put_many: batched durability ----------------------------------------------------
+
+def many_blobs(count):
+    contents = [b"blob %d\n" % n for n in range(count)]
+    return [(hashlib.sha256(c).hexdigest(), c) for c in contents]
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every fsync, as 'dir' or 'file', with the order of events (fsync and link) kept."""
+    events = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd):
+        events.append(("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def link(src, dst):
+        events.append(("link", dst))
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr("storage.local.os.link", link)
+    return events
+
+
+def test_put_many_syncs_each_directory_once_per_chunk_not_once_per_object(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: os.link(a, b))
+    items = many_blobs(300)
+    assert all(store.put_many(BLOBS, items))
+    files = [path for kind, path in fsyncs if kind == "file"]
+    dirs = [path for kind, path in fsyncs if kind == "dir"]
+    assert len(files) == 300  # each object's bytes, once
+    assert len(dirs) == len(set(dirs))  # no directory synced twice in one chunk
+    leaves = {os.path.dirname(store.local_path(BLOBS, digest)) for digest, _ in items}
+    assert leaves <= set(dirs)  # every directory that gained an object was synced
+    fsyncs.clear()
+    for digest, content in many_blobs(300):  # the one-at-a-time path, for comparison
+        store.delete(BLOBS, digest)
+        store.put_bytes(BLOBS, digest, content)
+    assert len([1 for kind, _ in fsyncs if kind == "dir"]) == 300
+
+
+def test_put_many_links_only_after_every_file_is_synced_and_answers_after_the_directories(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: os.link(a, b))
+    store.put_many(BLOBS, many_blobs(40))
+    kinds = [kind for kind, _ in fsyncs]
+    assert kinds.index("link") > max(i for i, k in enumerate(kinds) if k == "file")  # no unsynced file is ever published
+    assert kinds[-1] == "dir" and max(i for i, k in enumerate(kinds) if k == "link") < kinds.index("dir", kinds.index("link"))
+
+
+@pytest.mark.parametrize("failing", ["write", "flush"])
+def test_put_many_on_a_full_disk_is_a_storage_error_and_leaves_no_temp(root, failing):
+    store = LocalStore(root, make_signer(), fopen=full_disk_fopen(failing))
+    with pytest.raises(StorageError, match="disk full"):
+        store.put_many(BLOBS, many_blobs(5))
+    assert [p for p in files_under(root) if not p.startswith("tmp")] == [] and list(store.iter_temp()) == []
+
+
+def test_put_many_failing_to_link_leaves_no_temp_and_no_partial_file(root):
+    calls = []
+
+    def link(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "I/O error")
+        os.link(src, dst)
+
+    store = LocalStore(root, make_signer(), link=link)
+    items = many_blobs(5)
+    with pytest.raises(StorageError, match="EIO"):
+        store.put_many(BLOBS, items)
+    assert list(store.iter_temp()) == []
+    for digest in store.iter_digests(BLOBS):  # what was published before the failure is whole
+        with open(store.local_path(BLOBS, digest), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest
+    assert all(store.put_many(BLOBS, items)[2:])  # and a retry completes the rest

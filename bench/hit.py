@@ -146,10 +146,21 @@ def hit_table(results: dict[str, list[WrkResult]], seconds: int) -> Table:
     return table
 
 
-def run(scale: float | None = None, quick: bool = False) -> list[Table]:
+def measure(scale: float | None = None, quick: bool = False) -> tuple[dict[str, list[WrkResult]], int]:
+    """→ (wrk results by target: bare, id, branch; seconds per run). ``scale`` sets the seconds per run."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian package wrk)")
     seconds = max(1, round(scale)) if scale else (QUICK_SECONDS if quick else SECONDS)
     with tempfile.TemporaryDirectory(prefix="bench-hit-") as tmp:
-        results = measure_all(Path(tmp), seconds, QUICK_ROUNDS if quick else ROUNDS)
+        return measure_all(Path(tmp), seconds, QUICK_ROUNDS if quick else ROUNDS), seconds
+
+
+def ratios(results: dict[str, list[WrkResult]]) -> dict[str, tuple[float, float]]:
+    """(anchor req/s, our req/s) by target name (medians)."""
+    anchor = median(r.requests_per_s for r in results["bare"])
+    return {name: (anchor, median(r.requests_per_s for r in runs)) for name, runs in results.items()}
+
+
+def run(scale: float | None = None, quick: bool = False) -> list[Table]:
+    results, seconds = measure(scale, quick)
     return [hit_table(results, seconds)]

@@ -137,11 +137,28 @@ def ratio_table(history: History, http: HttpRun, store_s: float, plain_s: float,
     return table
 
 
-def run(scale: float | None, quick: bool) -> list[Table]:
+@dataclass
+class PushResults:
+    history: History
+    http: HttpRun
+    store_s: float
+    plain_s: float
+    rounds: int
+
+    def tables(self) -> list[Table]:
+        return [stage_table(self.history, self.http),
+                ratio_table(self.history, self.http, self.store_s, self.plain_s, self.rounds)]
+
+
+def measure(scale: float | None = None, quick: bool = False) -> PushResults:
     history = History(scale or (QUICK_SCALE if quick else DEFAULT_SCALE), [])
     history.steps = list(Synth(SEED, history.scale))
     rounds = QUICK_ROUNDS if quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
         http = push_over_http(Path(tmp), history)
         store_s, plain_s = disk_rounds(Path(tmp), history.blobs, rounds)
-    return [stage_table(history, http), ratio_table(history, http, store_s, plain_s, rounds)]
+    return PushResults(history, http, store_s, plain_s, rounds)
+
+
+def run(scale: float | None = None, quick: bool = False) -> list[Table]:
+    return measure(scale, quick).tables()

@@ -16,7 +16,11 @@ BENCHMARKS: dict[str, str] = {
     "gc": "bench.gc",              # issue 5: GC over 100k cache rows and 10k packs
     "fetch": "bench.fetch_path",   # issue 3: cold build vs sha256, peak RSS 1×/4×, clone vs git, deltas
     "hit": "bench.hit",            # issue 8: cache-hit fetch/mpack req/s vs a bare Falcon route (wrk)
+    "all": "bench.table",          # issue 8's table: fetch + hit + push, each row with its anchor and target
 }
+
+# ``python -m bench`` with no names: "all" covers fetch, hit and push, so they are not run twice.
+DEFAULT = ["all", "prebuild", "gc"]
 
 
 def load(name: str) -> ModuleType:

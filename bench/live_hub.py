@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 
-from tests.factories import History
+from bench.history import History
 
 ROOT = Path(__file__).resolve().parent.parent
 MSGPACK = "application/x-msgpack"

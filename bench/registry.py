@@ -15,12 +15,13 @@ BENCHMARKS: dict[str, str] = {
     "prebuild": "bench.prebuild",  # issue 4: push → cache row latency; job pool throughput
     "gc": "bench.gc",              # issue 5: GC over 100k cache rows and 10k packs
     "fetch": "bench.fetch_path",   # issue 3: cold build vs sha256, peak RSS 1×/4×, clone vs git, deltas
+    "clone-branches": "bench.clone_branches",  # issue 10: clone of every branch: packs per branch vs one
     "hit": "bench.hit",            # issue 8: cache-hit fetch/mpack req/s vs a bare Falcon route (wrk)
     "all": "bench.table",          # issue 8's table: fetch + hit + push, each row with its anchor and target
 }
 
 # ``python -m bench`` with no names: "all" covers fetch, hit and push, so they are not run twice.
-DEFAULT = ["all", "prebuild", "gc"]
+DEFAULT = ["all", "prebuild", "gc", "clone-branches"]
 
 
 def load(name: str) -> ModuleType:

@@ -164,237 +164,13 @@ class Synth:
     def steps(self) -> Iterator[CommitStep]:
         """Yield every commit, parents first, deterministically from (seed, scale)."""
         started = time.perf_counter()
-        rng = random.Random(self.seed * 1_000_003 + round(self.scale * 1e6))
-        c = self.counts
-        n = c["commits"]
-
-        # Plan: how many text / binary changes and deletions each commit makes.
-        text_touches = [0] * n
-        text_touches[0] = c["initial_paths"]
-        for i in range(1, n):
-            text_touches[i] = 1
-        for _ in range(c["text_blobs"] - c["initial_paths"] - (n - 1)):
-            text_touches[1 + rng.randrange(n - 1)] += 1
-        bin_touches = [0] * n
-        for _ in range(c["binary_blobs"]):
-            bin_touches[rng.randrange(n)] += 1
-        deletes = [0] * n
-        late = range(max(1, n // 3), n)          # once there is something to delete
-        for i in rng.sample(late, min(c["deletes"], len(late))):
-            deletes[i] = 1
-
-        adds_left = c["text_paths"] - c["initial_paths"]
-        touches_left = sum(text_touches) - c["initial_paths"]
-        bin_adds_left = c["binary_paths"]
-        bin_touches_left = c["binary_blobs"]
-
-        manifest: dict[str, str] = {}
-        lines: dict[str, array] = {}        # text path -> line seeds
-        text_paths: list[str] = []          # live text paths (hot ones first-ish)
-        bin_paths: list[str] = []
-        all_paths: set[str] = set()
-        dirs: dict[str, list[str]] = {}
-        seen: set[str] = set()
-        stats = Stats()
-        parent: str | None = None
-        now = START
-
-        def new_dir(kind: str) -> str:
-            while True:
-                a, b = rng.choice(WORDS[:-4]), rng.choice(WORDS[:-4])
-                d = {
-                    ".py": f"src/{a}/{b}",
-                    "test": f"tests/{a}",
-                    ".md": f"docs/{a}",
-                    ".csv": f"data/{a}_{b}",
-                    "bin": f"assets/{a}",
-                }[kind]
-                if d not in dirs.get(kind, ()):
-                    dirs.setdefault(kind, []).append(d)
-                    return d
-
-        def new_path(kind: str) -> str:
-            pool = dirs.get(kind, [])
-            while True:
-                d = rng.choice(pool) if pool and rng.random() < 0.88 else new_dir(kind)
-                a, b = rng.choice(WORDS[:-4]), rng.choice(WORDS[:-4])
-                name = {
-                    ".py": f"{a}_{b}.py",
-                    "test": f"test_{a}_{b}.py",
-                    ".md": f"{a}-{b}.md",
-                    ".csv": f"{a}_{rng.randrange(100)}.csv",
-                    "bin": f"{a}-{b}.{rng.choice(('bin', 'dat', 'pak'))}",
-                }[kind]
-                path = f"{d}/{name}"
-                if path not in all_paths:
-                    all_paths.add(path)
-                    return path
-
-        def render(path: str, seeds: array) -> list[str]:
-            fn = _RENDER[path[path.rfind("."):]]
-            return [fn(s) for s in seeds]
-
-        def text_add() -> tuple[str, bytes]:
-            r = rng.random()
-            kind = ".py" if r < 0.5 else "test" if r < 0.65 else ".md" if r < 0.85 else ".csv"
-            path = new_path(kind)
-            fn = _RENDER[path[path.rfind("."):]]
-            target = rng.randint(TEXT_MIN, TEXT_MAX)
-            seeds = array("Q")
-            out: list[str] = []
-            size = 0
-            while size < target:
-                s = rng.getrandbits(64)
-                line = fn(s)
-                seeds.append(s)
-                out.append(line)
-                size += len(line) + 1
-            lines[path] = seeds
-            text_paths.append(path)
-            return path, ("\n".join(out) + "\n").encode()
-
-        def text_edit(path: str) -> bytes:
-            seeds = lines[path]
-            fn = _RENDER[path[path.rfind("."):]]
-            out = render(path, seeds)
-            before = "\n".join(out)
-            ops = 1 + int(rng.random() ** 2 * max(1, len(seeds) // 10))
-            for _ in range(ops):
-                pos = rng.randrange(len(seeds) + 1)
-                r = rng.random()
-                if r < 0.45 or not seeds:       # replace a few lines
-                    k = rng.randint(1, 3)
-                    new = [rng.getrandbits(64) for _ in range(rng.randint(1, 4))]
-                elif r < 0.75:                  # insert
-                    k = 0
-                    new = [rng.getrandbits(64) for _ in range(rng.randint(1, 5))]
-                else:                           # delete
-                    k = rng.randint(1, 5)
-                    new = []
-                seeds[pos:pos + k] = array("Q", new)
-                out[pos:pos + k] = [fn(s) for s in new]
-            size = sum(map(len, out)) + len(out)
-            while size > TEXT_MAX and len(seeds) > 1:
-                pos = rng.randrange(len(seeds))
-                size -= len(out[pos]) + 1
-                del seeds[pos]
-                del out[pos]
-            while size < TEXT_MIN or "\n".join(out) == before:
-                s = rng.getrandbits(64)
-                seeds.append(s)
-                out.append(fn(s))
-                size += len(out[-1]) + 1
-            return ("\n".join(out) + "\n").encode()
-
-        def binary_content() -> bytes:
-            size = BINARY_MIN + int((BINARY_MAX - BINARY_MIN) * rng.random() ** BINARY_SKEW)
-            return rng.randbytes(size)
-
-        def put(step: dict, path: str, data: bytes, binary: bool) -> None:
-            oid = object_digest(data)
-            manifest[path] = oid
-            step["changes"].append(("M", path, oid))
-            step["touched"].add(path)
-            if oid not in seen:
-                seen.add(oid)
-                step["new_blobs"].append((oid, data))
-                stats.blob_bytes += len(data)
-                if binary:
-                    stats.binary_blobs += 1
-                else:
-                    stats.text_blobs += 1
-
-        for i in range(n):
-            cur: dict = {"changes": [], "new_blobs": [], "touched": set()}
-            changes: list[tuple[str, str, str | None]] = cur["changes"]
-            touched: set[str] = cur["touched"]
-            added: list[str] = []
-            modified: list[str] = []
-
-            # text changes
-            for _ in range(text_touches[i]):
-                if i == 0:
-                    add = True
-                else:
-                    free = len(text_paths) - len(touched & lines.keys())
-                    add = adds_left > 0 and (free <= 0 or rng.random() < adds_left / touches_left)
-                    touches_left -= 1
-                if add:
-                    path, data = text_add()
-                    if i:
-                        adds_left -= 1
-                    added.append(path)
-                    put(cur, path, data, False)
-                    continue
-                for _ in range(20):
-                    path = text_paths[int(len(text_paths) * rng.random() ** 1.6)]
-                    if path not in touched:
-                        break
-                else:
-                    continue
-                modified.append(path)
-                put(cur, path, text_edit(path), False)
-
-            # binary changes
-            for _ in range(bin_touches[i]):
-                free = [p for p in bin_paths if p not in touched]
-                add = bin_adds_left > 0 and (not free or rng.random() < bin_adds_left / bin_touches_left)
-                bin_touches_left -= 1
-                if add:
-                    path = new_path("bin")
-                    bin_paths.append(path)
-                    bin_adds_left -= 1
-                    added.append(path)
-                elif free:
-                    path = rng.choice(free)
-                    modified.append(path)
-                else:
-                    continue
-                put(cur, path, binary_content(), True)
-
-            # deletions
-            removed: list[str] = []
-            if deletes[i]:
-                cands = [p for p in text_paths if p not in touched]
-                if len(cands) > 1:
-                    path = rng.choice(cands)
-                    text_paths.remove(path)
-                    del lines[path]
-                    del manifest[path]
-                    changes.append(("D", path, None))
-                    removed.append(path)
-                    stats.deletes += 1
-
-            now = now + _dt.timedelta(seconds=rng.randint(60, 2 * 86400 // 3),
-                                      microseconds=rng.randrange(1_000_000))
-            committed_at = _iso(now)
-            message = self._message(rng, i, added, modified, removed)
-            snap = dict(manifest)
-            snapshot_id = snapshot_digest(snap)
-            parents = [parent] if parent else []
-            commit_id = commit_digest(parents, snapshot_id, message, committed_at)
-            commit = {
-                "commit_id": commit_id,
-                "repo_id": self.repo_id,
-                "branch": self.branch,
-                "snapshot_id": snapshot_id,
-                "message": message,
-                "committed_at": committed_at,
-                "parent_commit_id": parent,
-                "parent2_commit_id": None,
-                "author": AUTHORS[rng.randrange(len(AUTHORS))],
-                "metadata": {},
-            }
-            snapshot = {"snapshot_id": snapshot_id, "manifest": snap, "created_at": committed_at}
-            stats.commits += 1
-            stats.head_commit_id = commit_id
-            stats.head_snapshot_id = snapshot_id
-            parent = commit_id
-            yield CommitStep(i, commit, snapshot, cur["new_blobs"], changes)
-
-        stats.blobs = len(seen)
-        stats.paths_ever = len(all_paths)
-        stats.head_paths = len(manifest)
+        walk = _Walk(self)
+        for i in range(self.counts["commits"]):
+            yield walk.commit(i)
+        stats = walk.stats
+        stats.blobs = len(walk.seen)
+        stats.paths_ever = len(walk.all_paths)
+        stats.head_paths = len(walk.manifest)
         stats.seconds = time.perf_counter() - started
         self.last_stats = stats
 
@@ -426,6 +202,269 @@ class Synth:
             if body:
                 return f"{subject}\n\n{body}"
         return subject
+
+
+class _Walk:
+    """One pass over a ``Synth``: the plan, then each commit's changes and blobs.
+
+    Every random draw comes from one ``random.Random`` in a fixed order
+    (planning first, then per commit: text changes, binary changes, deletions,
+    the commit record), which is what makes a history reproducible.
+    """
+
+    def __init__(self, synth: Synth) -> None:
+        self.synth = synth
+        self.rng = random.Random(synth.seed * 1_000_003 + round(synth.scale * 1e6))
+        self.counts = synth.counts
+        self.manifest: dict[str, str] = {}
+        self.lines: dict[str, array] = {}        # text path -> line seeds
+        self.text_paths: list[str] = []          # live text paths (hot ones first-ish)
+        self.bin_paths: list[str] = []
+        self.all_paths: set[str] = set()
+        self.dirs: dict[str, list[str]] = {}
+        self.seen: set[str] = set()
+        self.stats = Stats()
+        self.parent: str | None = None
+        self.now = START
+        self._plan()
+
+    # -- planning: how many text / binary changes and deletions each commit makes --
+
+    def _plan(self) -> None:
+        rng, c = self.rng, self.counts
+        n = c["commits"]
+        self.text_touches = [0] * n
+        self.text_touches[0] = c["initial_paths"]
+        for i in range(1, n):
+            self.text_touches[i] = 1
+        for _ in range(c["text_blobs"] - c["initial_paths"] - (n - 1)):
+            self.text_touches[1 + rng.randrange(n - 1)] += 1
+        self.bin_touches = [0] * n
+        for _ in range(c["binary_blobs"]):
+            self.bin_touches[rng.randrange(n)] += 1
+        self.deletes = [0] * n
+        late = range(max(1, n // 3), n)          # once there is something to delete
+        for i in rng.sample(late, min(c["deletes"], len(late))):
+            self.deletes[i] = 1
+        self.adds_left = c["text_paths"] - c["initial_paths"]
+        self.touches_left = sum(self.text_touches) - c["initial_paths"]
+        self.bin_adds_left = c["binary_paths"]
+        self.bin_touches_left = c["binary_blobs"]
+
+    # -- one commit ------------------------------------------------------------------
+
+    def commit(self, i: int) -> CommitStep:
+        cur = _Change()
+        self._text_changes(i, cur)
+        self._binary_changes(i, cur)
+        self._deletion(i, cur)
+        return self._record(i, cur)
+
+    def _text_changes(self, i: int, cur: _Change) -> None:
+        rng = self.rng
+        for _ in range(self.text_touches[i]):
+            if i == 0:
+                add = True
+            else:
+                free = len(self.text_paths) - len(cur.touched & self.lines.keys())
+                add = self.adds_left > 0 and (free <= 0 or rng.random() < self.adds_left / self.touches_left)
+                self.touches_left -= 1
+            if add:
+                path, data = self._text_add()
+                if i:
+                    self.adds_left -= 1
+                cur.added.append(path)
+                self._put(cur, path, data, False)
+                continue
+            for _ in range(20):
+                path = self.text_paths[int(len(self.text_paths) * rng.random() ** 1.6)]
+                if path not in cur.touched:
+                    break
+            else:
+                continue
+            cur.modified.append(path)
+            self._put(cur, path, self._text_edit(path), False)
+
+    def _binary_changes(self, i: int, cur: _Change) -> None:
+        rng = self.rng
+        for _ in range(self.bin_touches[i]):
+            free = [p for p in self.bin_paths if p not in cur.touched]
+            add = self.bin_adds_left > 0 and (not free or rng.random() < self.bin_adds_left / self.bin_touches_left)
+            self.bin_touches_left -= 1
+            if add:
+                path = self._new_path("bin")
+                self.bin_paths.append(path)
+                self.bin_adds_left -= 1
+                cur.added.append(path)
+            elif free:
+                path = rng.choice(free)
+                cur.modified.append(path)
+            else:
+                continue
+            self._put(cur, path, self._binary_content(), True)
+
+    def _deletion(self, i: int, cur: _Change) -> None:
+        if not self.deletes[i]:
+            return
+        cands = [p for p in self.text_paths if p not in cur.touched]
+        if len(cands) > 1:
+            path = self.rng.choice(cands)
+            self.text_paths.remove(path)
+            del self.lines[path]
+            del self.manifest[path]
+            cur.changes.append(("D", path, None))
+            cur.removed.append(path)
+            self.stats.deletes += 1
+
+    def _record(self, i: int, cur: _Change) -> CommitStep:
+        rng, synth = self.rng, self.synth
+        self.now = self.now + _dt.timedelta(seconds=rng.randint(60, 2 * 86400 // 3),
+                                            microseconds=rng.randrange(1_000_000))
+        committed_at = _iso(self.now)
+        message = synth._message(rng, i, cur.added, cur.modified, cur.removed)
+        snap = dict(self.manifest)
+        snapshot_id = snapshot_digest(snap)
+        parents = [self.parent] if self.parent else []
+        commit_id = commit_digest(parents, snapshot_id, message, committed_at)
+        commit = {
+            "commit_id": commit_id,
+            "repo_id": synth.repo_id,
+            "branch": synth.branch,
+            "snapshot_id": snapshot_id,
+            "message": message,
+            "committed_at": committed_at,
+            "parent_commit_id": self.parent,
+            "parent2_commit_id": None,
+            "author": AUTHORS[rng.randrange(len(AUTHORS))],
+            "metadata": {},
+        }
+        snapshot = {"snapshot_id": snapshot_id, "manifest": snap, "created_at": committed_at}
+        self.stats.commits += 1
+        self.stats.head_commit_id = commit_id
+        self.stats.head_snapshot_id = snapshot_id
+        self.parent = commit_id
+        return CommitStep(i, commit, snapshot, cur.new_blobs, cur.changes)
+
+    def _put(self, cur: _Change, path: str, data: bytes, binary: bool) -> None:
+        oid = object_digest(data)
+        self.manifest[path] = oid
+        cur.changes.append(("M", path, oid))
+        cur.touched.add(path)
+        if oid not in self.seen:
+            self.seen.add(oid)
+            cur.new_blobs.append((oid, data))
+            self.stats.blob_bytes += len(data)
+            if binary:
+                self.stats.binary_blobs += 1
+            else:
+                self.stats.text_blobs += 1
+
+    # -- paths -----------------------------------------------------------------------
+
+    def _new_dir(self, kind: str) -> str:
+        rng = self.rng
+        while True:
+            a, b = rng.choice(WORDS[:-4]), rng.choice(WORDS[:-4])
+            d = {
+                ".py": f"src/{a}/{b}",
+                "test": f"tests/{a}",
+                ".md": f"docs/{a}",
+                ".csv": f"data/{a}_{b}",
+                "bin": f"assets/{a}",
+            }[kind]
+            if d not in self.dirs.get(kind, ()):
+                self.dirs.setdefault(kind, []).append(d)
+                return d
+
+    def _new_path(self, kind: str) -> str:
+        rng = self.rng
+        pool = self.dirs.get(kind, [])
+        while True:
+            d = rng.choice(pool) if pool and rng.random() < 0.88 else self._new_dir(kind)
+            a, b = rng.choice(WORDS[:-4]), rng.choice(WORDS[:-4])
+            name = {
+                ".py": f"{a}_{b}.py",
+                "test": f"test_{a}_{b}.py",
+                ".md": f"{a}-{b}.md",
+                ".csv": f"{a}_{rng.randrange(100)}.csv",
+                "bin": f"{a}-{b}.{rng.choice(('bin', 'dat', 'pak'))}",
+            }[kind]
+            path = f"{d}/{name}"
+            if path not in self.all_paths:
+                self.all_paths.add(path)
+                return path
+
+    # -- blob generation ---------------------------------------------------------------
+
+    def _text_add(self) -> tuple[str, bytes]:
+        rng = self.rng
+        r = rng.random()
+        kind = ".py" if r < 0.5 else "test" if r < 0.65 else ".md" if r < 0.85 else ".csv"
+        path = self._new_path(kind)
+        fn = _RENDER[path[path.rfind("."):]]
+        target = rng.randint(TEXT_MIN, TEXT_MAX)
+        seeds = array("Q")
+        out: list[str] = []
+        size = 0
+        while size < target:
+            s = rng.getrandbits(64)
+            line = fn(s)
+            seeds.append(s)
+            out.append(line)
+            size += len(line) + 1
+        self.lines[path] = seeds
+        self.text_paths.append(path)
+        return path, ("\n".join(out) + "\n").encode()
+
+    def _text_edit(self, path: str) -> bytes:
+        rng = self.rng
+        seeds = self.lines[path]
+        fn = _RENDER[path[path.rfind("."):]]
+        out = [fn(s) for s in seeds]
+        before = "\n".join(out)
+        for _ in range(1 + int(rng.random() ** 2 * max(1, len(seeds) // 10))):
+            pos = rng.randrange(len(seeds) + 1)
+            r = rng.random()
+            if r < 0.45 or not seeds:       # replace a few lines
+                k = rng.randint(1, 3)
+                new = [rng.getrandbits(64) for _ in range(rng.randint(1, 4))]
+            elif r < 0.75:                  # insert
+                k = 0
+                new = [rng.getrandbits(64) for _ in range(rng.randint(1, 5))]
+            else:                           # delete
+                k = rng.randint(1, 5)
+                new = []
+            seeds[pos:pos + k] = array("Q", new)
+            out[pos:pos + k] = [fn(s) for s in new]
+        size = sum(map(len, out)) + len(out)
+        while size > TEXT_MAX and len(seeds) > 1:
+            pos = rng.randrange(len(seeds))
+            size -= len(out[pos]) + 1
+            del seeds[pos]
+            del out[pos]
+        while size < TEXT_MIN or "\n".join(out) == before:
+            s = rng.getrandbits(64)
+            seeds.append(s)
+            out.append(fn(s))
+            size += len(out[-1]) + 1
+        return ("\n".join(out) + "\n").encode()
+
+    def _binary_content(self) -> bytes:
+        rng = self.rng
+        size = BINARY_MIN + int((BINARY_MAX - BINARY_MIN) * rng.random() ** BINARY_SKEW)
+        return rng.randbytes(size)
+
+
+@dataclass
+class _Change:
+    """What one commit is building: its manifest edits, new blobs, and the paths it names."""
+
+    changes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    new_blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
 def generate(seed: int, scale: float = 1.0) -> Iterator[tuple[str, bytes] | dict]:

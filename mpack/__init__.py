@@ -1,0 +1,1 @@
+"""mpackhub: a hub for the Muse version-control system that serves prebuilt packs through signed URLs."""

@@ -1,29 +1,35 @@
 """The ``mpackhub`` command: run and administer a hub, and clone/fetch/pull/push as a client.
 
-Server-side commands (serve, admin, jobs, gc) act on the hub configured by the
-environment (README); client commands talk HTTP to a hub. Errors print one
-line and exit non-zero.
+``serve`` runs the hub named by the environment (README), creating its home on
+first start. The other server-side commands (admin, jobs, gc) act either on
+the hub at ``--home`` (default ``$MPACKHUB_HOME``, else ``./var``), which must
+already exist — they never create one — or, with ``--url``, on a running hub
+through its admin routes and the admin token. Client commands talk HTTP to a
+hub. Errors print one line and exit non-zero.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from mpack.client import commands as client_cli
+from mpack.client.admin_client import TOKEN_ENV as ADMIN_TOKEN_ENV
+from mpack.client.admin_client import AdminClient
 from mpack.format.errors import MuseError
 from mpack.http.logs import configure_logging
 from mpack.http.serving import HubServer
 from mpack.hub import auth, gc, jobs
-from mpack.hub.bootstrap import build_hub
+from mpack.hub.bootstrap import build_hub, existing_settings
+from mpack.hub.services import Hub
 from mpack.hub.settings import Settings, secrets_path
 
 
-def _hub():
-    settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_level)
-    return build_hub(settings)
+class UsageError(MuseError):
+    code = "usage"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -36,18 +42,84 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  home: {settings.home}", file=sys.stderr)
     if not os.environ.get("MPACKHUB_ADMIN_TOKEN"):
         print(f"  admin token: in {secrets_path(settings.home)} (key admin_token)", file=sys.stderr)
+    print(second_terminal(executable(), settings), file=sys.stderr)
     server.run()
     return 0
 
 
+def executable() -> str:
+    """How this very ``mpackhub`` is started again from any directory (absolute, shell-quoted)."""
+    script = Path(sys.argv[0])
+    if script.name == "mpackhub" and script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m mpack.cli"
+
+
+def second_terminal(program: str, settings: Settings) -> str:
+    """The commands ``mpackhub serve`` prints for the operator's second terminal."""
+    home = shlex.quote(str(settings.home))
+    return "\n".join([
+        "In a second terminal (from any directory):",
+        f"  {program} admin create-user NAME --home {home}    # prints the user's API token once",
+        f"  {program} jobs --home {home}",
+        f"  {program} gc --dry-run --home {home}",
+        "or over HTTP, from anywhere (the admin token instead of the home):",
+        f"  MPACKHUB_ADMIN_TOKEN=... {program} jobs --url {shlex.quote(settings.public_url)}",
+    ])
+
+
+class LocalAdmin:
+    """The admin operations on a hub opened from its home (``--home``); ``AdminClient`` is the HTTP twin."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def create_user(self, name: str) -> str:
+        return auth.create_user(self.hub, name)[1]
+
+    def jobs(self, limit: int) -> dict:
+        return jobs.overview(self.hub, limit=limit)
+
+    def gc(self, repo: str | None, dry_run: bool) -> dict:
+        found, dry_run = gc.parse_request({"repo": repo, "dry_run": dry_run} if repo else {"dry_run": dry_run})
+        return gc.run_gc(self.hub, repo=found, dry_run=dry_run).as_dict()
+
+
+def admin_target(args: argparse.Namespace) -> LocalAdmin | AdminClient:
+    """The hub a server-side command acts on: ``--url`` over HTTP, else the existing hub at ``--home``.
+
+    Never creates a hub: a home without one is refused (``NoHub``) before anything is written.
+    """
+    url, home = getattr(args, "url", None), getattr(args, "home", None)
+    if url is not None and home is not None:
+        raise UsageError("--home and --url name two hubs: give one")
+    if url is not None:
+        return AdminClient(url, getattr(args, "admin_token", None) or os.environ.get(ADMIN_TOKEN_ENV))
+    environ = dict(os.environ)
+    if home is not None:
+        environ["MPACKHUB_HOME"] = home
+    settings = existing_settings(environ)
+    configure_logging(settings.log_level)
+    return LocalAdmin(build_hub(settings))
+
+
+def add_hub_options(parser: argparse.ArgumentParser) -> None:
+    """``--home`` / ``--url`` / ``--admin-token``, shared by every server-side command (admin, jobs, gc, fsck)."""
+    where = parser.add_argument_group("which hub")
+    where.add_argument("--home", default=argparse.SUPPRESS,
+                       help="the hub's directory (default $MPACKHUB_HOME, else ./var); refused if no hub is there")
+    where.add_argument("--url", default=argparse.SUPPRESS,
+                       help="act on the running hub at URL over HTTP instead (needs the admin token)")
+    where.add_argument("--admin-token", default=argparse.SUPPRESS, help=f"with --url (default ${ADMIN_TOKEN_ENV})")
+
+
 def cmd_create_user(args: argparse.Namespace) -> int:
-    _, token = auth.create_user(_hub(), args.name)
-    print(token)
+    print(admin_target(args).create_user(args.name))
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    overview = jobs.overview(_hub(), limit=args.limit)
+    overview = admin_target(args).jobs(args.limit)
     if args.json:
         print(json.dumps(overview, indent=2))
         return 0
@@ -59,9 +131,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    hub = _hub()
-    repo, dry_run = gc.parse_request({"repo": args.repo, "dry_run": args.dry_run} if args.repo else {"dry_run": args.dry_run})
-    print(json.dumps(gc.run_gc(hub, repo=repo, dry_run=dry_run).as_dict()))
+    print(json.dumps(admin_target(args).gc(args.repo, args.dry_run)))
     return 0
 
 
@@ -71,17 +141,22 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the hub under gunicorn (settings from MPACKHUB_* variables)")
     serve.add_argument("--bind", help="host:port (default MPACKHUB_BIND or 127.0.0.1:8000)")
     serve.set_defaults(run=cmd_serve)
-    admin = sub.add_parser("admin", help="administer users").add_subparsers(dest="admin_command", required=True)
+    admin_parser = sub.add_parser("admin", help="administer users")
+    add_hub_options(admin_parser)
+    admin = admin_parser.add_subparsers(dest="admin_command", required=True)
     create = admin.add_parser("create-user", help="create a user and print its API token (shown once)")
     create.add_argument("name")
+    add_hub_options(create)
     create.set_defaults(run=cmd_create_user)
     job_list = sub.add_parser("jobs", help="job counts by status and the recent jobs")
     job_list.add_argument("--limit", type=int, default=20)
     job_list.add_argument("--json", action="store_true")
+    add_hub_options(job_list)
     job_list.set_defaults(run=cmd_jobs)
     collect = sub.add_parser("gc", help="expire cached packs and delete files nothing names")
     collect.add_argument("--repo", help="owner/name (default: every repo, plus orphans and old jobs)")
     collect.add_argument("--dry-run", action="store_true")
+    add_hub_options(collect)
     collect.set_defaults(run=cmd_gc)
     client_cli.add_commands(sub)
     return top

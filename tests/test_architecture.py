@@ -147,3 +147,25 @@ def test_a_cycle_through_type_checking_imports_is_found(tmp_path):
     (pkg / "pool.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mpack.hub.services import Hub\n")
     assert cycles(import_graph(tmp_path)) == [["mpack.hub.pool", "mpack.hub.services"]]
+
+
+def documented_modules(doc: str) -> set[str]:
+    """``package/module.py`` paths named under the package headings of docs/architecture.md."""
+    named, package = set(), None
+    for line in doc.splitlines():
+        if line.startswith("**`") and "/`**" in line:
+            package = line.split("`")[1].rstrip("/")
+        elif package and line.startswith("- `") and line.count("`") >= 2:
+            named.add(f"{package}/{line.split('`')[1]}")
+        elif not line.strip():
+            continue
+        elif not line.startswith("- "):
+            package = None
+    return named
+
+
+def test_architecture_doc_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    modules = {str(p.relative_to(ROOT)) for top in ("mpack", "storage") for p in (ROOT / top).rglob("*.py")
+               if p.name != "__init__.py" and p.parent != ROOT / "mpack"}
+    assert modules - documented_modules(doc) == set()

@@ -14,7 +14,8 @@ from bench.util import Table
 
 pytestmark = pytest.mark.e2e  # push and prebuild start a real gunicorn on 127.0.0.1
 
-TINY_SCALE = {"push": 0.01, "prebuild": 0.01, "gc": 0.1, "fetch": 0.01}  # others: their own --quick default
+# others: their own --quick default
+TINY_SCALE = {"push": 0.01, "prebuild": 0.01, "gc": 0.1, "fetch": 0.01, "clone-branches": 0.005}
 # "all" runs fetch, hit and push, each smoke-tested on its own; its summary is tested below on known figures.
 SMOKED = [name for name in BENCHMARKS if name != "all"]
 COLUMNS = {

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mpack.client.files import private_temp_file
 from mpack.client.layout import MuseRepo
+from mpack.client.progress import Bar, CountingReader
 from mpack.format import ids
 from mpack.format.errors import MuseError
 from mpack.format.reader import iter_mpack
@@ -132,22 +134,24 @@ def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | Comm
 
 
 def _stage_blob(stage_dir: Path, record: BlobRecord) -> Path:
-    fd, name = tempfile.mkstemp(prefix="blob-", dir=stage_dir)
+    fd, name = private_temp_file(stage_dir, "blob-")  # renamed into .muse/objects: the umask's mode
     with os.fdopen(fd, "wb") as out:
         for chunk in record.chunks:  # the reader checks the id when the chunks run out
             out.write(chunk)
     return Path(name)
 
 
-def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo) -> StagedPack:
+def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, bar: Bar | None = None) -> StagedPack:
     """Stage and apply the pack at ``pack_path`` into ``repo``; returns the (discarded) stage for its counts.
 
-    The stage lives in ``.muse/tmp`` so that objects move in by rename.
+    The stage lives in ``.muse/tmp`` so that objects move in by rename. ``bar``
+    shows the bytes of the pack read and verified so far.
     """
     stage_dir = tempfile.mkdtemp(prefix="stage-", dir=repo.tmp_dir)
     try:
         with open(pack_path, "rb") as src:
-            staged = stage_pack(src, stage_dir)
+            reader = CountingReader(src, os.fstat(src.fileno()).st_size, bar) if bar else src
+            staged = stage_pack(reader, stage_dir)
     except BaseException:
         shutil.rmtree(stage_dir, ignore_errors=True)
         raise

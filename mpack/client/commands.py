@@ -5,6 +5,8 @@ Each command prints its result on stdout; every failure is one line on stderr
 and push work on the clone containing the current directory. The token comes
 from ``--token`` or ``$MPACKHUB_TOKEN``; a token from the environment is not
 sent over plain http to another machine (an explicit one is refused).
+Downloads and applies show a progress bar when stderr is a terminal, unless
+``--quiet``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from mpack.client import sync
 from mpack.client.hub_client import ClientError, HubClient, token_allowed
 from mpack.client.layout import MuseRepo, file_digest
+from mpack.client.progress import Bars
 from mpack.format.reader import verify_mpack
 
 TOKEN_ENV = "MPACKHUB_TOKEN"
@@ -48,23 +51,32 @@ def _short(commit_id: str | None) -> str:
     return commit_id[-64:][:12] if commit_id else "(none)"
 
 
+def _bars(args: argparse.Namespace) -> Bars:
+    return Bars(quiet=args.quiet)
+
+
 @_reported
 def cmd_clone(args: argparse.Namespace) -> int:
-    cloned = sync.clone(args.url, Path(args.directory), _client(args.url, args), args.branch)
+    cloned = sync.clone(args.url, Path(args.directory), _client(args.url, args), args.branch,
+                        single_branch=args.single_branch, bars=_bars(args))
     if cloned.head is None:
         print(f"cloned an empty repository into {cloned.path} (branch {cloned.branch})")
-    else:
-        print(f"cloned {cloned.branch} at {_short(cloned.head)} ({cloned.commit_count} commits) into {cloned.path}")
+        return 0
+    others = [b for b in cloned.branches if b != cloned.branch]
+    also = f"; branches also: {', '.join(others)}" if others else ""
+    print(f"cloned {cloned.branch} at {_short(cloned.head)} ({cloned.commit_count} commits) into {cloned.path}{also}")
     return 0
 
 
 @_reported
 def cmd_fetch(args: argparse.Namespace) -> int:
     repo = MuseRepo.find(Path.cwd())
-    changes = sync.fetch(repo, _client(repo.origin_url(), args))
-    for branch, (old, new) in changes.items():
+    fetched = sync.fetch(repo, _client(repo.origin_url(), args), _bars(args))
+    for branch, (old, new) in fetched.changes.items():
         print(f"origin/{branch}: {_short(old)} -> {_short(new)}")
-    if not changes:
+    for branch in fetched.new_branches:
+        print(f"new branch {branch} (from origin/{branch})")
+    if not fetched.changes:
         print("up to date")
     return 0
 
@@ -72,7 +84,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 @_reported
 def cmd_pull(args: argparse.Namespace) -> int:
     repo = MuseRepo.find(Path.cwd())
-    branch, old, new = sync.pull(repo, _client(repo.origin_url(), args))
+    branch, old, new = sync.pull(repo, _client(repo.origin_url(), args), _bars(args))
     print(f"{branch}: up to date" if old == new else f"{branch}: fast-forward {_short(old)} -> {_short(new)}")
     return 0
 
@@ -101,19 +113,27 @@ def _token_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help=f"API token (default ${TOKEN_ENV})")
 
 
+def _quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (none anyway off a terminal)")
+
+
 def add_commands(subparsers) -> None:
     """Add clone, fetch, pull, push and verify to the ``mpackhub`` sub-command parser."""
-    clone = subparsers.add_parser("clone", help="clone a branch of a hub repository through its prebuilt pack")
+    clone = subparsers.add_parser("clone", help="clone every branch of a hub repository through prebuilt packs")
     clone.add_argument("url", help="http(s)://host[:port]/owner/repo")
     clone.add_argument("directory", help="a new or empty directory")
-    clone.add_argument("--branch", help="the branch to clone (default: the remote's default branch)")
+    clone.add_argument("--branch", "-b", help="the branch to check out (default: the remote's default branch)")
+    clone.add_argument("--single-branch", action="store_true", help="bring only that branch")
     _token_option(clone)
+    _quiet_option(clone)
     clone.set_defaults(run=cmd_clone)
-    fetch = subparsers.add_parser("fetch", help="bring in the remote's new commits (in a clone)")
+    fetch = subparsers.add_parser("fetch", help="bring in the remote's new commits and branches (in a clone)")
     _token_option(fetch)
+    _quiet_option(fetch)
     fetch.set_defaults(run=cmd_fetch)
     pull = subparsers.add_parser("pull", help="fetch, then fast-forward the current branch and its files")
     _token_option(pull)
+    _quiet_option(pull)
     pull.set_defaults(run=cmd_pull)
     push = subparsers.add_parser("push", help="send a branch's new commits to the remote")
     push.add_argument("--branch", help="the branch to push (default: the current branch)")

@@ -1,6 +1,12 @@
-"""Small file helpers for the client: atomic writes, quiet unlinks, streamed digests."""
+"""Small file helpers for the client: atomic writes, quiet unlinks, streamed digests, umask modes.
+
+A clone belongs to its user, as a git or Muse CLI clone does: files and
+directories get the modes the umask allows (0644 and 0755 under umask 022),
+although they are written through private temp files first.
+"""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -9,10 +15,34 @@ from pathlib import Path
 READ_CHUNK = 1 << 20
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file under this process's umask (0644 under 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode of a new directory under this process's umask (0755 under 022)."""
+    return 0o777 & ~_umask()
+
+
+def private_temp_file(folder: Path, prefix: str = ".tmp-") -> tuple[int, str]:
+    """``mkstemp`` in ``folder`` whose file will have the umask's mode once renamed into place."""
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.fchmod(fd, file_mode())
+    return fd, name
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write ``data`` to a temp file next to ``path`` and rename it into place."""
+    """Write ``data`` to a temp file next to ``path`` and rename it into place (mode from the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = private_temp_file(path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

@@ -13,13 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import urljoin, urlsplit
 
 import msgpack
@@ -38,7 +35,7 @@ DOWNLOAD_CHUNK = 1 << 20
 EMPTY_BLOB = ids.object_digest(b"")  # never transferred: every hub holds it
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 Progress = Callable[[int, int | None], None]
 
@@ -64,11 +61,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError for the 3xx itself
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def no_redirect_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect)
 
 
-def _error_detail(body: bytes, content_type: str) -> str:
+def error_detail(body: bytes, content_type: str) -> str:
     try:
         data = msgpack.unpackb(body, raw=False) if "msgpack" in content_type else json.loads(body)
     except Exception:  # noqa: BLE001 — any undecodable body is shown as text
@@ -132,7 +129,7 @@ class HubClient:
         if token and not token_allowed(self.url):
             raise ClientError(f"refusing to send a token over plain http to {parts.hostname}; use https")
         self.host, self.token, self.timeout = parts.netloc, token or None, timeout
-        self._opener = _opener()
+        self._opener = no_redirect_opener()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -142,14 +139,14 @@ class HubClient:
         except urllib.error.HTTPError as exc:
             try:
                 body = exc.read(64 << 10) if exc.fp is not None else b""
-            except _NETWORK_ERRORS:
+            except NETWORK_ERRORS:
                 body = b""
             finally:
                 exc.close()
             headers = {k.lower(): v for k, v in exc.headers.items()} if exc.headers else {}
-            detail = _error_detail(body, headers.get("content-type", ""))
+            detail = error_detail(body, headers.get("content-type", ""))
             raise ClientError(f"HTTP {exc.code} from {self.host}: {detail}", exc.code, headers) from None
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise TransportError(f"cannot reach {self.host}: {getattr(exc, 'reason', exc)}") from None
 
     def call(self, method: str, suffix: str, body: dict | None = None) -> dict:
@@ -165,7 +162,7 @@ class HubClient:
         with self._open(request) as response:
             try:
                 raw = _read_limited(response)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 raise TransportError(f"connection to {self.host} broke off: {exc}") from None
             return _decode(raw, response.headers.get("Content-Type", ""))
 
@@ -238,7 +235,7 @@ class HubClient:
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 raise TransportError(f"download from {self.host} broke off at {done} bytes: {exc}") from None
 
     # -- pushing ----------------------------------------------------------------------
@@ -282,28 +279,3 @@ def _window(response, offset: int) -> tuple[int | None, int | None]:
     if match is None or int(match.group(1)) != offset:
         return None, None
     return offset, int(match.group(3))
-
-
-class TerminalProgress:
-    """A one-line progress bar on a terminal stream, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, stream: TextIO) -> None:
-        self.label, self.stream, self._last = label, stream, 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        finished = total is not None and done >= total
-        if not finished and now - self._last < 0.1:
-            return
-        self._last = now
-        shown = f"{done / 1048576:.1f} MiB"
-        if total:
-            shown = f"{100 * done // total:3d}% {shown} of {total / 1048576:.1f} MiB"
-        self.stream.write(f"\r{self.label} {shown}" + ("\n" if finished else ""))
-        self.stream.flush()
-
-
-def terminal_progress(label: str, stream: TextIO | None = None) -> Progress | None:
-    """A progress callback drawing on ``stream`` (stderr) if it is a terminal, else None."""
-    stream = sys.stderr if stream is None else stream
-    return TerminalProgress(label, stream) if stream.isatty() else None

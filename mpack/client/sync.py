@@ -1,13 +1,21 @@
 """Clone, fetch, pull and push between a hub and a clone in the Muse layout.
 
-The operations behind ``mpackhub clone|fetch|pull|push`` (``mpack.client_cli``
-parses arguments and prints). Guarantees:
+The operations behind ``mpackhub clone|fetch|pull|push`` (``mpack.client.commands``
+parses arguments and prints). As the Muse CLI's clone, a clone has a local
+branch for every remote branch (``refs/heads/*`` and ``remotes/origin/*``) with
+the default branch checked out; fetch and pull add a local branch for each new
+remote branch. Guarantees:
 
     * clone builds the whole repository in a hidden sibling temp directory and
       renames it to its target at the end; any failure deletes the temp
       directory, so the target is either complete or absent.
+    * clone asks for one pack per branch: the checked-out branch's whole
+      history (the pack every push prebuilds: a cache hit), then each other
+      branch as a delta over the heads already there (docs/decisions.md).
     * fetch applies every pack (verified, all or nothing each) before it moves
-      any remote-tracking ref, and moves them only after every branch arrived.
+      any remote-tracking ref, and moves them only after every branch arrived;
+      a new remote branch becomes a local branch only then, and never replaces
+      a local branch or the checked-out one.
     * pull fast-forwards only, refuses to overwrite local changes, and moves
       the branch ref after the work tree.
     * A pack download that breaks off is retried in place and resumes
@@ -24,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpack.client.apply import apply_pack
-from mpack.client.hub_client import ClientError, HubClient, TransportError, terminal_progress
+from mpack.client.files import dir_mode
+from mpack.client.hub_client import ClientError, HubClient, TransportError
 from mpack.client.layout import MuseRepo
+from mpack.client.progress import QUIET, Bars
 from mpack.format import ids
 
 DOWNLOAD_ATTEMPTS = 3
@@ -37,30 +47,45 @@ class Cloned:
     branch: str
     head: str | None
     commit_count: int
+    branches: list[str]
 
 
-def download_pack(client: HubClient, answer: dict, part: Path, label: str) -> bool:
+@dataclass
+class Fetched:
+    changes: dict[str, tuple[str | None, str]]  # remote branch → (old tracking head, new)
+    new_branches: list[str]  # local branches created for new remote branches
+
+
+def download_pack(client: HubClient, answer: dict, part: Path, label: str, bars: Bars = QUIET) -> bool:
     """Download ``answer['mpack_url']`` to ``part``, retrying broken connections (each retry resumes)."""
-    progress = terminal_progress(label)
-    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-        try:
-            return client.download(answer["mpack_url"], part, answer["mpack_id"], progress)
-        except TransportError:
-            if attempt == DOWNLOAD_ATTEMPTS:
-                raise
-            time.sleep(0.2 * attempt)
-    return False  # not reached
+    bar = bars(f"{label}: download")
+    try:
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return client.download(answer["mpack_url"], part, answer["mpack_id"], bar)
+            except TransportError:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * attempt)
+        return False  # not reached
+    finally:
+        if bar:
+            bar.close()
 
 
-def fetch_pack(client: HubClient, repo: MuseRepo, want: list[str], have: list[str], label: str) -> dict:
+def fetch_pack(client: HubClient, repo: MuseRepo, want: list[str], have: list[str], label: str,
+               bars: Bars = QUIET) -> dict:
     """Ask the hub for a pack of ``want`` minus ``have``, download it and apply it to ``repo``."""
     answer = client.fetch_mpack(want, have)
     part = repo.tmp_dir / f"{ids.hex_of(answer['mpack_id'])}.mpack.part"
-    download_pack(client, answer, part, label)
+    download_pack(client, answer, part, label, bars)
+    bar = bars(f"{label}: apply")
     try:
-        apply_pack(part, repo)
+        apply_pack(part, repo, bar)
     finally:
         part.unlink(missing_ok=True)
+        if bar:
+            bar.close()
     return answer
 
 
@@ -101,35 +126,57 @@ def _pick_branch(refs: dict, heads: dict[str, str], requested: str | None) -> st
     return sorted(heads)[0]
 
 
-def clone(url: str, target: Path, client: HubClient, branch: str | None = None) -> Cloned:
-    """Clone ``branch`` (default: the remote's default branch) of ``url`` into ``target``."""
+def clone(url: str, target: Path, client: HubClient, branch: str | None = None, *,
+          single_branch: bool = False, bars: Bars = QUIET) -> Cloned:
+    """Clone ``url`` into ``target``: every branch (or only ``branch`` with ``single_branch``).
+
+    ``branch`` (default: the remote's default branch) is checked out.
+    """
     check_clone_target(target)
     refs = client.refs()
     heads = remote_heads(refs)
     branch = _pick_branch(refs, heads, branch)
+    if single_branch:
+        heads = {b: h for b, h in heads.items() if b == branch}
     temp = Path(tempfile.mkdtemp(prefix=f".{target.absolute().name}.clone-", dir=target.absolute().parent))
     try:
         repo = MuseRepo.init(temp, repo_id=str(refs.get("repo_id") or ""), domain=str(refs.get("domain") or "midi"))
-        count = _clone_branch(client, repo, branch, heads.get(branch))
+        count = fetch_branches(client, repo, heads, branch, bars)
+        for name, head in heads.items():
+            repo.set_branch_head(name, head)
+            repo.set_remote_head(name, head)
+        if branch in heads:  # else an empty remote: a clone with no commits, ready to push
+            repo.checkout(manifest_of(repo, heads[branch]))
         repo.write_config(url, branch)
         repo.set_head_branch(branch)
         shutil.rmtree(repo.muse / "tmp", ignore_errors=True)
+        os.chmod(temp, dir_mode())  # mkdtemp made it private; a clone is as open as the umask says
         os.rename(temp, target)  # replaces an empty target directory atomically
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return Cloned(target, branch, heads.get(branch), count)
+    return Cloned(target, branch, heads.get(branch), count, sorted(heads))
 
 
-def _clone_branch(client: HubClient, repo: MuseRepo, branch: str, head: str | None) -> int:
-    if head is None:  # an empty remote: a clone with no commits, ready to push
-        return 0
-    answer = fetch_pack(client, repo, [head], [], f"clone {branch}")
-    _require_commit(repo, head)
-    repo.checkout(manifest_of(repo, head))
-    repo.set_branch_head(branch, head)
-    repo.set_remote_head(branch, head)
-    return int(answer.get("commit_count") or 0)
+def fetch_branches(client: HubClient, repo: MuseRepo, heads: dict[str, str], first: str, bars: Bars = QUIET) -> int:
+    """Bring in the history of every head: ``first``'s whole pack, then each other branch as a delta.
+
+    The first pack is the one every push prebuilds (a cache hit); the others
+    name the heads already fetched as haves, in a fixed order, so a second
+    clone of the same tips hits the packs the first one had built. Returns
+    the number of commits received.
+    """
+    order = sorted(heads, key=lambda name: (name != first, name))
+    present: list[str] = []
+    count = 0
+    for name in order:
+        head = heads[name]
+        if not repo.has_commit(head):
+            answer = fetch_pack(client, repo, [head], present, f"clone {name}", bars)
+            _require_commit(repo, head)
+            count += int(answer.get("commit_count") or 0)
+        present.append(head)
+    return count
 
 
 # -- fetch and pull ---------------------------------------------------------------------
@@ -140,25 +187,39 @@ def _haves(repo: MuseRepo, tracking: str | None) -> list[str]:
     return sorted({h for h in repo.branches().values() if h and repo.has_commit(h)})
 
 
-def fetch(repo: MuseRepo, client: HubClient) -> dict[str, tuple[str | None, str]]:
-    """Bring every remote branch's history in and move ``remotes/origin/*``; {branch: (old, new)}."""
+def fetch(repo: MuseRepo, client: HubClient, bars: Bars = QUIET) -> Fetched:
+    """Bring every remote branch's history in, move ``remotes/origin/*``, add local branches for new ones."""
     heads = remote_heads(client.refs())
     changes = {}
     for branch, head in sorted(heads.items()):
         tracking = repo.remote_head(branch)
         if not repo.has_commit(head):
-            fetch_pack(client, repo, [head], _haves(repo, tracking), f"fetch {branch}")
+            fetch_pack(client, repo, [head], _haves(repo, tracking), f"fetch {branch}", bars)
             _require_commit(repo, head)
         if tracking != head:
             changes[branch] = (tracking, head)
     for branch, (_, head) in changes.items():  # refs last, once every branch has arrived
         repo.set_remote_head(branch, head)
-    return changes
+    return Fetched(changes, add_local_branches(repo, {b: new for b, (old, new) in changes.items() if old is None}))
 
 
-def pull(repo: MuseRepo, client: HubClient) -> tuple[str, str | None, str]:
+def add_local_branches(repo: MuseRepo, new_heads: dict[str, str]) -> list[str]:
+    """A local branch at the head of each remote branch seen for the first time, unless one exists.
+
+    Only new remote branches: a local branch deleted on purpose does not come
+    back at the next fetch. The checked-out branch is left to pull: a ref
+    moved without its work tree would show every file as changed.
+    """
+    current, local = repo.current_branch(), repo.branches()
+    created = sorted(b for b in new_heads if b not in local and b != current)
+    for branch in created:
+        repo.set_branch_head(branch, new_heads[branch])
+    return created
+
+
+def pull(repo: MuseRepo, client: HubClient, bars: Bars = QUIET) -> tuple[str, str | None, str]:
     """Fetch, then fast-forward the current branch and its work tree: (branch, old head, new head)."""
-    fetch(repo, client)
+    fetch(repo, client, bars)
     branch = repo.current_branch()
     if branch is None:
         raise ClientError("HEAD does not name a branch; check out a branch first")

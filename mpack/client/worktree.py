@@ -8,12 +8,11 @@ only what changed between two snapshots.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from mpack.client.errors import LayoutError, UnsafePath
-from mpack.client.files import READ_CHUNK, file_digest, unlink_quietly
+from mpack.client.files import READ_CHUNK, file_digest, private_temp_file, unlink_quietly
 from mpack.format import ids
 
 MUSE_DIR = ".muse"
@@ -94,7 +93,7 @@ class WorkTree:
                 raise UnsafePath(path, f"{current} is a symlink")
 
     def _copy_object(self, object_id: str, target: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        fd, tmp = private_temp_file(target.parent)
         try:
             with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
                 while block := source.read(READ_CHUNK):

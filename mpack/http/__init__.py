@@ -1,0 +1,1 @@
+"""HTTP: Falcon resources, body media, the error mapping, logging and gunicorn serving."""

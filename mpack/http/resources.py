@@ -42,7 +42,8 @@ class AdminUsers(Resource):
 class AdminJobs(Resource):
     def on_get(self, req, resp):
         auth.require_admin(self.hub, req.get_header("Authorization"))
-        send(req, resp, jobs.overview(self.hub))
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=50)
+        send(req, resp, jobs.overview(self.hub, limit=limit))
 
 
 class AdminGc(Resource):

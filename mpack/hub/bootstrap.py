@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from mpack.hub import db as dbmod
+from mpack.hub.errors import NoHub
 from mpack.hub.handlers import production_registry
 from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub
-from mpack.hub.settings import Settings
+from mpack.hub.settings import Settings, database_url_of, home_of
 from storage import LocalStore, UrlSigner
 
 
@@ -24,3 +26,19 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = LocalStore(settings.store_root, signer)
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)
+
+
+def existing_settings(environ: Mapping[str, str]) -> Settings:
+    """Settings of the hub the environment names, refusing (``NoHub``) when none is there.
+
+    Unlike ``Settings.from_env`` (which generates secrets in a new home), this
+    creates nothing: the home must be a directory and, with SQLite, hold the
+    database file that ``mpackhub serve`` created.
+    """
+    home = home_of(environ)
+    if not home.is_dir():
+        raise NoHub(home, "no such directory")
+    database = dbmod.sqlite_path(database_url_of(environ, home))
+    if database is not None and (database == ":memory:" or not Path(database).is_file()):
+        raise NoHub(home, f"no database {database}")
+    return Settings.from_env(environ)

@@ -35,12 +35,19 @@ class DatabaseUrlError(MuseError):
     code = "database_url"
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///PATH`` URL (``":memory:"`` for none); None for other databases."""
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        return None
+    return (url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path) or ":memory:"
+
+
 def open_database(url: str) -> pw.Database:
     """Build (not connect) the database named by ``url`` and bind the models to it."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
-        db: pw.Database = pw.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
+        db: pw.Database = pw.SqliteDatabase(sqlite_path(url), pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     elif parsed.scheme in ("postgres", "postgresql"):
         db = pw.PostgresqlDatabase(
             parsed.path.lstrip("/"), user=parsed.username, password=parsed.password,

@@ -15,7 +15,7 @@ from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, Store
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
     "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
-    "MPackMissing", "MuseError", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
+    "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
     "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
@@ -121,3 +121,14 @@ class BundleTooLarge(Unprocessable):
     code = "bundle_too_large"
 
 
+# -- not HTTP: the command line names a hub that is not there ------------------------
+
+class NoHub(MuseError):
+    """``mpackhub admin|jobs|gc`` pointed at a directory that holds no hub (nothing is created)."""
+
+    code = "no_hub"
+
+    def __init__(self, home: object, why: str) -> None:
+        super().__init__(f"no hub at {home} ({why}); start one there with `mpackhub serve`, "
+                         "or name it with --home DIR (or MPACKHUB_HOME), or a running one with --url URL")
+        self.home = home

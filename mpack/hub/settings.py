@@ -60,11 +60,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
         env = _Env(environ)
-        home = Path(env.str("MPACKHUB_HOME", "./var")).resolve()
+        home = home_of(environ)
         generated = _generated_secrets(home) if _needs_generated(environ) else {}
         values: dict[str, object] = dict(
             home=home,
-            database_url=env.str("MPACKHUB_DATABASE_URL", f"sqlite:///{home / 'mpackhub.sqlite3'}"),
+            database_url=database_url_of(environ, home),
             # Unset, the public URL is the bind address: right for a local hub, to be set behind a proxy.
             public_url=env.str("MPACKHUB_PUBLIC_URL", "http://" + env.str("MPACKHUB_BIND", "127.0.0.1:8000")).rstrip("/"),
             admin_token=env.str("MPACKHUB_ADMIN_TOKEN", "") or str(generated.get("admin_token", "")),
@@ -101,6 +101,15 @@ class Settings:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         shown["signing_key_ids"] = [kid for kid, _ in self.signing_keys]
         return {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()}
+
+
+def home_of(environ: Mapping[str, str]) -> Path:
+    """The absolute hub home named by ``MPACKHUB_HOME`` (default ``./var``), created by nothing here."""
+    return Path(environ.get("MPACKHUB_HOME", "./var").strip() or "./var").resolve()
+
+
+def database_url_of(environ: Mapping[str, str], home: Path) -> str:
+    return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
 
 
 class _Env:

@@ -12,7 +12,7 @@ import falcon
 
 from mpack.http import errors as http_errors
 from mpack.http.logs import configure_logging, with_request_id
-from mpack.http.resources import AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
+from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
@@ -44,6 +44,7 @@ def create_app(hub: Hub) -> HubApp:
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))
     api.add_route("/admin/gc", AdminGc(hub))
+    api.add_route("/admin/fsck", AdminFsck(hub))
     repos = ApiRepos(hub)
     api.add_route("/api/repos", repos)
     api.add_route("/api/repos/{owner}/{name}", repos, suffix="one")

@@ -1,7 +1,7 @@
 """The ``mpackhub`` command: run and administer a hub, and clone/fetch/pull/push as a client.
 
 ``serve`` runs the hub named by the environment (README), creating its home on
-first start. The other server-side commands (admin, jobs, gc) act either on
+first start. The other server-side commands (admin, jobs, gc, fsck) act either on
 the hub at ``--home`` (default ``$MPACKHUB_HOME``, else ``./var``), which must
 already exist — they never create one — or, with ``--url``, on a running hub
 through its admin routes and the admin token. Client commands talk HTTP to a
@@ -22,7 +22,7 @@ from mpack.client.admin_client import AdminClient
 from mpack.format.errors import MuseError
 from mpack.http.logs import configure_logging
 from mpack.http.serving import HubServer
-from mpack.hub import auth, gc, jobs
+from mpack.hub import auth, fsck, gc, jobs
 from mpack.hub.bootstrap import build_hub, existing_settings
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings, secrets_path
@@ -84,6 +84,9 @@ class LocalAdmin:
         found, dry_run = gc.parse_request({"repo": repo, "dry_run": dry_run} if repo else {"dry_run": dry_run})
         return gc.run_gc(self.hub, repo=found, dry_run=dry_run).as_dict()
 
+    def fsck(self, dry_run: bool) -> dict:
+        return fsck.run_fsck(self.hub, dry_run=dry_run).as_dict()
+
 
 def admin_target(args: argparse.Namespace) -> LocalAdmin | AdminClient:
     """The hub a server-side command acts on: ``--url`` over HTTP, else the existing hub at ``--home``.
@@ -135,6 +138,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    report = admin_target(args).fsck(args.dry_run)
+    print(json.dumps(report, indent=2 if args.pretty else None))
+    return 0 if report.get("clean") else 2
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mpackhub", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -158,6 +167,11 @@ def parser() -> argparse.ArgumentParser:
     collect.add_argument("--dry-run", action="store_true")
     add_hub_options(collect)
     collect.set_defaults(run=cmd_gc)
+    check = sub.add_parser("fsck", help="verify every stored blob and pack; quarantine damaged ones (exit 2 if any)")
+    check.add_argument("--dry-run", action="store_true", help="report only: move, drop and forget nothing")
+    check.add_argument("--pretty", action="store_true", help="indent the JSON report")
+    add_hub_options(check)
+    check.set_defaults(run=cmd_fsck)
     client_cli.add_commands(sub)
     return top
 

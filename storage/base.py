@@ -15,6 +15,10 @@ promises:
       and ``remove_temp`` let GC sweep).
     * Writers of the same digest may race: all succeed and one object results.
     * An object opened before it is deleted stays readable to the end.
+    * A damaged object is repaired by writing it again: a write whose digest
+      is already stored verifies the stored bytes and replaces them if they
+      no longer hash to their name. ``verify`` checks one object;
+      ``quarantine`` moves a damaged one aside (fsck).
 
 ``Store`` implements the shared parts (``put_bytes`` over ``new_file``,
 ``size``, ``presign_mpack_get``); backends implement the primitives.
@@ -30,12 +34,13 @@ from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from mpack.format.ids import hex_of
-from storage.errors import ContentMismatch
+from storage.errors import ContentMismatch, StoredObjectMissing
 from storage.signing import UrlSigner, mpack_path
 
 BLOBS = "blobs"
 MPACKS = "mpacks"
 NAMESPACES = (BLOBS, MPACKS)
+VERIFY_CHUNK = 1 << 20
 
 _TEMP_NAME = re.compile(r"[0-9a-f]{32}\.tmp")
 
@@ -198,7 +203,8 @@ class Store(abc.ABC):
             actual = hashlib.sha256(data).hexdigest()
             if actual != key:
                 raise ContentMismatch("object", digest, actual)
-            return False
+            if self.intact(namespace, key):
+                return False
         with self.new_file(namespace) as pending:
             pending.write(data)
             pending.commit(digest)
@@ -241,6 +247,27 @@ class Store(abc.ABC):
         finally:
             pending.abort()
 
+    def verify(self, namespace: str, digest: str) -> bool:
+        """True if the stored object still hashes to its name.
+
+        Raises:
+            StoredObjectMissing: the object is absent.
+            StorageError: it cannot be read.
+        """
+        key = check_digest(digest)
+        sha = hashlib.sha256()
+        with self.open(namespace, key) as source:
+            while chunk := source.read(VERIFY_CHUNK):
+                sha.update(chunk)
+        return sha.hexdigest() == key
+
+    def intact(self, namespace: str, digest: str) -> bool:
+        """True if the object is stored and hashes to its name (False if absent or damaged)."""
+        try:
+            return self.verify(namespace, digest)
+        except StoredObjectMissing:
+            return False
+
     def size(self, namespace: str, digest: str) -> int:
         """Size in bytes of a stored object; StoredObjectMissing if absent."""
         return self.stat(namespace, digest)[0]
@@ -281,6 +308,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove_temp(self, name: str) -> bool:
         """Remove a temp file by name; False if absent, ValueError if not a temp name."""
+
+    @abc.abstractmethod
+    def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
+        """Move a damaged object out of the store, kept for inspection → where it went.
+
+        None when the object is absent or, with ``keep_intact``, when it hashes
+        to its name at the moment it is moved (a writer repaired it meanwhile):
+        it stays then. Pass ``keep_intact=False`` for an object whose bytes hash
+        right but are wrong inside (a pack built from a damaged blob).
+        """
+
+    @abc.abstractmethod
+    def probe_write(self) -> None:
+        """Write and remove a small temp file; StorageError (StorageFull) if the store cannot take writes."""
 
     @abc.abstractmethod
     def local_path(self, namespace: str, digest: str) -> str | None:

@@ -32,3 +32,9 @@ class StorageError(MuseError):
     """The store could not complete an operation (disk full, I/O error)."""
 
     code = "storage_error"
+
+
+class StorageFull(StorageError):
+    """The store's filesystem has no space (or quota) left for a write."""
+
+    code = "storage_full"

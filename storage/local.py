@@ -5,15 +5,18 @@ Layout under ``root``::
     <root>/blobs/<hex[0:2]>/<hex[2:4]>/<hex>    blob bytes
     <root>/mpacks/<hex[0:2]>/<hex[2:4]>/<hex>   mpack files
     <root>/tmp/<32 hex>.tmp                     objects being written
+    <quarantine>/<namespace>/<hex>.<ns time>    damaged objects moved aside
 
 A file's name is the SHA-256 of its bytes, so anyone can check it with
-``sha256sum``. Directories are created on demand.
+``sha256sum``. Directories are created on demand, private to the owner
+(0700), and files are written 0600: a store holds private repositories.
 
 A write goes to a temp file in ``<root>/tmp`` (the same filesystem, so the
 publishing step is atomic), is flushed and fsynced, then hard-linked to its
 final path (which never replaces an existing object; filesystems without
 hard links fall back to rename) and the directory is fsynced. A final path
-therefore never holds a partial file. A failed write removes its temp file;
+therefore never holds a partial file. When the final path already holds a
+file, its bytes are verified; a damaged one is atomically replaced. A failed write removes its temp file;
 a crash may leave one, which GC sweeps through ``iter_temp``/``remove_temp``.
 Any ``OSError`` (a full disk, an I/O error) becomes ``StorageError``.
 
@@ -30,14 +33,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, BinaryIO
 
 from storage.base import (
+    VERIFY_CHUNK,
     PendingFile,
     Store,
     check_digest,
@@ -47,9 +54,12 @@ from storage.base import (
     new_temp_name,
     verify_all,
 )
-from storage.errors import StorageError, StoredObjectMissing
+from storage.errors import StorageError, StorageFull, StoredObjectMissing
 from storage.signing import UrlSigner
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+PROBE_BYTES = 4096  # one page: enough to hit a full disk, small enough to do on every health check
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Threads that fsync a chunk's files (and directories) concurrently.
@@ -58,10 +68,14 @@ SYNC_THREADS = 8
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
 def _storage_error(action: str, exc: OSError) -> StorageError:
     name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return StorageError(f"{action}: {why} ({name})")
+    if exc.errno in _FULL:
+        return StorageFull(f"{action}: disk full, the store has no space left ({name}); free space, then try again")
+    return StorageError(f"{action}: {exc.strerror or exc} ({name})")
 
 
 class LocalStore(Store):
@@ -75,6 +89,7 @@ class LocalStore(Store):
         fsync: bool = True,
         fopen: Callable[..., IO[bytes]] = io.open,
         link: Callable[[str, str], None] = os.link,
+        quarantine_root: str | os.PathLike[str] | None = None,
     ) -> None:
         """Open (lazily create) a store rooted at ``root``.
 
@@ -85,6 +100,8 @@ class LocalStore(Store):
                 stores: a crash may then lose acknowledged writes).
             fopen: opens files, as ``io.open``; injected by tests.
             link: hard-links a file, as ``os.link``; injected by tests.
+            quarantine_root: where ``quarantine`` moves damaged objects
+                (default ``<root>/quarantine``; best on the same filesystem).
         """
         super().__init__(signer)
         self.root = os.path.abspath(os.fspath(root))
@@ -92,6 +109,7 @@ class LocalStore(Store):
         self._fopen = fopen
         self._link = link
         self._tmp = os.path.join(self.root, "tmp")
+        self.quarantine_root = os.path.abspath(os.fspath(quarantine_root or os.path.join(self.root, "quarantine")))
 
     def __repr__(self) -> str:
         return f"LocalStore({self.root!r})"
@@ -160,6 +178,38 @@ class LocalStore(Store):
     def local_path(self, namespace: str, digest: str) -> str | None:
         return self._locate(namespace, digest)[1]
 
+    def probe_write(self) -> None:
+        path = os.path.join(self._tmp, new_temp_name())
+        try:
+            self._make_dirs(self._tmp)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        except OSError as exc:
+            raise _storage_error("cannot write to the store", exc) from exc
+
+    def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
+        key, path = self._locate(namespace, digest)
+        aside = os.path.join(self.quarantine_root, namespace, f"{key}.{time.time_ns()}")
+        try:
+            self._make_dirs(os.path.dirname(aside))
+            shutil.move(path, aside)  # a rename when on the same filesystem
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(f"cannot quarantine {namespace} object {key}", exc) from exc
+        if keep_intact and _file_digest(aside) == key:  # repaired by a writer between the check and the move: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            os.unlink(aside)
+            return None
+        return aside
+
     def _locate(self, namespace: str, digest: str) -> tuple[str, str]:
         """Validated hex key and final path of an object."""
         check_namespace(namespace)
@@ -171,7 +221,7 @@ class LocalStore(Store):
         path = os.path.join(self._tmp, name)
         try:
             self._make_dirs(self._tmp)
-            handle = self._fopen(path, "xb")
+            handle = self._fopen(path, "xb", opener=_private_opener)
         except OSError as exc:
             raise _storage_error(f"cannot create a temp file for a {namespace} object", exc) from exc
         return _LocalPending(self, namespace, name, path, handle)
@@ -183,7 +233,8 @@ class LocalStore(Store):
         created = [False] * len(items)
         todo: dict[str, int] = {}
         for index, key in enumerate(keys):
-            if key not in todo and not os.path.isfile(self._locate(namespace, key)[1]):
+            # A stored object is kept if it is intact; a damaged one is written again (replaced).
+            if key not in todo and not self.intact(namespace, key):
                 todo[key] = index
         if not todo:
             return created
@@ -212,7 +263,7 @@ class LocalStore(Store):
         try:
             for key, data in items:
                 path = os.path.join(self._tmp, new_temp_name())
-                handle = self._fopen(path, "xb")
+                handle = self._fopen(path, "xb", opener=_private_opener)
                 temps.append((key, path))
                 handles.append(handle)
                 handle.write(data)
@@ -244,7 +295,7 @@ class LocalStore(Store):
         parent = os.path.dirname(path)
         self._make_dirs(parent, unsynced)
         try:
-            os.mkdir(path)
+            os.mkdir(path, PRIVATE_DIR)
         except FileExistsError:
             return
         if unsynced is None:
@@ -262,22 +313,20 @@ class LocalStore(Store):
             os.close(fd)
 
     def _link_into_place(self, temp: str, final: str, unsynced: set[str] | None = None) -> bool:
-        """Give the temp file its final name without replacing an existing object.
+        """Give the temp file its final name; an existing object is kept unless it is damaged.
 
         The directory is synced now, or added to ``unsynced`` for the caller to sync.
         """
         try:
             self._link(temp, final)
         except FileExistsError:
-            # Touch it: GC's grace for files no row names counts from the latest
-            # publication, which is when a URL to it may last have been issued.
-            with contextlib.suppress(OSError):
-                os.utime(final)
-            return False
+            if self._keep_existing(final):
+                return False
+            os.replace(temp, final)  # damaged: the new bytes take its place atomically
         except OSError as exc:
             if exc.errno not in _NO_HARDLINKS:
                 raise
-            if os.path.exists(final):
+            if os.path.exists(final) and self._keep_existing(final):
                 return False
             os.replace(temp, final)  # same bytes if a racing writer got there first
         if unsynced is None:
@@ -285,6 +334,20 @@ class LocalStore(Store):
         else:
             unsynced.add(os.path.dirname(final))
         return True
+
+    @staticmethod
+    def _keep_existing(final: str) -> bool:
+        """Whether the object already at ``final`` is intact (then it is touched and kept)."""
+        try:
+            intact = _file_digest(final) == os.path.basename(final)
+        except FileNotFoundError:
+            return False
+        if intact:
+            # Touch it: GC's grace for files no row names counts from the latest
+            # publication, which is when a URL to it may last have been issued.
+            with contextlib.suppress(OSError):
+                os.utime(final)
+        return intact
 
 
 class _LocalPending(PendingFile):
@@ -320,6 +383,18 @@ class _LocalPending(PendingFile):
             self._handle.close()
         with contextlib.suppress(OSError):
             os.unlink(self._path)
+
+
+def _file_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(VERIFY_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, PRIVATE_FILE)
 
 
 def _names(path: str, pattern: re.Pattern[str] | None, *, dirs: bool) -> list[str]:

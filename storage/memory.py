@@ -7,6 +7,7 @@ not shared between processes and has no local paths.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -40,6 +41,7 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._temps: dict[str, float] = {}
+        self.quarantined: list[tuple[str, str, bytes]] = []  # (namespace, digest, bytes) moved aside
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._objects)} objects)"
@@ -74,6 +76,25 @@ class MemoryStore(Store):
         with self._lock:
             return self._temps.pop(name, None) is not None
 
+    def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
+        key = self._key(namespace, digest)
+        with self._lock:
+            found = self._objects.get(key)
+            if found is None or (keep_intact and hashlib.sha256(found[0]).hexdigest() == key[1]):
+                return None
+            del self._objects[key]
+            self.quarantined.append((*key, found[0]))
+        return f"memory:{namespace}/{key[1]}"
+
+    def probe_write(self) -> None:
+        return None  # memory never fills up in a way a probe could see
+
+    def damage(self, namespace: str, digest: str, data: bytes) -> None:
+        """Replace an object's bytes without any check: what a failing disk does (tests)."""
+        key = self._key(namespace, digest)
+        with self._lock:
+            self._objects[key] = (data, self._clock())
+
     def local_path(self, namespace: str, digest: str) -> str | None:
         self._key(namespace, digest)
         return None
@@ -100,10 +121,11 @@ class MemoryStore(Store):
         with self._lock:
             if temp_name not in self._temps:
                 raise StorageError(f"cannot store {namespace} object {digest}: temp file removed")
-            if (namespace, digest) in self._objects:  # touch, as LocalStore does
-                self._objects[namespace, digest] = (self._objects[namespace, digest][0], self._clock())
+            existing = self._objects.get((namespace, digest))
+            if existing is not None and hashlib.sha256(existing[0]).hexdigest() == digest:
+                self._objects[namespace, digest] = (existing[0], self._clock())  # touch, as LocalStore does
                 return False
-            self._objects[namespace, digest] = (data, self._clock())
+            self._objects[namespace, digest] = (data, self._clock())  # new, or replacing damaged bytes
             return True
 
     def _drop_temp(self, name: str) -> None:

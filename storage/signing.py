@@ -12,6 +12,9 @@ Guarantees:
       oldest once the URLs it signed have expired.
     * Over-long or malformed parameters are refused before any HMAC work, and
       signatures are compared in constant time.
+    * Every parameter has one spelling: ``expires`` without leading zeros,
+      ``sig`` in canonical unpadded base64url, ``kid`` exactly as configured,
+      so a token cannot be altered into a second valid token.
     * The signed path is canonical (``/``-separated unreserved characters, no
       ``.`` or ``..`` segments); ``mpack_path`` builds the one for an mpack.
     * A token signed for one method is no token for another. HEAD requests
@@ -39,7 +42,7 @@ PARAMS = ("expires", "kid", "sig")
 _KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _METHOD = re.compile(r"[A-Z]{1,16}")
 _PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
-_EXPIRES = re.compile(r"[0-9]{1,12}")
+_EXPIRES = re.compile(r"0|[1-9][0-9]{0,11}")  # one spelling per time: no leading zeros
 _SIG = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, unpadded
 
 

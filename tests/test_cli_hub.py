@@ -16,7 +16,7 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings
 from tests.factories import History
 
-SERVER_SIDE = [("admin", "create-user", "alice"), ("jobs",), ("gc",), ("gc", "--dry-run")]
+SERVER_SIDE = [("admin", "create-user", "alice"), ("jobs",), ("gc",), ("gc", "--dry-run"), ("fsck",)]
 
 
 def mpackhub(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -153,4 +153,7 @@ def test_url_talks_to_a_running_hub_through_the_admin_routes(tmp_path):
             or "HTTP 403" in wrong.stderr
         missing = mpackhub("gc", "--repo", "erin/none", "--url", server.url, cwd=tmp_path, env=admin)
         assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+        checked = mpackhub("fsck", "--dry-run", "--url", server.url, cwd=tmp_path, env=admin)
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout)["clean"] is True and json.loads(checked.stdout)["blobs_checked"] == 2
     assert not (tmp_path / "var").exists()

@@ -59,6 +59,7 @@ class Spy:
 def test_fmc_13_cache_hit_returns_presigned_url_without_walking(hub, repo, monkeypatch):
     tip = History().linear(1).tip  # the hit path must not even need the commit's history
     cached_mpack = fake_mpack_id("fmc13-tip")
+    hub.store.put_bytes("mpacks", cached_mpack, b"mpack-fmc13-tip")  # a hit is served only while its file exists
     now = hub.now()
     FetchMPackCache.create(cache_id=cache.cache_id(repo.repo_id, tip), repo=repo, tip_commit_id=tip,
                            mpack_id=cached_mpack, created_at=now, expires_at=now + 7 * 86400, last_used_at=now)
@@ -151,6 +152,7 @@ def test_incremental_walk_does_not_visit_old_history(hub, repo, app, owner, monk
     monkeypatch.setattr(history, "load_commits", counting)
     delta = history.walk_commit_delta(repo, [long.tip[-64:]], [long.commits[-3]["commit_id"][-64:]])
     assert len(delta) == 2
+    assert set(delta) <= set(loaded)  # the walk went through load_commits (the count below means something)
     assert len(loaded) <= 6  # the delta, its boundary and the have: not the 40-commit history
 
 

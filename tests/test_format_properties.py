@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.format.errors import MPackError, Truncated
 from mpack.format.reader import iter_mpack
 from mpack.format.writer import CHUNK_SIZE, CommitRecord, SnapshotRecord, canonical_order_commits
@@ -92,6 +92,7 @@ JSONISH = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
+SAFE_PATHS = st.text(min_size=1, max_size=20).filter(lambda path: rules.path_problem(path) is None)
 RESERVED = {"commit_id", "snapshot_id", "message", "committed_at", "parent_commit_id", "parent2_commit_id",
             "snapshot", "parents"}  # the last two are make_commit's own parameter names
 EXTRA = st.dictionaries(st.text(max_size=10).filter(lambda key: key not in RESERVED), JSONISH, max_size=3)
@@ -102,7 +103,7 @@ def record_sets(draw):
     blobs = [make_blob(content, prefixed=draw(st.booleans()))
              for content in draw(st.lists(st.binary(max_size=3000), max_size=4))]
     blob_ids = [object_id for object_id, _ in blobs] or [ids.object_digest(b"elsewhere")]
-    snapshots = [make_snapshot(draw(st.dictionaries(st.text(min_size=1, max_size=20), st.sampled_from(blob_ids),
+    snapshots = [make_snapshot(draw(st.dictionaries(SAFE_PATHS, st.sampled_from(blob_ids),
                                                     max_size=4)), created_at=draw(st.text(max_size=30)))
                  for _ in range(draw(st.integers(1, 3)))]
     commits = []

@@ -26,7 +26,7 @@ from tests.factories import History, fake_commit_id, make_repo, make_user, push_
 DAY = 24 * 3600
 PATH = "/gabriel/song"
 REPORT_KEYS = {"cache_rows_deleted", "mpacks_deleted", "bytes_freed", "orphans_deleted", "quota_rows_evicted",
-               "jobs_pruned", "dry_run", "duration_ms"}
+               "jobs_pruned", "locks_removed", "prebuilds_requeued", "dry_run", "duration_ms"}
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_a_dry_run_changes_nothing_and_reports_what_the_real_run_then_does(hub, 
     real = gc.run_gc(hub)
     assert counts(dry) == counts(real)
     assert counts(real) == {"cache_rows_deleted": 3, "mpacks_deleted": 2, "bytes_freed": 31, "orphans_deleted": 2,
-                            "quota_rows_evicted": 0, "jobs_pruned": 1}
+                            "quota_rows_evicted": 0, "jobs_pruned": 1, "locks_removed": 0, "prebuilds_requeued": 0}
 
 
 def test_a_dry_run_of_one_repo_counts_only_what_that_repos_run_deletes(hub, repo, cover):
@@ -334,16 +334,18 @@ def test_a_fetch_whose_hit_lands_after_gc_evicted_the_row_still_gets_a_working_u
     clock.advance(20 * DAY)  # unused for longer than any URL lives, yet still cached
     lru_rows(quota_hub, repo, {"b": 15 * DAY, "c": 10 * DAY})  # over quota: the tip's row goes first
     read_row = cache.fresh_row
+    gc_reports = []
 
     def gc_runs_right_after_the_read(*args, **kwargs):
         row = read_row(*args, **kwargs)
         monkeypatch.setattr(cache, "fresh_row", read_row)
-        assert gc.run_gc(quota_hub).quota_rows_evicted == 1  # evicts the tip's row and deletes its pack
+        gc_reports.append(gc.run_gc(quota_hub))  # evicts the tip's row and deletes its pack
         return row
 
     monkeypatch.setattr(cache, "fresh_row", gc_runs_right_after_the_read)
     answer = fetch.wire_fetch_mpack(quota_hub, repo, want=[history.tip], have=[])
 
+    assert [r.quota_rows_evicted for r in gc_reports] == [1]  # the injected GC ran, once, and evicted the row
     response = get_url(app, answer["mpack_url"])
     assert response.status_int == 200
     assert hashlib.sha256(response.body).hexdigest() == built["mpack_id"][-64:]

@@ -12,7 +12,7 @@ from mpack.client.apply import IncompletePack, apply_pack, stage_pack
 from mpack.client.layout import LayoutError, MuseRepo, UnsafePath
 from mpack.client.sync import ClientError, fast_forward, manifest_of
 from mpack.format import ids
-from mpack.format.errors import ChecksumMismatch, IdMismatch, MPackError, Truncated
+from mpack.format.errors import ChecksumMismatch, IdMismatch, InvalidRecord, MPackError, Truncated
 from mpack.format.writer import MPackWriter, canonical_order_commits
 from tests.factories import History
 
@@ -69,7 +69,7 @@ def test_init_writes_repo_json_and_refs_round_trip(repo):
 
 
 def test_refs_refuse_path_shaped_branch_names(repo):
-    with pytest.raises(ids.InvalidId):
+    with pytest.raises(InvalidRecord):
         repo.set_branch_head("../../etc", "ab" * 32)
 
 

@@ -5,8 +5,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from mpack.format import ids
 from mpack.hub import cache, fetch, jobs, prebuild
+from mpack.hub.build import build_mpack
 from mpack.hub.handlers import production_registry
+from mpack.hub.history import walk_commit_delta
 from mpack.hub.models import BackgroundJob, Branch, FetchMPackCache
 from mpack.hub.pool import run_until_idle
 from tests.factories import History, fake_commit_id, fake_mpack_id, push_history
@@ -51,6 +54,11 @@ def two_branches(app, owner) -> tuple[History, dict, dict]:
     return h, main_tip, dev_tip
 
 
+def pack_built_for(hub, repo, tip: str) -> str:
+    """The id of the pack of everything reachable from ``tip``, built here, outside the cache."""
+    return build_mpack(hub, repo, walk_commit_delta(repo, [ids.hex_of(tip)], [])).mpack_id
+
+
 def rows_by_tip(repo) -> dict[str, FetchMPackCache]:
     return {r.tip_commit_id: r for r in FetchMPackCache.select().where(
         (FetchMPackCache.repo == repo) & (FetchMPackCache.base == ""))}
@@ -66,14 +74,17 @@ def test_fmc_07_builds_each_tip_and_writes_cache(hub, app, owner, repo, spy):
     assert (result["tips_requested"], result["tips_built"], result["tips_skipped"]) == (2, 2, 0)
     rows = rows_by_tip(repo)
     assert set(rows) == {main_tip["commit_id"], dev_tip["commit_id"]}
-    for row in rows.values():
+    for tip, row in rows.items():
+        assert row.mpack_id == pack_built_for(hub, repo, tip)  # each row names its own tip's pack
         assert hub.store.exists("mpacks", row.mpack_id)
+    assert rows[main_tip["commit_id"]].mpack_id != rows[dev_tip["commit_id"]].mpack_id
 
 
 def test_fmc_07b_skips_tips_with_fresh_cache(hub, app, owner, repo, spy):
     _, main_tip, dev_tip = two_branches(app, owner)
     cached_tip, new_tip = main_tip["commit_id"], dev_tip["commit_id"]
     existing = fake_mpack_id("existing")
+    hub.store.put_bytes("mpacks", existing, b"mpack-existing")  # the id fake_mpack_id hashes
     now = hub.now()
     FetchMPackCache.create(cache_id=cache.cache_id(repo.repo_id, cached_tip), repo=repo, tip_commit_id=cached_tip,
                            mpack_id=existing, created_at=now, expires_at=now + 7 * 86400, last_used_at=now)
@@ -103,7 +114,7 @@ def test_fmc_08_cache_row_has_correct_fields(hub, app, owner, repo):
 
     row = rows_by_tip(repo)[h.tip]
     assert row.repo_id == repo.repo_id
-    assert row.mpack_id == fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])["mpack_id"]
+    assert row.mpack_id == pack_built_for(hub, repo, h.tip)  # not a cache hit answering with this same row
     assert row.expires_at > hub.now()
     assert row.commit_count == 5
     job = BackgroundJob.get_by_id(job_id)

@@ -286,3 +286,15 @@ def test_put_many_failing_to_link_leaves_no_temp_and_no_partial_file(root):
         with open(store.local_path(BLOBS, digest), "rb") as handle:
             assert hashlib.sha256(handle.read()).hexdigest() == digest
     assert all(store.put_many(BLOBS, items)[2:])  # and a retry completes the rest
+
+
+def test_put_many_over_a_damaged_object_replaces_it_and_keeps_intact_ones(store):
+    items = many_blobs(3)
+    store.put_many(BLOBS, items)
+    damaged = store.local_path(BLOBS, items[1][0])
+    with open(damaged, "wb") as handle:
+        handle.write(b"rot")
+    assert store.put_many(BLOBS, items) == [False, True, False]
+    with open(damaged, "rb") as handle:
+        assert handle.read() == items[1][1]
+    assert oct(os.stat(damaged).st_mode & 0o777) == "0o600"

@@ -731,16 +731,17 @@ def test_pushing_a_head_the_repo_does_not_hold_is_422(app, token, repo):
 
 @pytest.mark.parametrize("branch", ["../x", "a/../b", "-x", "/x", "a\\b", "a\0b", "", ".", "x/", "a//b",
                                     "x.lock", "tab\tname", "x" * 256])
-def test_a_branch_name_that_could_escape_a_path_is_400(app, hub, token, repo, history, branch):
+def test_a_branch_name_that_could_escape_a_path_is_422(app, hub, token, repo, history, branch):
     before = state(hub, repo)
     response = wire(app, "POST", f"{SONG}/push", push_body(history, branch=branch), token=token)
-    assert error_of(response, 400)["error"] == "invalid_id"
+    assert error_of(response, 422)["error"] == "invalid_record"
     assert state(hub, repo) == before
 
 
 @pytest.mark.parametrize("branch", [None, 5, ["main"], {"main": 1}, True, b"main"])
-def test_a_branch_that_is_not_a_string_is_400(app, token, repo, history, branch):
-    error_of(wire(app, "POST", f"{SONG}/push", push_body(history, branch=branch), token=token), 400)
+def test_a_branch_that_is_not_a_string_is_422(app, token, repo, history, branch):
+    body = error_of(wire(app, "POST", f"{SONG}/push", push_body(history, branch=branch), token=token), 422)
+    assert body["error"] == "invalid_record" and body["detail"].startswith("branch:")
 
 
 @pytest.mark.parametrize("force", ["true", 1, 0, None, [True]])
@@ -776,26 +777,28 @@ def test_a_bundle_record_that_is_not_a_map_is_400(app, token, repo, history, key
     ("commit_id", "abc"), ("commit_id", None), ("snapshot_id", 5), ("parent_commit_id", "nope"),
     ("parent2_commit_id", 7),
 ])
-def test_a_commit_with_a_field_of_the_wrong_type_is_400(app, token, repo, history, field, value):
+def test_a_commit_with_a_field_of_the_wrong_type_is_422_naming_it(app, token, repo, history, field, value):
     body = push_body(history)
     body["bundle"]["commits"][0][field] = value
-    error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 400)
+    error = error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 422)
+    assert error["error"] == "invalid_record" and error["detail"].startswith(f"bundle.commits[0].{field}:")
 
 
 @pytest.mark.parametrize("field, value", [
     ("snapshot_id", "abc"), ("snapshot_id", None), ("manifest", None), ("manifest", ["a"]),
     ("manifest", {"a.txt": "not an id"}), ("manifest", {"a.txt": 5}), ("manifest", {"": EMPTY_BLOB}),
 ])
-def test_a_snapshot_with_a_field_of_the_wrong_type_is_400(app, token, repo, history, field, value):
+def test_a_snapshot_with_a_field_of_the_wrong_type_is_422_naming_it(app, token, repo, history, field, value):
     body = push_body(history)
     body["bundle"]["snapshots"][0][field] = value
-    error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 400)
+    error = error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 422)
+    assert error["error"] == "invalid_record" and error["detail"].startswith(f"bundle.snapshots[0].{field}")
 
 
-def test_a_manifest_path_that_is_bytes_is_400(app, token, repo, history):
+def test_a_manifest_path_that_is_bytes_is_refused(app, token, repo, history):
     body = push_body(history)
     body["bundle"]["snapshots"][0]["manifest"] = {b"a.txt": EMPTY_BLOB}
-    error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 400)
+    assert error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 422)["error"] == "invalid_record"
 
 
 @pytest.mark.parametrize("bad", MALFORMED_IDS)

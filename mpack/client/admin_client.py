@@ -1,4 +1,4 @@
-"""The client side of the admin API: ``mpackhub admin|jobs|gc --url URL`` against a running hub.
+"""The client side of the admin API: ``mpackhub admin|jobs|gc|fsck --url URL`` against a running hub.
 
 One JSON request per call to the existing ``/admin/*`` routes with
 ``Authorization: Bearer <admin token>``; no redirects followed. Every failure
@@ -72,3 +72,7 @@ class AdminClient:
         if repo is not None:
             body["repo"] = repo
         return self._call("POST", "/admin/gc", body)
+
+    def fsck(self, dry_run: bool) -> dict:
+        """``POST /admin/fsck``: the fsck report."""
+        return self._call("POST", "/admin/fsck", {"dry_run": dry_run})

@@ -26,7 +26,7 @@ from pathlib import Path
 from mpack.client.errors import LayoutError, NotARepo, UnsafePath
 from mpack.client.files import atomic_write, file_digest, unlink_quietly
 from mpack.client.worktree import MUSE_DIR, WorkTree
-from mpack.format import ids
+from mpack.format import ids, rules
 
 __all__ = ["LayoutError", "MuseRepo", "NotARepo", "UnsafePath", "atomic_write", "file_digest"]
 
@@ -102,14 +102,14 @@ class MuseRepo(WorkTree):
         ref = text[len("ref:"):].strip() if text.startswith("ref:") else text
         if not ref.startswith("refs/heads/"):
             raise LayoutError(f"cannot read HEAD: {text[:80]!r}")
-        return "branch", ids.check_branch_name(ref[len("refs/heads/"):])
+        return "branch", rules.check_branch_name(ref[len("refs/heads/"):])
 
     def current_branch(self) -> str | None:
         kind, value = self.head()
         return value if kind == "branch" else None
 
     def set_head_branch(self, branch: str) -> None:
-        ids.check_branch_name(branch)
+        rules.check_branch_name(branch)
         atomic_write(self.muse / "HEAD", f"ref: refs/heads/{branch}\n".encode(), durable=True)
 
     def branch_head(self, branch: str) -> str | None:
@@ -132,13 +132,13 @@ class MuseRepo(WorkTree):
 
     def _read_ref(self, base: Path, branch: str) -> str | None:
         try:
-            text = (base / ids.check_branch_name(branch)).read_text("utf-8").strip()
+            text = (base / rules.check_branch_name(branch)).read_text("utf-8").strip()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         return ids.check_id(text, f"ref {branch}") if text else None
 
     def _write_ref(self, base: Path, branch: str, commit_id: str) -> None:
-        path = base / ids.check_branch_name(branch)
+        path = base / rules.check_branch_name(branch)
         atomic_write(path, (ids.check_id(commit_id, "commit id") + "\n").encode(), durable=True)
 
     def _refs_under(self, base: Path) -> dict[str, str]:

@@ -36,7 +36,7 @@ from mpack.client.files import dir_mode
 from mpack.client.hub_client import ClientError, HubClient, TransportError
 from mpack.client.layout import MuseRepo
 from mpack.client.progress import QUIET, Bars
-from mpack.format import ids
+from mpack.format import ids, rules
 
 DOWNLOAD_ATTEMPTS = 3
 
@@ -103,7 +103,7 @@ def manifest_of(repo: MuseRepo, commit_id: str | None) -> dict[str, str]:
 
 def remote_heads(refs: dict) -> dict[str, str]:
     """The ``branch_heads`` of a refs answer, every name and id validated before it becomes a path."""
-    return {ids.check_branch_name(branch): ids.check_id(head, "branch head") for branch, head in refs["branch_heads"].items()}
+    return {rules.check_branch_name(branch): ids.check_id(head, "branch head") for branch, head in refs["branch_heads"].items()}
 
 
 # -- clone ------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def _pick_branch(refs: dict, heads: dict[str, str], requested: str | None) -> st
         return requested
     default = refs.get("default_branch") or "main"
     if default in heads or not heads:
-        return ids.check_branch_name(default)
+        return rules.check_branch_name(default)
     return sorted(heads)[0]
 
 

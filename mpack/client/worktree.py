@@ -13,25 +13,20 @@ from pathlib import Path
 
 from mpack.client.errors import LayoutError, UnsafePath
 from mpack.client.files import READ_CHUNK, file_digest, private_temp_file, unlink_quietly
-from mpack.format import ids
+from mpack.format import ids, rules
 
 MUSE_DIR = ".muse"
 
 
 def safe_parts(path: object) -> tuple[str, ...]:
-    """The components of a manifest path that stays inside the work tree, else UnsafePath."""
-    if not isinstance(path, str) or not path:
-        raise UnsafePath(path, "not a non-empty string")
-    if "\0" in path or "\\" in path:
-        raise UnsafePath(path, "NUL or backslash in the path")
-    if path.startswith("/"):
-        raise UnsafePath(path, "absolute path")
-    parts = tuple(path.split("/"))
-    if any(part in ("", ".", "..") for part in parts):
-        raise UnsafePath(path, "empty, '.' or '..' component")
-    if parts[0] == MUSE_DIR:
-        raise UnsafePath(path, f"inside {MUSE_DIR}/")
-    return parts
+    """The components of a manifest path that stays inside the work tree, else UnsafePath.
+
+    The rules are the hub's (``mpack.format.rules``): what a push accepts, a checkout writes.
+    """
+    problem = rules.path_problem(path)
+    if problem is not None:
+        raise UnsafePath(path, problem)
+    return tuple(path.split("/"))
 
 
 class WorkTree:

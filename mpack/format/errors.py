@@ -107,3 +107,17 @@ class MalformedRecord(MPackError):
     def __init__(self, offset: int, why: str) -> None:
         super().__init__(f"malformed mpack at byte {offset}: {why}")
         self.offset, self.why = offset, why
+
+
+class InvalidRecord(MuseError):
+    """A commit, snapshot or branch name breaks a record rule (``mpack.format.rules``).
+
+    ``field`` names the offending field (``commit.metadata``, ``snapshot.manifest['../x']``,
+    ``branch``), so a client can tell which one to fix.
+    """
+
+    code = "invalid_record"
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field, self.why = field, why

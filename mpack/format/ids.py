@@ -17,7 +17,6 @@ from mpack.format.errors import InvalidId
 
 PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_BRANCH_BAD_PARTS = {"", ".", ".."}
 
 
 def is_id(value: object) -> bool:
@@ -71,21 +70,3 @@ def commit_digest(parent_ids: Iterable[str], snapshot_id: str, message: str, com
     """Hex digest of a commit by Muse's rule (parents sorted, fields NUL-joined)."""
     parts = ["\0".join(sorted(parent_ids)), snapshot_id, message, committed_at]
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
-
-
-def check_branch_name(name: object) -> str:
-    """Return ``name`` if it is a safe branch name, else raise InvalidId.
-
-    Refuses NUL and control characters, backslashes, ``..``, a leading ``/`` or
-    ``-``, empty or dot-only path segments, and names over 255 bytes: a branch
-    name becomes a file path in a clone.
-    """
-    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 255:
-        raise InvalidId("branch", name)
-    if name[0] in "/-" or "\\" in name or ".." in name or name.endswith("/"):
-        raise InvalidId("branch", name)
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
-        raise InvalidId("branch", name)
-    if any(part in _BRANCH_BAD_PARTS for part in name.split("/")) or name.endswith(".lock"):
-        raise InvalidId("branch", name)
-    return name

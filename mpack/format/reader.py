@@ -15,11 +15,12 @@ from typing import BinaryIO
 import msgpack
 import zstandard
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.format.errors import (
     BadMagic,
     ChecksumMismatch,
     IdMismatch,
+    InvalidRecord,
     MalformedRecord,
     MPackError,
     OversizedRecord,
@@ -266,38 +267,21 @@ def _refuse_ext(code: int, data: bytes) -> object:
 
 
 def _check_snapshot(data: dict, offset: int) -> None:
-    claimed = _field_id(data, "snapshot_id", "snapshot", offset)
-    manifest = data.get("manifest")
-    if not isinstance(manifest, dict) or not all(
-        isinstance(path, str) and ids.is_id(object_id) for path, object_id in manifest.items()
-    ):
-        raise MalformedRecord(offset, "snapshot manifest must map str paths to object ids")
-    if not isinstance(data.get("created_at", ""), str):
-        raise MalformedRecord(offset, "snapshot created_at must be a str")
-    _check_digest("snapshot", claimed, ids.snapshot_digest(manifest))
+    try:
+        rules.check_snapshot_record(data)
+    except InvalidRecord as exc:
+        raise MalformedRecord(offset, exc.detail) from None
+    _check_digest("snapshot", data["snapshot_id"], ids.snapshot_digest(data["manifest"]))
 
 
 def _check_commit(data: dict, offset: int) -> None:
-    claimed = _field_id(data, "commit_id", "commit", offset)
-    snapshot_id = _field_id(data, "snapshot_id", "commit", offset)
-    message, committed_at = data.get("message"), data.get("committed_at")
-    if not isinstance(message, str) or not isinstance(committed_at, str):
-        raise MalformedRecord(offset, "commit message and committed_at must be str")
-    parents = []
-    for key in ("parent_commit_id", "parent2_commit_id"):
-        parent = data.get(key)  # absent and nil both mean "no such parent"
-        if not (parent is None or ids.is_id(parent)):
-            raise MalformedRecord(offset, f"commit {key} must be an id or nil")
-        if parent is not None:
-            parents.append(parent)
-    _check_digest("commit", claimed, ids.commit_digest(parents, snapshot_id, message, committed_at))
-
-
-def _field_id(data: dict, key: str, kind: str, offset: int) -> str:
-    value = data.get(key)
-    if not ids.is_id(value):
-        raise MalformedRecord(offset, f"{kind} {key} is missing or not a well-formed id")
-    return value
+    try:
+        rules.check_commit_record(data)
+    except InvalidRecord as exc:
+        raise MalformedRecord(offset, exc.detail) from None
+    parents = rules.commit_parents(data)
+    _check_digest("commit", data["commit_id"],
+                  ids.commit_digest(parents, data["snapshot_id"], data["message"], data["committed_at"]))
 
 
 def _check_digest(kind: str, claimed: str, actual_hex: str) -> None:

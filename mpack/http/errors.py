@@ -9,8 +9,10 @@ import json
 import logging
 
 import falcon
+import peewee as pw
 
 from mpack.format.errors import MPackError
+from mpack.hub import db as dbmod
 from mpack.hub import errors
 
 log = logging.getLogger("mpackhub.http")
@@ -29,7 +31,9 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
     (errors.ContentMismatch, falcon.HTTP_422),
+    (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
+    (errors.ObjectUnavailable, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 
@@ -47,8 +51,8 @@ def _error_body(code: str, detail: str) -> bytes:
 
 def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     status = status_for(exc)
-    if status == falcon.HTTP_500:
-        log.error("internal error", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
+    if status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
+        log.error("request failed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(exc.code, exc.detail)
@@ -67,6 +71,18 @@ def handle_unexpected(req, resp, exc: Exception, params) -> None:
     resp.data = _error_body("internal_error", "the server failed; the error has been logged")
 
 
+def handle_database_error(req, resp, exc: pw.DatabaseError, params) -> None:
+    """A full database is the operator's to fix, not a bug: 507 with a clear error, no traceback."""
+    if not dbmod.is_disk_full(exc):
+        handle_unexpected(req, resp, exc, params)
+        return
+    log.error("database full", extra={"path": req.path, "method": req.method})
+    full = errors.DatabaseFull()
+    resp.status = status_for(full)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _error_body(full.code, full.detail)
+
+
 def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
     title = (exc.title or "error").split(" ", 1)[-1] if (exc.title or "")[:3].isdigit() else (exc.title or "error")
     code = title.lower().replace(" ", "_")
@@ -76,5 +92,6 @@ def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
 
 def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(pw.DatabaseError, handle_database_error)
     app.add_error_handler(errors.MuseError, handle_hub_error)
     app.set_error_serializer(serialize_http_error)

@@ -7,7 +7,7 @@ import falcon
 
 from mpack.format.errors import MuseError
 from mpack.http.media import read_body, send
-from mpack.hub import auth, bundle, download, fetch, gc, health, jobs, push, repos
+from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, push, repos
 from mpack.hub.errors import InvalidField
 
 if TYPE_CHECKING:
@@ -51,6 +51,13 @@ class AdminGc(Resource):
         auth.require_admin(self.hub, req.get_header("Authorization"))
         repo, dry_run = gc.parse_request(self.body(req, optional=True))
         send(req, resp, gc.run_gc(self.hub, repo=repo, dry_run=dry_run).as_dict())
+
+
+class AdminFsck(Resource):
+    def on_post(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        dry_run = fsck.parse_request(self.body(req, optional=True))
+        send(req, resp, fsck.run_fsck(self.hub, dry_run=dry_run).as_dict())
 
 
 class ApiRepos(Resource):

@@ -47,7 +47,7 @@ def create_user(hub: Hub, username: object) -> tuple[User, str]:
             user = User.create(username=name, created_at=hub.now())
             ApiToken.create(token_hash=hash_token(token), user=user, label="initial", created_at=hub.now())
     except pw.IntegrityError:
-        raise AlreadyExists(f"user {name} already exists") from None
+        raise AlreadyExists(f"user {name} already exists (usernames are unique without regard to case)") from None
     return user, token
 
 

@@ -1,6 +1,7 @@
 """The hub's composition root: open the database and store, wire the job handlers."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,13 +19,27 @@ def production_pool(hub: Hub) -> JobPool:
     return JobPool(hub, threads=hub.settings.job_threads, registry=production_registry())
 
 
+PRIVATE_DIR = 0o700
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed and make it readable by its owner only."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+
+
 def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:
-    """Open the database (migrating it) and the store named by ``settings``."""
-    settings.store_root.mkdir(parents=True, exist_ok=True)
+    """Open the database (migrating it) and the store named by ``settings``.
+
+    The home directory and what the hub keeps in it (database, store, secrets,
+    locks) are private to the user running the hub: 0700 directories, 0600 files.
+    """
+    private_dir(settings.home)
+    private_dir(settings.store_root)
     database = dbmod.open_database(settings.database_url)
     dbmod.migrate(database, clock)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
-    store = LocalStore(settings.store_root, signer)
+    store = LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine")
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)
 
 

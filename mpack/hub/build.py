@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 from mpack.format import ids
 from mpack.format.writer import MPackWriter
 from mpack.hub.cache import PackStats
+from mpack.hub.errors import ObjectUnavailable
 from mpack.hub.history import CommitNode, iter_records, load_commits, topological
 from mpack.hub.models import Object, Repo, Snapshot
 from storage.base import BLOBS, MPACKS
+from storage.errors import StoredObjectMissing
 
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
@@ -62,6 +64,13 @@ def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
     return sizes
 
 
+def _open_blob(hub: Hub, object_id: str):
+    try:
+        return hub.store.open(BLOBS, object_id)
+    except StoredObjectMissing:  # quarantined by fsck, or lost: the owner must push it again
+        raise ObjectUnavailable(object_id) from None
+
+
 def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
     blobs = blobs_for(repo, commits)
@@ -73,7 +82,7 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
             if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
                 writer.add_blob(blobs[digest], b"", 0)
                 continue
-            with hub.store.open(BLOBS, digest) as source:
+            with _open_blob(hub, blobs[digest]) as source:
                 writer.add_blob(blobs[digest], source, sizes[digest])
         for snapshot in _snapshots(repo, {c.snapshot for c in commits.values()}):
             writer.add_snapshot(snapshot.record)

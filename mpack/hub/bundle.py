@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
+from mpack.hub import fsck
 from mpack.hub.build import EMPTY_BLOB, blobs_for
-from mpack.hub.errors import BundleTooLarge, InvalidField
+from mpack.hub.errors import BundleTooLarge, InvalidField, ObjectUnavailable
 from mpack.hub.fetch import _walk_commit_delta, parse_haves, resolve_wants
 from mpack.hub.history import iter_records, load_commits, topological
 from mpack.hub.models import Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
+from storage.errors import StoredObjectMissing
 
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
@@ -49,8 +51,16 @@ def wire_fetch_bundle(hub: Hub, repo: Repo, body: dict) -> dict:
 
 
 def _read(hub: Hub, digest: str) -> bytes:
-    with hub.store.open(BLOBS, digest) as source:
-        return source.read()
+    """A blob's bytes, verified: a damaged blob is quarantined, never served."""
+    try:
+        with hub.store.open(BLOBS, digest) as source:
+            content = source.read()
+    except StoredObjectMissing:
+        raise ObjectUnavailable(digest) from None
+    if ids.object_digest(content) != digest:
+        fsck.quarantine_blob(hub, digest)
+        raise ObjectUnavailable(digest, "damaged")
+    return content
 
 
 def _check_size(hub: Hub, repo: Repo, digests: list[str]) -> None:

@@ -50,6 +50,23 @@ def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> Fetch
     return row if row is not None and row.expires_at > hub.now() else None
 
 
+def usable_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
+    """``fresh_row``, unless its pack file is gone: then the row is dropped and None returned (a miss).
+
+    A row naming a missing file would hand out URLs answering 404 and slide its
+    own expiry on every hit; dropping it makes the next build repair it.
+    """
+    row = fresh_row(hub, repo, tip_commit_id, base)
+    if row is None or hub.store.exists(MPACKS, row.mpack_id):
+        return row
+    with hub.db.atomic():
+        FetchMPackCache.delete().where((FetchMPackCache.cache_id == row.cache_id)
+                                       & (FetchMPackCache.mpack_id == row.mpack_id)).execute()
+    hub.log.warning("cached pack missing from storage; row dropped", extra={"repo": repo.repo_id,
+                                                                           "mpack_id": row.mpack_id})
+    return None
+
+
 def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
     """Count a hit and slide the expiry (written at most once a minute) → False if the row is gone.
 

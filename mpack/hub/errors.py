@@ -9,14 +9,15 @@ from __future__ import annotations
 # The errors the hub raises that live below it (ids and packs in the format
 # package, storage failures in ``storage``) are re-exported, so the hub and its
 # HTTP mapping name every error through this one module.
-from mpack.format.errors import InvalidId, MPackError, MuseError
-from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StoredObjectMissing
+from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
+from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageFull, StoredObjectMissing
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
-    "InvalidField", "InvalidId", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
-    "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "RangeNotSatisfiable", "RepoNotFound",
-    "StorageError", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
+    "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable",
+    "RepoNotFound", "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized",
+    "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -119,6 +120,31 @@ class MissingReference(Unprocessable):
 
 class BundleTooLarge(Unprocessable):
     code = "bundle_too_large"
+
+
+# -- 503: stored data the hub cannot serve until it is repaired ------------------------
+
+class ObjectUnavailable(MuseError):
+    """A blob a repository names is damaged or missing in storage (quarantined, awaiting a re-push)."""
+
+    code = "object_unavailable"
+
+    def __init__(self, object_id: str, why: str = "missing") -> None:
+        super().__init__(f"object {object_id} is {why} in the hub's storage; the repository's owner must push it "
+                         "again (a push re-uploads every object the hub lists as missing); see mpackhub fsck")
+        self.object_id = object_id
+
+
+# -- 507: no space left -----------------------------------------------------------------
+
+class DatabaseFull(StorageError):
+    """The database could not write: its disk (or its size limit) is full. Nothing was changed."""
+
+    code = "database_full"
+
+    def __init__(self) -> None:
+        super().__init__("the hub's database is full (no space left on its disk); nothing was changed: "
+                         "free space, then try again")
 
 
 # -- not HTTP: the command line names a hub that is not there ------------------------

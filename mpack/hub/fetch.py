@@ -18,6 +18,7 @@ from mpack.hub.build import build_mpack
 from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
 from mpack.hub.history import walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo, User
+from storage.base import MPACKS
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def _stats_of(row) -> cache.PackStats:
 
 
 def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is None or not cache.record_hit(hub, row):  # gone since read (GC): a miss
         return None
     return _answer(hub, _stats_of(row), cached=True, row=row)
@@ -125,7 +126,9 @@ def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str, bas
     row = cache.hit_row(hub, owner, name, want, base, by_branch=not ids.is_id(want))
     if row is None or row.cache_id is None or not repos.may_read(row.owner, row.visibility, user):
         return None  # the slow path answers 404, or builds
-    if row.expires_at <= hub.now() or not cache.record_hit(hub, row):
+    if row.expires_at <= hub.now() or not hub.store.exists(MPACKS, row.mpack_id):
+        return None  # the slow path drops a row whose file is gone, and rebuilds
+    if not cache.record_hit(hub, row):
         return None
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
@@ -152,7 +155,7 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
 
 def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
-    row = cache.fresh_row(hub, repo, tip, base)
+    row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
     commits = _walk_commit_delta(repo, list(wants), haves)

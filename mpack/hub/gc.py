@@ -17,6 +17,8 @@ Safety rules (docs/gc.md says why):
   row ever names a missing file.
 - The byte quota evicts least-recently-used rows, but never a row used within
   the longest URL lifetime (a URL from it may still be live).
+- Prebuilds that gave up on a full disk are requeued once writes work again.
+- Lock files of builds (``locks/``) that no process holds are removed.
 - A dry run counts exactly what a real run would delete: the rows it would
   delete are treated as gone.
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, jobs
+from mpack.hub import cache, health, jobs, prebuild
 from mpack.hub.errors import InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
@@ -51,6 +53,8 @@ class GcReport:
     orphans_deleted: int = 0
     quota_rows_evicted: int = 0
     jobs_pruned: int = 0
+    locks_removed: int = 0
+    prebuilds_requeued: int = 0
     dry_run: bool = False
     duration_ms: int = 0
 
@@ -206,6 +210,10 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     if repo is None:
         _sweep_orphans(hub, report, gone)
         report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
+        if hub.flights is not None:
+            report.locks_removed = hub.flights.sweep(dry_run=dry_run)
+        if not dry_run and health.writable(hub):  # prebuilds that gave up on a full disk, now that it is not
+            report.prebuilds_requeued = prebuild.retry_failed_for_space(hub)
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
     return report

@@ -243,20 +243,27 @@ def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> flo
     return min(BACKOFF_CAP, raw * (1 + BACKOFF_JITTER * (2 * rng() - 1)))
 
 
-def fail(hub: Hub, job_id: str, worker_id: str, error: str, *,
-         permanent: bool = False, rng: Callable[[], float] = random.random) -> bool:
-    """Record a failed attempt: retry later, or give up. False when the worker lost the job."""
-    return _retry_integrity(hub, lambda: _fail(hub, job_id, worker_id, error, permanent, rng))
+def fail(hub: Hub, job_id: str, worker_id: str, error: str, *, permanent: bool = False,
+         rng: Callable[[], float] = random.random, code: str | None = None) -> bool:
+    """Record a failed attempt: retry later, or give up. False when the worker lost the job.
+
+    ``code`` (the error's stable code, e.g. ``storage_full``) is kept on a job
+    that gives up, as ``result["error_code"]``, so work that failed for lack of
+    space can be found and retried once space is back.
+    """
+    return _retry_integrity(hub, lambda: _fail(hub, job_id, worker_id, error, permanent, rng, code))
 
 
-def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rng: Callable[[], float]) -> bool:
+def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rng: Callable[[], float],
+          code: str | None = None) -> bool:
     job = BackgroundJob.get_or_none(BackgroundJob.job_id == job_id, BackgroundJob.locked_by == worker_id,
                                     BackgroundJob.status == RUNNING)
     if job is None:
         return False
     now = hub.now()
     if permanent or job.attempt >= job.max_attempts:
-        return _update_owned(job_id, worker_id, status=FAILED, last_error=error, finished_at=now, locked_until=None)
+        return _update_owned(job_id, worker_id, status=FAILED, last_error=error, finished_at=now, locked_until=None,
+                             result={"error_code": code} if code else None)
     newer = _pending_for(job.repo_id, job.job_type)
     if newer is not None:
         # New work for the same (repo, type) is already waiting: fold this
@@ -267,6 +274,21 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
                              result={"superseded_by": newer.job_id})
     return _update_owned(job_id, worker_id, status=PENDING, last_error=error, locked_by=None, locked_until=None,
                          run_after=now + backoff_delay(job.attempt, rng))
+
+
+def failed_with(hub: Hub, job_type: str, codes: set[str], repo_id: str | None = None) -> list[BackgroundJob]:
+    """Failed jobs of a type whose recorded error code is one of ``codes`` (one repo, or all)."""
+    query = BackgroundJob.select().where(BackgroundJob.job_type == job_type, BackgroundJob.status == FAILED,
+                                         BackgroundJob.result.is_null(False))
+    if repo_id is not None:
+        query = query.where(BackgroundJob.repo == repo_id)
+    return [job for job in query if (job.result or {}).get("error_code") in codes]
+
+
+def mark_requeued(job_id: str, new_job_id: str) -> bool:
+    """A failed job whose work now lives in ``new_job_id``: done, superseded (it is not retried twice)."""
+    return BackgroundJob.update(status=DONE, result={"requeued_as": new_job_id}).where(
+        BackgroundJob.job_id == job_id, BackgroundJob.status == FAILED).execute() == 1
 
 
 # -- housekeeping and reports -------------------------------------------------------

@@ -150,4 +150,14 @@ class BackgroundJob(BaseModel):
         indexes = ((("status", "run_after"), False),)
 
 
+class HealthProbe(BaseModel):
+    """Written and emptied by ``/healthz``'s write probe (migration 3); always empty otherwise."""
+
+    at = pw.FloatField()
+    pad = pw.BlobField()
+
+    class Meta:
+        table_name = "health_probe"
+
+
 ALL_MODELS = [SchemaVersion, User, ApiToken, Repo, Branch, Commit, Snapshot, Object, FetchMPackCache, BackgroundJob]

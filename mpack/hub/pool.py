@@ -22,7 +22,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Self
 
+from mpack.format.errors import MuseError
+from mpack.hub import db as dbmod
 from mpack.hub import jobs
+from mpack.hub.errors import DatabaseFull
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
 
@@ -126,6 +129,12 @@ def run_until_idle(hub: Hub, registry: JobRegistry, worker_id: str, *, lease_sec
     return count
 
 
+def _error_code(exc: Exception) -> str | None:
+    if isinstance(exc, MuseError):
+        return exc.code
+    return DatabaseFull.code if dbmod.is_disk_full(exc) else None
+
+
 def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: str, lease_seconds: float) -> None:
     """Run a job this worker holds and record how it ended."""
     if job.attempt > job.max_attempts:
@@ -145,7 +154,7 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     except Exception as exc:  # the loop survives its jobs; the failure is recorded on the job
         hub.log.exception("job failed", extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, f"{type(exc).__name__}: {exc}",
-                  permanent=isinstance(exc, PermanentJobError))
+                  permanent=isinstance(exc, PermanentJobError), code=_error_code(exc))
         return
     if not jobs.complete(hub, job.job_id, worker_id, result or {}):
         hub.log.warning("job finished after its lease was lost; result discarded", extra=_job_fields(job))

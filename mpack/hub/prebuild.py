@@ -5,6 +5,10 @@ prebuild job commit together. A burst of pushes to one repo merges into the one
 pending job (jobs.enqueue). ``process_fetch_mpack_prebuild_job`` builds each tip
 lacking a fresh cache row, and the delta from each pushed branch's previous tip,
 so that both a clone and a fetch right after a push are served from storage.
+
+A prebuild that gave up because the disk was full (``storage_full``,
+``database_full``) is requeued by the repo's next push, and by GC once the
+health probes show that writes work again.
 """
 from __future__ import annotations
 
@@ -38,13 +42,36 @@ def enqueue_push_intel(hub: Hub, repo: Repo, head: str, domain_id: str | None, b
         "domain_id": domain_id,
         "pushes": [{"branch": branch, "head": head, "previous_tip": previous_tip}],
     }
-    return jobs.enqueue(hub, repo.repo_id, PREBUILD, payload, merge=merge_prebuild_payloads)
+    job_id = jobs.enqueue(hub, repo.repo_id, PREBUILD, payload, merge=merge_prebuild_payloads)
+    retry_failed_for_space(hub, repo.repo_id)  # this push wrote: the space is back
+    return job_id
+
+
+FULL_DISK_CODES = {"storage_full", "database_full"}
+
+
+def _merge_older(pending: dict, failed: dict) -> dict:
+    """A requeued payload is older than any pending one: the pending job's tips win."""
+    return merge_prebuild_payloads(failed, pending)
+
+
+def retry_failed_for_space(hub: Hub, repo_id: str | None = None) -> int:
+    """Requeue prebuilds that gave up on a full disk (one repo, or all) → how many.
+
+    Call it inside the transaction of a write that just succeeded, or after a
+    write probe: it assumes space is back.
+    """
+    requeued = 0
+    for job in jobs.failed_with(hub, PREBUILD, FULL_DISK_CODES, repo_id):
+        new_id = jobs.enqueue(hub, job.repo_id, PREBUILD, job.payload or {}, merge=_merge_older)
+        requeued += jobs.mark_requeued(job.job_id, new_id)
+    return requeued
 
 
 def _build_if_stale(hub: Hub, repo: Repo, tip: str, have: list[str]) -> bool:
     """Build (tip, have) through the fetch path unless a fresh row has it → whether it built."""
     base = cache.base_key([ids.hex_of(h) for h in have])
-    if cache.fresh_row(hub, repo, tip, base) is not None:
+    if cache.usable_row(hub, repo, tip, base) is not None:
         return False
     fetch.wire_fetch_mpack(hub, repo, want=[tip], have=have)
     return True

@@ -168,7 +168,7 @@ def secrets_path(home: Path) -> Path:
 def _generated_secrets(home: Path) -> dict[str, str]:
     """Load, or create once with mode 0600, the secrets of an embedded install."""
     path = secrets_path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -4,12 +4,18 @@ In-process callers with the same key wait for the leader's result; across
 processes the leader holds an exclusive ``flock`` on a per-key lock file, so a
 second process blocks until the first has finished and then finds its result
 (the caller re-checks the cache inside ``fn``). Locks die with their process.
+
+Lock files are kept only while in use: ``sweep`` (run by GC) removes every lock
+file nobody holds, taking the lock before unlinking. A taker checks, once it
+holds a lock, that its file is still the one at the path, and starts over if
+the sweep removed it meanwhile, so two processes never lead the same key.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+_LOCK_NAME = re.compile(r"[0-9a-f]{64}\.lock")
 
 
 class _Call:
@@ -57,11 +64,53 @@ class SingleFlight:
 
     @contextmanager
     def _process_lock(self, key: str) -> Iterator[None]:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
         path = self.lock_dir / (hashlib.sha256(key.encode()).hexdigest() + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._take(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _take(self, path: Path) -> int:
+        """An open, exclusively locked descriptor of the file now at ``path``."""
+        while True:
+            self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                return fd
+            os.close(fd)  # swept while we waited: lock the new file instead
+
+    def sweep(self, *, dry_run: bool = False) -> int:
+        """Remove the lock files no process holds → how many were (or, dry, would be) removed."""
+        removed = 0
+        try:
+            names = [n for n in os.listdir(self.lock_dir) if _LOCK_NAME.fullmatch(n)]
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = self.lock_dir / name
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    if not dry_run:
+                        path.unlink()
+                    removed += 1
+            except BlockingIOError:
+                continue  # in use: a build holds it
+            finally:
+                os.close(fd)
+        return removed
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)

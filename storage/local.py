@@ -241,10 +241,11 @@ class LocalStore(Store):
         temps: list[tuple[str, str]] = []  # (key, temp path)
         dirs: set[str] = set()  # directories that gained an entry, synced once at the end
         try:
+            for key in todo:  # the shard directories first: metadata before any fsync (see _write_temps)
+                self._make_dirs(os.path.dirname(self._locate(namespace, key)[1]), dirs)
             self._write_temps([(key, items[index][1]) for key, index in todo.items()], temps, dirs)
             for key, temp in temps:
                 final = self._locate(namespace, key)[1]
-                self._make_dirs(os.path.dirname(final), dirs)
                 if self._link_into_place(temp, final, dirs):
                     created[todo[key]] = True
             self._sync_all(dirs, self._sync_dir)
@@ -257,7 +258,12 @@ class LocalStore(Store):
         return created
 
     def _write_temps(self, items: list[tuple[str, bytes]], temps: list[tuple[str, str]], dirs: set[str]) -> None:
-        """Write each object to a new temp file (appended to ``temps`` as it is created), then fsync them all."""
+        """Write each object to a new temp file (appended to ``temps`` as it is created), then fsync them all.
+
+        Every metadata change (directories, temp files) is made before the
+        first fsync: metadata operations that wait behind concurrent fsyncs
+        for the filesystem journal cost more than the writes themselves.
+        """
         self._make_dirs(self._tmp, dirs)
         handles: list[IO[bytes]] = []
         try:

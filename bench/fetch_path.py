@@ -103,7 +103,7 @@ class CloneRun:
 def clone_times(home: Path, synth: Synth, work: Path, *, runs: int = CLONE_RUNS, with_git: bool = True) -> CloneRun:
     """``mpackhub clone`` (a cache hit: the pack is built before the timed runs) and ``git clone`` over smart HTTP."""
     warm_pack(home)
-    with live_hub(home, workers=2) as server:
+    with live_hub(home, workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as server:  # no job competes with the clones
         url = f"{server.url}/bench/{REPO}"
         ours = [_timed_clone([sys.executable, "-m", "mpack.cli", "clone", url], work / f"ours{n}") for n in range(runs)]
     result = CloneRun(median(m.seconds for m in ours), max(m.peak_rss_mb for m in ours))

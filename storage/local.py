@@ -2,10 +2,16 @@
 
 Layout under ``root``::
 
-    <root>/blobs/<hex[0:2]>/<hex[2:4]>/<hex>    blob bytes
-    <root>/mpacks/<hex[0:2]>/<hex[2:4]>/<hex>   mpack files
+    <root>/blobs/<hex[0:2]>/<hex>               blob bytes
+    <root>/mpacks/<hex[0:2]>/<hex>              mpack files
     <root>/tmp/<32 hex>.tmp                     objects being written
     <quarantine>/<namespace>/<hex>.<ns time>    damaged objects moved aside
+
+One level of 256 shard directories, as git's loose objects: a push of a few
+thousand blobs then creates and syncs at most 256 directories, not one per
+blob (two levels made 65,536; issue 8 measured the difference). Objects that
+an older version wrote two levels deep (``<hex[0:2]>/<hex[2:4]>/<hex>``) are
+still found, listed, verified and deleted there; new writes go one level deep.
 
 A file's name is the SHA-256 of its bytes, so anyone can check it with
 ``sha256sum``. Directories are created on demand, private to the owner
@@ -116,30 +122,36 @@ class LocalStore(Store):
 
     def open(self, namespace: str, digest: str) -> BinaryIO:
         key, path = self._locate(namespace, digest)
-        try:
-            return self._fopen(path, "rb")  # type: ignore[return-value]
-        except FileNotFoundError:
-            raise StoredObjectMissing(namespace, key) from None
-        except OSError as exc:
-            raise _storage_error(f"cannot open {namespace} object {key}", exc) from exc
+        for candidate in (path, self._legacy(namespace, key)):
+            try:
+                return self._fopen(candidate, "rb")  # type: ignore[return-value]
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _storage_error(f"cannot open {namespace} object {key}", exc) from exc
+        raise StoredObjectMissing(namespace, key)
 
     def exists(self, namespace: str, digest: str) -> bool:
-        return os.path.isfile(self._locate(namespace, digest)[1])
+        key, path = self._locate(namespace, digest)
+        return os.path.isfile(path) or os.path.isfile(self._legacy(namespace, key))
 
     def delete(self, namespace: str, digest: str) -> bool:
         # Empty shard directories are kept: removing one could race a writer
         # that has just created it.
         key, path = self._locate(namespace, digest)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise _storage_error(f"cannot delete {namespace} object {key}", exc) from exc
-        return True
+        removed = False
+        for candidate in (path, self._legacy(namespace, key)):
+            try:
+                os.unlink(candidate)
+                removed = True
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _storage_error(f"cannot delete {namespace} object {key}", exc) from exc
+        return removed
 
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
-        key, path = self._locate(namespace, digest)
+        key, path = self._find(namespace, digest)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -153,10 +165,12 @@ class LocalStore(Store):
 
     def _walk(self, base: str) -> Iterator[str]:
         for first in _names(base, _SHARD, dirs=True):
-            for second in _names(os.path.join(base, first), _SHARD, dirs=True):
-                for name in _names(os.path.join(base, first, second), _HEX64, dirs=False):
-                    if name[:2] == first and name[2:4] == second:
-                        yield name
+            shard = os.path.join(base, first)
+            found = {name for name in _names(shard, _HEX64, dirs=False) if name[:2] == first}
+            for second in _names(shard, _SHARD, dirs=True):  # objects an older version wrote two levels deep
+                found.update(name for name in _names(os.path.join(shard, second), _HEX64, dirs=False)
+                             if name[:2] == first and name[2:4] == second)
+            yield from sorted(found)
 
     def iter_temp(self) -> Iterator[tuple[str, float]]:
         for name in _names(self._tmp, None, dirs=False):
@@ -176,7 +190,7 @@ class LocalStore(Store):
         return True
 
     def local_path(self, namespace: str, digest: str) -> str | None:
-        return self._locate(namespace, digest)[1]
+        return self._find(namespace, digest)[1]
 
     def probe_write(self) -> None:
         path = os.path.join(self._tmp, new_temp_name())
@@ -194,7 +208,7 @@ class LocalStore(Store):
             raise _storage_error("cannot write to the store", exc) from exc
 
     def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
-        key, path = self._locate(namespace, digest)
+        key, path = self._find(namespace, digest)
         aside = os.path.join(self.quarantine_root, namespace, f"{key}.{time.time_ns()}")
         try:
             self._make_dirs(os.path.dirname(aside))
@@ -211,10 +225,23 @@ class LocalStore(Store):
         return aside
 
     def _locate(self, namespace: str, digest: str) -> tuple[str, str]:
-        """Validated hex key and final path of an object."""
+        """Validated hex key and final path of an object (where it is written)."""
         check_namespace(namespace)
         key = check_digest(digest)
-        return key, os.path.join(self.root, namespace, key[:2], key[2:4], key)
+        return key, os.path.join(self.root, namespace, key[:2], key)
+
+    def _legacy(self, namespace: str, key: str) -> str:
+        """Where an older version (two shard levels) wrote the object of a validated ``key``."""
+        return os.path.join(self.root, namespace, key[:2], key[2:4], key)
+
+    def _find(self, namespace: str, digest: str) -> tuple[str, str]:
+        """Key and path of a stored object: its final path, or its legacy path when only that exists."""
+        key, path = self._locate(namespace, digest)
+        if not os.path.isfile(path):
+            legacy = self._legacy(namespace, key)
+            if os.path.isfile(legacy):
+                return key, legacy
+        return key, path
 
     def _new_pending(self, namespace: str) -> PendingFile:
         name = new_temp_name()

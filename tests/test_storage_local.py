@@ -67,13 +67,13 @@ def full_disk_fopen(failing="write"):
 
 def test_objects_live_at_sharded_paths(store, root):
     store.put_bytes(BLOBS, DIGEST, DATA)
-    store.put_bytes(MPACKS, DIGEST, DATA)
-    shard = os.path.join(DIGEST[:2], DIGEST[2:4], DIGEST)
+    store.put_many(MPACKS, [(DIGEST, DATA)])
+    shard = os.path.join(DIGEST[:2], DIGEST)  # one level of 256 directories
     assert files_under(root) == [os.path.join(BLOBS, shard), os.path.join(MPACKS, shard)]
 
 
 def test_local_path_is_the_sharded_path(store, root):
-    expected = os.path.join(root, MPACKS, DIGEST[:2], DIGEST[2:4], DIGEST)
+    expected = os.path.join(root, MPACKS, DIGEST[:2], DIGEST)
     assert store.local_path(MPACKS, "sha256:" + DIGEST) == expected
 
 
@@ -101,7 +101,7 @@ def test_open_returns_a_real_file(store):
 
 def test_iter_digests_skips_names_that_are_not_objects(store, root):
     store.put_bytes(BLOBS, DIGEST, DATA)
-    shard = root / BLOBS / DIGEST[:2] / DIGEST[2:4]
+    shard = root / BLOBS / DIGEST[:2]
     (shard / "notes.txt").write_bytes(b"x")
     (shard / DIGEST.upper()).write_bytes(b"x")
     (shard / ("0" * 64)).write_bytes(b"x")  # a hex name in the wrong shard
@@ -183,7 +183,7 @@ def test_filesystem_without_hard_links_falls_back_to_rename(root):
     store = LocalStore(root, make_signer(), link=link)
     assert store.put_bytes(BLOBS, DIGEST, DATA) is True
     assert store.put_bytes(BLOBS, DIGEST, DATA) is False
-    assert files_under(root) == [os.path.join(BLOBS, DIGEST[:2], DIGEST[2:4], DIGEST)]
+    assert files_under(root) == [os.path.join(BLOBS, DIGEST[:2], DIGEST)]
 
 
 def test_storage_error_does_not_reveal_paths(root):
@@ -204,7 +204,7 @@ def test_processes_putting_one_digest_store_one_intact_file(root):
     with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
         results = list(pool.map(put_big_in_child, [str(root)] * 4))
     assert results.count(True) == 1
-    assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST[2:4], BIG_DIGEST)]
+    assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST)]
     with LocalStore(root, make_signer()).open(MPACKS, BIG_DIGEST) as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == BIG_DIGEST
 
@@ -298,3 +298,38 @@ def test_put_many_over_a_damaged_object_replaces_it_and_keeps_intact_ones(store)
     with open(damaged, "rb") as handle:
         assert handle.read() == items[1][1]
     assert oct(os.stat(damaged).st_mode & 0o777) == "0o600"
+
+
+# -- objects an older version wrote two shard levels deep ------------------------------
+
+def legacy_put(root, namespace, content):
+    digest = hashlib.sha256(content).hexdigest()
+    path = root / namespace / digest[:2] / digest[2:4] / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return digest, str(path)
+
+
+def test_objects_in_the_old_two_level_layout_are_still_found_listed_and_deleted(store, root):
+    old, old_path = legacy_put(root, BLOBS, b"written by an older version")
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    assert store.exists(BLOBS, old) and store.local_path(BLOBS, old) == old_path
+    with store.open(BLOBS, old) as handle:
+        assert handle.read() == b"written by an older version"
+    assert store.stat(BLOBS, old)[0] == len(b"written by an older version") and store.verify(BLOBS, old)
+    assert list(store.iter_digests(BLOBS)) == sorted([old, DIGEST])
+    assert store.put_bytes(BLOBS, old, b"written by an older version") is False  # intact there: not written twice
+    assert store.put_many(BLOBS, [(old, b"written by an older version")]) == [False]
+    assert store.delete(BLOBS, old) is True and not store.exists(BLOBS, old)
+    assert store.delete(BLOBS, old) is False
+
+
+def test_a_damaged_object_in_the_old_layout_is_rewritten_in_the_new_one(store, root):
+    old, old_path = legacy_put(root, MPACKS, b"pack bytes")
+    with open(old_path, "wb") as handle:
+        handle.write(b"rot")
+    assert store.put_many(MPACKS, [(old, b"pack bytes")]) == [True]
+    assert store.local_path(MPACKS, old) == str(root / MPACKS / old[:2] / old)
+    assert store.verify(MPACKS, old)
+    assert store.delete(MPACKS, old) and not os.path.exists(old_path)  # both copies gone
+    assert list(store.iter_digests(MPACKS)) == []

@@ -11,9 +11,12 @@ import os
 import falcon
 
 from mpack.http import errors as http_errors
+from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
+from mpack.http.bodies import BodyMiddleware, Intake
 from mpack.http.logs import configure_logging, with_request_id
-from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Wire
+from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
+from mpack.hub.db import discard_connection
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 
@@ -36,11 +39,17 @@ class HubApp:
 
 
 def create_app(hub: Hub) -> HubApp:
-    api = falcon.App(cors_enable=False)
+    api = falcon.App(cors_enable=False, middleware=[BodyMiddleware(Intake(hub.settings))])
     api.req_options.auto_parse_form_urlencoded = False
     api.req_options.strip_url_path_trailing_slash = True
-    http_errors.install(api)
+    http_errors.install(api, lambda: discard_connection(hub.db))
     api.add_route("/healthz", Health(hub))
+    api.add_route("/metrics", Metrics(hub))
+    api.add_route("/admin", AdminPage(hub))
+    api.add_route("/admin/login", AdminLogin(hub))
+    api.add_route("/admin/logout", AdminLogout(hub))
+    api.add_route("/admin/actions/retry", AdminRetry(hub))
+    api.add_route("/admin/actions/gc", AdminGcAction(hub))
     api.add_route("/admin/users", AdminUsers(hub))
     api.add_route("/admin/jobs", AdminJobs(hub))
     api.add_route("/admin/gc", AdminGc(hub))

@@ -81,7 +81,7 @@ class BareServer(BaseApplication):
     """gunicorn with the hub's configuration values, serving the bare app."""
 
     def __init__(self, path: str, bind: str) -> None:
-        skip = {"wsgi_app", "post_fork", "worker_exit"}
+        skip = {"wsgi_app", "post_fork", "worker_exit", "on_starting", "child_exit"}  # the hub's own hooks
         self.values = {k: v for k, v in config_values().items() if k not in skip} | {"bind": bind}
         self.path = path
         super().__init__()

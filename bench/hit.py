@@ -13,6 +13,7 @@ Target ≥ 0.70 for both hits. Needs ``wrk`` (Debian package).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -84,8 +85,9 @@ class BareServer:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> BareServer:
+        env = {**os.environ, "MPACKHUB_HOME": str(Path(self.db).parent / "bare-home")}  # config_values() makes dirs there
         self.process = subprocess.Popen([sys.executable, "-m", "bench.bare_app", self.db, f"127.0.0.1:{self.port}"],
-                                        cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+                                        cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, timeout=30)
         return self
 

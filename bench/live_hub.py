@@ -91,29 +91,53 @@ def wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 30.0) 
     raise TimeoutError("gunicorn did not become healthy")
 
 
+def listening_socket() -> socket.socket:
+    """A socket already bound and listening on a free loopback port, for gunicorn's ``fd://`` bind.
+
+    Handing gunicorn the bound socket (instead of a port number found free a moment earlier)
+    leaves no window in which another process can take the port.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def stop_gunicorn(process: subprocess.Popen, graceful_s: float = 10.0) -> None:
+    """SIGTERM (drain), then SIGQUIT (quick stop) if a kept-alive connection holds a worker, then kill."""
+    for sig, wait_s in ((signal.SIGTERM, graceful_s), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 10.0)):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @contextmanager
 def live_hub(home: Path, *, workers: int = 2, env: dict | None = None):
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     admin = "test-admin-token-" + os.urandom(8).hex()
     environ = {
-        **os.environ, "MPACKHUB_HOME": str(home), "MPACKHUB_PUBLIC_URL": url, "MPACKHUB_BIND": f"127.0.0.1:{port}",
+        **os.environ, "MPACKHUB_HOME": str(home), "MPACKHUB_PUBLIC_URL": url, "MPACKHUB_BIND": f"fd://{sock.fileno()}",
         "MPACKHUB_ADMIN_TOKEN": admin, "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(),
         "MPACKHUB_WORKERS": str(workers), "MPACKHUB_JOB_POLL_SECONDS": "0.2", **(env or {}),
     }
     log = open(home.parent / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 — closed below
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")],
-                               cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+                               cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                               pass_fds=(sock.fileno(),))
+    sock.close()  # gunicorn holds it now
     try:
         wait_healthy(url, process)
         yield LiveHub(url, home, admin, process)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gunicorn(process)
         log.close()
 
 

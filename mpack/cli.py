@@ -21,7 +21,7 @@ from mpack.client.admin_client import TOKEN_ENV as ADMIN_TOKEN_ENV
 from mpack.client.admin_client import AdminClient
 from mpack.format.errors import MuseError
 from mpack.http.logs import configure_logging
-from mpack.http.serving import HubServer
+from mpack.http.serving import HubServer, exec_server
 from mpack.hub import auth, fsck, gc, jobs
 from mpack.hub.bootstrap import build_hub, existing_settings
 from mpack.hub.services import Hub
@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("MPACKHUB_ADMIN_TOKEN"):
         print(f"  admin token: in {secrets_path(settings.home)} (key admin_token)")
     print(second_terminal(executable(), settings), flush=True)
-    server.run()
+    exec_server()  # a fresh interpreter, so that metrics start in multiprocess mode
     return 0
 
 

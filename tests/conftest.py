@@ -1,4 +1,8 @@
-"""Every test gets its own hub: a real SQLite file and a real store under tmp_path."""
+"""Every test gets its own hub: a real database and a real store under tmp_path.
+
+The database is a SQLite file, or with ``MPACKHUB_TEST_DATABASE=postgresql`` a
+fresh database in a throwaway PostgreSQL cluster (tests/database.py).
+"""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +11,27 @@ import webtest
 from app import create_app
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings
+from tests import database
 from tests.factories import Clock, make_repo, make_user
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster(tmp_path_factory):
+    if not database.POSTGRES:
+        yield None
+        return
+    manager = database.start_cluster(tmp_path_factory.getbasetemp())
+    try:
+        yield database.cluster()
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases():
+    since = database.made_so_far()
+    yield
+    database.drop_made(since)
 
 
 @pytest.fixture
@@ -17,7 +41,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings.for_home(tmp_path / "hub", public_url="http://hub.test", job_threads=0)
+    home = tmp_path / "hub"
+    return Settings.for_home(home, database_url=database.database_url(home), public_url="http://hub.test",
+                             job_threads=0)
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.handlers import production_registry
 from mpack.hub.pool import run_until_idle
 from mpack.hub.settings import Settings
+from tests.database import database_url
 
 
 def build_then_hang(home: str, marker: str, lease_seconds: int) -> None:
     """Claim the prebuild and stop dead half way through writing its pack (until killed)."""
-    hub = build_hub(Settings.for_home(home, public_url="http://hub.test", job_threads=0,
+    hub = build_hub(Settings.for_home(home, database_url=database_url(home), public_url="http://hub.test", job_threads=0,
                                       job_lease_seconds=lease_seconds))
     real_add_snapshot = build.MPackWriter.add_snapshot
 

@@ -82,3 +82,16 @@ def error_of(response, status: int) -> dict:
     assert set(body) == {"error", "detail"}
     assert "Traceback" not in response.text
     return body
+
+
+def refuse_nul_like_postgresql(db, monkeypatch) -> None:
+    """Make ``db`` (SQLite in tests) refuse NUL in a query parameter, as psycopg2 does, so that
+    input reaching a query unchecked shows as the 500 it would be on PostgreSQL."""
+    real = db.execute_sql
+
+    def execute_sql(sql, params=None, *args, **kwargs):
+        if any(isinstance(p, str) and "\x00" in p for p in params or ()):
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        return real(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(db, "execute_sql", execute_sql)

@@ -17,6 +17,7 @@ from mpack.hub.models import Repo
 from mpack.hub.pool import JobPool, run_until_idle
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
+from tests.database import database_url
 from tests.factories import Clock
 
 RECORD = "test.record"
@@ -28,9 +29,9 @@ FakeClock = Clock  # the hand-moved clock of tests/factories.py
 
 
 def open_hub(home: Path | str, *, clock: Callable[[], float] = time.time, **overrides: object) -> Hub:
-    """A hub on ``home/jobs.sqlite3`` (schema migrated), with no store and no pool."""
+    """A hub on ``home/jobs.sqlite3`` (or its PostgreSQL database; schema migrated), with no store and no pool."""
     home = Path(home)
-    database = open_database(f"sqlite:///{home / 'jobs.sqlite3'}")
+    database = open_database(database_url(home, sqlite_name="jobs.sqlite3"))
     migrate(database)
     return Hub(settings=Settings.for_home(home, **overrides), db=database, store=None, clock=clock)
 

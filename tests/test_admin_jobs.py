@@ -34,7 +34,7 @@ def test_admin_jobs_refuses_post(app, hub):
 
 def mpackhub(hub, *args: str) -> subprocess.CompletedProcess:
     """The console command, in its own process, on this hub's home (as an operator runs it)."""
-    env = {**os.environ, "MPACKHUB_HOME": str(hub.settings.home)}
+    env = {**os.environ, "MPACKHUB_HOME": str(hub.settings.home), "MPACKHUB_DATABASE_URL": hub.settings.database_url}
     hub.db.close()  # the test's connection must not hold SQLite's write lock meanwhile
     return subprocess.run([sys.executable, "-m", "mpack.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

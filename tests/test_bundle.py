@@ -9,6 +9,7 @@ import webtest
 from app import create_app
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.settings import Settings
+from tests.database import database_url
 from tests.factories import History, make_repo, make_user, push_history, unpack, wire
 
 PATH = "/gabriel/song"
@@ -68,7 +69,8 @@ def test_json_clients_get_base64_content(app, pushed):
 
 
 def test_a_bundle_over_the_inline_limit_names_the_mpack_route(tmp_path, clock):
-    hub = build_hub(Settings.for_home(tmp_path / "small", public_url="http://hub.test", job_threads=0,
+    hub = build_hub(Settings.for_home(tmp_path / "small",
+                                      database_url=database_url(tmp_path / "small"), public_url="http://hub.test", job_threads=0,
                                       inline_fetch_max_bytes=1000), clock=clock)
     app = webtest.TestApp(create_app(hub))
     user, token = make_user(hub, "gabriel")

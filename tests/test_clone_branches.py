@@ -22,6 +22,7 @@ from mpack.client import sync
 from mpack.client.hub_client import HubClient
 from mpack.client.layout import MuseRepo
 from mpack.client.progress import Bars
+from tests.database import database_url
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with live_hub(tmp_path_factory.mktemp("branches") / "hub", workers=1) as hub:
+    home = tmp_path_factory.mktemp("branches") / "hub"
+    with live_hub(home, workers=1, env={"MPACKHUB_DATABASE_URL": database_url(home)}) as hub:
         yield hub
 
 

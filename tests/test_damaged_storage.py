@@ -208,6 +208,7 @@ def test_admin_fsck_needs_the_admin_token(app, owner):
 
 def test_cli_fsck_exits_2_when_it_found_damage_then_0(hub, pushed, monkeypatch, capsys):
     monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
+    monkeypatch.setenv("MPACKHUB_DATABASE_URL", hub.settings.database_url)
     monkeypatch.setattr(cli, "configure_logging", lambda level: None)
     damage(hub, BLOBS, sorted(pushed.blobs)[0])
 

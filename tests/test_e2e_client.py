@@ -17,6 +17,7 @@ from mpack.client import sync
 from mpack.client.hub_client import ClientError, HubClient
 from mpack.client.layout import MuseRepo
 from mpack.format import ids
+from tests.database import database_url
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with live_hub(tmp_path_factory.mktemp("client") / "hub", workers=2) as hub:
+    home = tmp_path_factory.mktemp("client") / "hub"
+    with live_hub(home, workers=2, env={"MPACKHUB_DATABASE_URL": database_url(home)}) as hub:
         yield hub
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from bench.live_hub import live_hub, push_like_cli
+from tests.database import database_url
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def hub_server(tmp_path_factory):
-    with live_hub(tmp_path_factory.mktemp("live") / "hub", workers=2) as server:
+    home = tmp_path_factory.mktemp("live") / "hub"
+    with live_hub(home, workers=2, env={"MPACKHUB_DATABASE_URL": database_url(home)}) as server:
         yield server
 
 

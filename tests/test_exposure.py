@@ -18,7 +18,11 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import User
 from mpack.hub.settings import Settings
 from storage.errors import InvalidUrlToken
+from tests.database import POSTGRES
 from tests.factories import History, error_of, make_repo, make_user, push_history
+
+only_sqlite_lock_files = pytest.mark.skipif(
+    POSTGRES, reason="lock files are single flight on SQLite; on PostgreSQL it is an advisory lock (tests/test_postgres.py)")
 
 PATH = "/gabriel/song"
 
@@ -27,6 +31,7 @@ def lock_files(hub) -> list[str]:
     return sorted(p.name for p in (hub.settings.home / "locks").glob("*.lock"))
 
 
+@only_sqlite_lock_files
 def test_gc_removes_the_lock_files_builds_leave(hub, app, owner, repo):
     h = History().linear(3)
     push_history(app, owner[1], PATH, h)
@@ -41,6 +46,7 @@ def test_gc_removes_the_lock_files_builds_leave(hub, app, owner, repo):
     fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[h.commits[0]["commit_id"], h.commits[1]["commit_id"]])
 
 
+@only_sqlite_lock_files
 def test_gc_keeps_a_lock_file_a_build_holds(hub):
     with hub.flights._process_lock("busy"):
         assert hub.flights.sweep() == 0

@@ -21,6 +21,7 @@ from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import BackgroundJob, FetchMPackCache
 from mpack.hub.settings import Settings
 from storage.base import MPACKS, new_temp_name
+from tests.database import database_url
 from tests.factories import History, fake_commit_id, make_repo, make_user, push_history
 
 DAY = 24 * 3600
@@ -156,10 +157,16 @@ def test_a_url_never_outlives_the_row_it_came_from(hub, app, repo, clock):
 
 
 def test_a_multi_want_url_survives_the_expiry_of_a_tip_row_naming_the_same_pack(hub, app, repo, pushed, clock):
-    fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip], have=[])
+    first = fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip], have=[])
     clock.advance(hub.settings.cache_ttl - 600)
-    # Two wants, one an ancestor of the other: the same bytes as the tip's full pack; publishing touches the file.
-    both = fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip, pushed.commits[0]["commit_id"]], have=[])
+    # A row for two wants naming the same bytes as the tip's full pack. The fetch path now
+    # keys an ancestor want under the tip's own row, so this row is written as an older hub
+    # did; the fetch that follows hits it, and publishing touches the file.
+    wants = [pushed.tip, pushed.commits[0]["commit_id"]]
+    stats = cache.PackStats(first["mpack_id"], first["size_bytes"], first["commit_count"], first["blob_count"])
+    cache.write_row(hub, repo, ",".join(sorted(wants)), "", stats)
+    both = fetch.wire_fetch_mpack(hub, repo, want=wants, have=[])
+    assert both["cached"] is True and both["mpack_id"] == first["mpack_id"]
     set_mtime(hub, both["mpack_id"], hub.now())
     clock.advance(1200)  # the tip's row expired ten minutes ago; the URL has fifty minutes left
 
@@ -271,7 +278,8 @@ def quota_hub(tmp_path, clock):
 
     Its rows live a month, so that least-recently-used rows exist to evict.
     """
-    settings = Settings.for_home(tmp_path / "quota", public_url="http://hub.test", job_threads=0,
+    settings = Settings.for_home(tmp_path / "quota",
+                                 database_url=database_url(tmp_path / "quota"), public_url="http://hub.test", job_threads=0,
                                  cache_max_bytes=250, cache_ttl=30 * DAY)
     hub = build_hub(settings, clock=clock)
     yield hub
@@ -495,6 +503,7 @@ def cli_logging(monkeypatch):
 
 def test_cli_gc_dry_run_prints_the_report_as_json(hub, monkeypatch, capsys, cli_logging):
     monkeypatch.setenv("MPACKHUB_HOME", str(hub.settings.home))
+    monkeypatch.setenv("MPACKHUB_DATABASE_URL", hub.settings.database_url)
 
     assert cli.main(["gc", "--dry-run"]) == 0
 

@@ -17,6 +17,7 @@ from mpack.hub.models import BackgroundJob, FetchMPackCache
 from mpack.hub.pool import run_until_idle
 from mpack.hub.settings import Settings
 from tests.crash_support import build_then_hang
+from tests.database import database_url
 from tests.factories import History, make_repo, make_user, push_history
 
 LEASE = 2
@@ -33,7 +34,9 @@ def poll(predicate, deadline_s: float, what: str):
 
 def test_a_killed_prebuild_is_reclaimed_and_completed_once(tmp_path):
     home = tmp_path / "hub"
-    settings = Settings.for_home(home, public_url="http://hub.test", job_threads=0, job_lease_seconds=LEASE)
+    settings = Settings.for_home(home,
+                                 database_url=database_url(home), public_url="http://hub.test", job_threads=0,
+                                 job_lease_seconds=LEASE)
     hub = build_hub(settings)
     user, token = make_user(hub, "gabriel")
     repo = make_repo(hub, user, "song")

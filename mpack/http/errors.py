@@ -1,17 +1,23 @@
 """The one place where domain errors become HTTP responses.
 
 Every error body is JSON ``{"error": code, "detail": text}``. Unexpected
-exceptions are logged with their traceback and answered 500 without one.
+exceptions are logged with their traceback and answered 500 without one. A
+database that refuses or drops the connection (restarted, unreachable, locked
+past the busy timeout) is answered 503 ``database_unavailable`` with
+``Retry-After``, and the connection is dropped so the next request opens a
+fresh one.
 """
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import falcon
 import peewee as pw
 
 from mpack.format.errors import MPackError
+from mpack.http import admin_html
 from mpack.hub import db as dbmod
 from mpack.hub import errors
 
@@ -24,9 +30,11 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.Forbidden, falcon.HTTP_403),
     (errors.InvalidUrlToken, falcon.HTTP_403),
     (errors.NotFound, falcon.HTTP_404),
+    (errors.BodyTimeout, falcon.HTTP_408),
     (errors.StoredObjectMissing, falcon.HTTP_404),
     (errors.NonFastForward, falcon.HTTP_409),
     (errors.AlreadyExists, falcon.HTTP_409),
+    (errors.Conflict, falcon.HTTP_409),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.RangeNotSatisfiable, falcon.HTTP_416),
     (errors.Unprocessable, falcon.HTTP_422),
@@ -34,6 +42,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MuseError], str]] = [
     (errors.InvalidRecord, falcon.HTTP_422),
     (errors.StorageError, falcon.HTTP_507),
     (errors.ObjectUnavailable, falcon.HTTP_503),
+    (errors.ServerBusy, falcon.HTTP_503),
     (MPackError, falcon.HTTP_500),
 ]
 
@@ -54,10 +63,16 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     if status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
         log.error("request failed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
+    if getattr(req.context, "html", False):  # the admin page's forms: a page, not JSON
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = admin_html.error_page(status, exc.detail)
+        return
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _error_body(exc.code, exc.detail)
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="mpackhub"')
+    if isinstance(exc, errors.ServerBusy):
+        resp.set_header("Retry-After", "1")
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")
 
@@ -83,6 +98,21 @@ def handle_database_error(req, resp, exc: pw.DatabaseError, params) -> None:
     resp.data = _error_body(full.code, full.detail)
 
 
+def database_error_handler(discard_connection: Callable[[], None]):
+    """The handler for ``db.CONNECTION_ERRORS``: drop the connection, answer 503 (507 for a full disk)."""
+    def handle(req, resp, exc: Exception, params) -> None:
+        if not dbmod.is_connection_error(exc):  # SQLITE_FULL and PostgreSQL's disk_full are OperationalErrors too
+            handle_database_error(req, resp, exc, params)
+            return
+        discard_connection()
+        log.warning("database unavailable", extra={"path": req.path, "error": type(exc).__name__})
+        resp.status = falcon.HTTP_503
+        resp.content_type = falcon.MEDIA_JSON
+        resp.set_header("Retry-After", "1")
+        resp.data = _error_body("database_unavailable", "the database is unavailable; retry shortly")
+    return handle
+
+
 def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
     title = (exc.title or "error").split(" ", 1)[-1] if (exc.title or "")[:3].isdigit() else (exc.title or "error")
     code = title.lower().replace(" ", "_")
@@ -90,8 +120,9 @@ def serialize_http_error(req, resp, exc: falcon.HTTPError) -> None:
     resp.data = _error_body(code, exc.description or exc.title or "")
 
 
-def install(app: falcon.App) -> None:
+def install(app: falcon.App, discard_connection: Callable[[], None] = lambda: None) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(pw.DatabaseError, handle_database_error)
+    app.add_error_handler(dbmod.CONNECTION_ERRORS, database_error_handler(discard_connection))
     app.add_error_handler(errors.MuseError, handle_hub_error)
     app.set_error_serializer(serialize_http_error)

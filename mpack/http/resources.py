@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mpack.format.errors import MuseError
-from mpack.http.media import read_body, send
-from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, push, repos
+from mpack.http.media import large_limits, read_body, send, small_limits
+from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
 if TYPE_CHECKING:
@@ -18,8 +19,10 @@ class Resource:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def body(self, req: falcon.Request, *, optional: bool = False) -> dict:
-        return read_body(req, self.hub.settings.max_body_bytes, optional=optional)
+    def body(self, req: falcon.Request, *, optional: bool = False, large: bool = False) -> dict:
+        """The decoded body under this route's limits: ``large`` for push and push/objects only."""
+        limits = large_limits(self.hub.settings) if large else small_limits(self.hub.settings)
+        return read_body(req, limits, optional=optional)
 
     @staticmethod
     def user(req: falcon.Request):
@@ -30,6 +33,15 @@ class Health(Resource):
     def on_get(self, req, resp):
         report = health.health(self.hub)
         send(req, resp, report, falcon.HTTP_200 if report["status"] == "ok" else falcon.HTTP_503)
+
+
+class Metrics(Resource):
+    """``GET /metrics``: Prometheus text format, admin token required."""
+
+    def on_get(self, req, resp):
+        auth.require_admin(self.hub, req.get_header("Authorization"))
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(metrics.Scrape(self.hub.metrics, self.hub.settings, self.hub.now))
 
 
 class AdminUsers(Resource):
@@ -91,11 +103,11 @@ class Wire(Resource):
 
     def on_post_push_objects(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))
-        send(req, resp, push.receive_objects(self.hub, target, self.body(req)))
+        send(req, resp, push.receive_objects(self.hub, target, self.body(req, large=True)))
 
     def on_post_push(self, req, resp, owner, repo):
         target = repos.writable_repo(owner, repo, self.user(req))
-        send(req, resp, push.push(self.hub, target, self.body(req)))
+        send(req, resp, push.push(self.hub, target, self.body(req, large=True)))
 
     def on_post_fetch(self, req, resp, owner, repo):
         target = repos.readable_repo(owner, repo, self.user(req))
@@ -119,7 +131,8 @@ class Download(Resource):
     """``GET|HEAD /mpacks/{mpack_id}?expires&kid&sig``: a signed, ranged, sendfile download."""
 
     def on_get(self, req, resp, mpack_id):
-        served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"))
+        served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
+                                               head=req.method == "HEAD")
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)

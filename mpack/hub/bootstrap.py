@@ -9,6 +9,7 @@ from pathlib import Path
 from mpack.hub import db as dbmod
 from mpack.hub.errors import NoHub
 from mpack.hub.handlers import production_registry
+from mpack.hub.metrics import HubMetrics
 from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings, database_url_of, home_of
@@ -37,10 +38,11 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     private_dir(settings.home)
     private_dir(settings.store_root)
     database = dbmod.open_database(settings.database_url)
-    dbmod.migrate(database, clock)
+    dbmod.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine")
-    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool)
+    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
+               metrics=HubMetrics(settings.metrics_dir))
 
 
 def existing_settings(environ: Mapping[str, str]) -> Settings:

@@ -8,6 +8,7 @@ same bytes and the same mpack id.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,7 @@ def _open_blob(hub: Hub, object_id: str):
 
 def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
+    started = time.perf_counter()
     blobs = blobs_for(repo, commits)
     digests = sorted(blobs)
     sizes = _blob_sizes(repo, digests)
@@ -91,4 +93,5 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
         writer.finish()
         size = pending.size
         digest = pending.commit()
+    hub.metrics.pack_built(time.perf_counter() - started, size)
     return PackStats(MPACK_PREFIX + digest, size, len(commits), len(digests))

@@ -1,7 +1,9 @@
 """The fetch-mpack cache: which stored pack answers (repo, tip[, haves]).
 
 ``cache_id`` is the seed's: sha256 hex of ``repo_id + tip_commit_id`` for a
-full pack; a delta pack (one tip, some haves) appends NUL and its base key.
+full pack; a delta pack appends NUL and its base key: the sha256 hex of the
+sorted digests that bound it (``base_key``), so a key has a fixed size however
+many haves the request named.
 Hits slide the expiry forward (at most ``cache_ttl`` from now), but write at
 most once a minute per row, so that a hot tip costs reads, not writes.
 
@@ -14,10 +16,13 @@ compilation cost more than the query itself).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from mpack.format import ids
+from mpack.hub.db import xact_lock
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
 
@@ -27,8 +32,10 @@ if TYPE_CHECKING:
 HIT_WRITE_INTERVAL = 60.0
 
 
-def base_key(have_digests: list[str]) -> str:
-    return ",".join(sorted(set(have_digests)))
+def base_key(bound_digests: Iterable[str]) -> str:
+    """"" for a full pack; else sha256 hex of the sorted, distinct digests that bound the delta."""
+    joined = ",".join(sorted(set(bound_digests)))
+    return hashlib.sha256(joined.encode("ascii")).hexdigest() if joined else ""
 
 
 def cache_id(repo_id: str, tip_commit_id: str, base: str = "") -> str:
@@ -84,6 +91,11 @@ def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
     if applied:
         row.expires_at, row.last_used_at = expires, now
     return bool(applied)
+
+
+def pack_lock(mpack_id: str) -> str:
+    """The lock a cache-row write and GC's delete of the same pack take (PostgreSQL; see ``db.xact_lock``)."""
+    return "mpack:" + ids.hex_of(mpack_id)
 
 
 @dataclass
@@ -145,7 +157,9 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
     """Insert or replace the row for this key with a fresh expiry.
 
     The file's existence is checked inside the write transaction; GC deletes
-    files inside its own, so a row never names a file GC has just removed.
+    files inside its own, and both hold the pack's lock (``pack_lock``), so a
+    row never names a file GC has just removed. The write is one upsert, so
+    two nodes writing the same key both succeed and the later row stands.
     """
     now = hub.now()
     values = dict(
@@ -153,8 +167,11 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
         base=base, mpack_id=stats.mpack_id, created_at=now, expires_at=now + hub.settings.cache_ttl,
         last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
     )
+    changed = {FetchMPackCache._meta.fields[name]: value for name, value in values.items() if name != "cache_id"}
     with hub.db.atomic():
+        xact_lock(hub.db, pack_lock(stats.mpack_id))
         if not hub.store.exists(MPACKS, stats.mpack_id):
             raise PackVanished(stats.mpack_id)
-        FetchMPackCache.replace(**values).execute()
+        (FetchMPackCache.insert(**values)
+         .on_conflict(conflict_target=[FetchMPackCache.cache_id], update=changed).execute())
     return FetchMPackCache(**values)

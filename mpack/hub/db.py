@@ -6,16 +6,27 @@ transaction that may write takes the write lock up front instead of failing
 with SQLITE_BUSY half way. Connections are per thread and opened lazily, so a
 process that forks (gunicorn) never hands one to its children: ``migrate``
 closes the connection it used.
+
+PostgreSQL (``postgresql://user:password@host:port/name?option=value``, the
+options passed to libpq, ``connect_timeout`` 5 s unless given) runs at READ
+COMMITTED, so what SQLite's single writer gave for free is asked for:
+``migrate`` holds an advisory lock (many workers and nodes start together),
+``xact_lock`` serialises writers on one key for the rest of a transaction, and
+``for_update`` adds ``FOR UPDATE`` to a read that a write will follow. On
+SQLite both are no-ops: an IMMEDIATE transaction already excludes every other
+writer. A connection that failed (server restarted) is dropped by
+``discard_connection``; the next query opens a fresh one.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import peewee as pw
 
@@ -34,6 +45,12 @@ SQLITE_PRAGMAS = {
     "cache_size": -16 * 1024,
 }
 
+
+PG_CONNECT_TIMEOUT = 5  # seconds: a database that does not answer fails requests fast (503), not after minutes
+MIGRATION_LOCK = "mpackhub schema migration"
+
+# What a lost or refused connection raises: answered 503, and the connection is dropped.
+CONNECTION_ERRORS = (pw.OperationalError, pw.InterfaceError)
 
 PG_DISK_FULL = "53100"  # SQLSTATE disk_full
 PROBE_BUSY_TIMEOUT_MS = 1000
@@ -137,9 +154,12 @@ def open_database(url: str) -> pw.Database:
         _private_sqlite_files(path)
         db: pw.Database = HubSqliteDatabase(path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE")
     elif parsed.scheme in ("postgres", "postgresql"):
+        options: dict[str, object] = {"connect_timeout": PG_CONNECT_TIMEOUT, "application_name": "mpackhub"}
+        options.update(parse_qsl(parsed.query))
         db = pw.PostgresqlDatabase(
-            parsed.path.lstrip("/"), user=parsed.username, password=parsed.password,
-            host=parsed.hostname, port=parsed.port or 5432,
+            unquote(parsed.path.lstrip("/")), user=unquote(parsed.username or "") or None,
+            password=unquote(parsed.password or "") or None, host=parsed.hostname, port=parsed.port or 5432,
+            **options,
         )
     else:
         raise DatabaseUrlError(f"unsupported database URL scheme {parsed.scheme!r} (sqlite:/// or postgresql://)")
@@ -156,6 +176,59 @@ def _private_sqlite_files(path: str) -> None:
     for name in (path, path + "-wal", path + "-shm", path + "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(name, 0o600)
+
+
+def is_postgres(db: pw.Database) -> bool:
+    return isinstance(db, pw.PostgresqlDatabase)
+
+
+def advisory_key(name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks, from a name."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def xact_lock(db: pw.Database, name: str) -> None:
+    """Inside a transaction: wait for, then hold until commit, the lock named ``name`` (PostgreSQL).
+
+    On SQLite a write transaction already holds the database's one write lock.
+    """
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (advisory_key(name),))
+
+
+def for_update(db: pw.Database, query: pw.Select) -> pw.Select:
+    """``query … FOR UPDATE`` where rows can be locked (PostgreSQL); SQLite's writer lock covers it."""
+    return query.for_update() if is_postgres(db) else query
+
+
+def discard_connection(db: pw.Database) -> None:
+    """Drop this thread's connection after an error that may have broken it.
+
+    The next query opens a new one (peewee connects on demand), so a hub rides
+    out a database restart without being restarted itself.
+    """
+    if db.is_closed():
+        return
+    try:
+        db.close()
+    except pw.PeeweeException:  # refused mid-transaction, or already gone: close the driver's handle, forget the state
+        raw = getattr(db._state, "conn", None)  # peewee has no public way to close a connection it refuses to
+        try:
+            if raw is not None:
+                raw.close()
+        finally:
+            db.dispose()
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A refused, lost or unusable connection (not a full disk, which is also an OperationalError)."""
+    return isinstance(exc, CONNECTION_ERRORS) and not is_disk_full(exc)
+
+
+def discard_after(db: pw.Database, exc: BaseException) -> None:
+    """Drop this thread's connection if ``exc`` says it is broken; keep it otherwise."""
+    if is_connection_error(exc):
+        discard_connection(db)
 
 
 def _v1_create_tables(db: pw.Database) -> None:
@@ -180,9 +253,36 @@ def _v3_health_probe(db: pw.Database) -> None:
     db.create_tables([models.HealthProbe], safe=True)
 
 
+def _v4_gc_runs(db: pw.Database) -> None:
+    db.create_tables([models.GcRun], safe=True)
+
+
+# Epoch-second columns: PostgreSQL's ``real`` (what v1 made of peewee's FloatField) holds
+# them to 128 s; ``double precision`` to a microsecond. SQLite's REAL is already 8 bytes.
+TIMESTAMP_COLUMNS = {
+    "schema_version": ("applied_at",),
+    "user": ("created_at",),
+    "api_token": ("created_at",),
+    "repo": ("created_at",),
+    "branch": ("updated_at",),
+    "fetch_mpack_cache": ("created_at", "expires_at", "last_used_at"),
+    "background_job": ("created_at", "run_after", "locked_until", "finished_at"),
+    "health_probe": ("at",),
+    "gc_run": ("started_at",),
+}
+
+
+def _v5_double_timestamps(db: pw.Database) -> None:
+    if not is_postgres(db):
+        return
+    for table, columns in TIMESTAMP_COLUMNS.items():
+        changes = ", ".join(f'ALTER COLUMN "{column}" TYPE double precision' for column in columns)
+        db.execute_sql(f'ALTER TABLE "{table}" {changes}')
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
 MIGRATIONS: list[Callable[[pw.Database], None]] = [
-    _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe,
+    _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_gc_runs, _v5_double_timestamps,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -194,18 +294,48 @@ def current_version(db: pw.Database) -> int:
     return int(row or 0)
 
 
-def migrate(db: pw.Database, clock: Callable[[], float] = time.time) -> int:
-    """Create or upgrade the schema under a recorded version; safe to run from many workers at once."""
+def migrate(db: pw.Database, clock: Callable[[], float] = time.time, *, upto: int | None = None) -> int:
+    """Create or upgrade the schema under a recorded version; safe to run from many workers and nodes at once.
+
+    ``upto`` stops at that version (tests build the previous schema with it). Returns the version reached.
+    """
+    target_version = SCHEMA_VERSION if upto is None else upto
     db.connect(reuse_if_open=True)
     try:
         with db.atomic():
+            xact_lock(db, MIGRATION_LOCK)  # PostgreSQL: the second worker waits, then finds the schema done
             version = current_version(db)
             if version > SCHEMA_VERSION:
                 raise MuseError(f"database schema version {version} is newer than this mpackhub ({SCHEMA_VERSION})")
-            for target in range(version, SCHEMA_VERSION):
+            for target in range(version, target_version):
                 MIGRATIONS[target](db)
                 models.SchemaVersion.create(version=target + 1, applied_at=clock())
                 log.info("schema upgraded", extra={"schema_version": target + 1})
-        return SCHEMA_VERSION
+        return max(version, target_version)
     finally:
         db.close()
+
+
+def migrate_when_reachable(db: pw.Database, clock: Callable[[], float] = time.time, *, wait: float = 0.0,
+                           pause: Callable[[float], None] = time.sleep,
+                           monotonic: Callable[[], float] = time.monotonic) -> int:
+    """``migrate``, retried for up to ``wait`` seconds while a PostgreSQL server refuses connections.
+
+    A hub started before its database (a compose file, a reboot) or a worker that gunicorn restarts
+    during an outage then waits for it instead of failing to boot, which stops gunicorn. SQLite is
+    never retried: its errors here are a wrong path or permissions.
+    """
+    if not is_postgres(db):
+        return migrate(db, clock)
+    deadline, delay = monotonic() + wait, 0.25
+    while True:
+        try:
+            return migrate(db, clock)
+        except CONNECTION_ERRORS as exc:
+            discard_connection(db)
+            if monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable at start; retrying", extra={"retry_in_s": delay, "error": str(exc)[:200]})
+            pause(delay)
+            delay = min(delay * 2, 5.0)
+

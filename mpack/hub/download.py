@@ -21,7 +21,8 @@ from storage.errors import StoredObjectMissing
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
-_SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+_BEYOND_ANY_FILE = 10**18  # a position with more digits than this is past every end (int() refuses 4,300+ digits)
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
@@ -63,25 +64,40 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _SINGLE_RANGE.fullmatch(header.strip())
     if match is None:  # malformed or several ranges: ignore the header (RFC 9110 §14.2)
         return None
-    first, last = match.groups()
-    if not first and not last:
+    first, last = (_position(group) for group in match.groups())
+    if first is None and last is None:
         return None
-    if not first:  # suffix: the last N bytes
-        count = int(last)
+    if first is None:  # suffix: the last N bytes
+        count = last
         if count == 0 or size == 0:
             raise RangeNotSatisfiable(size)
         count = min(count, size)
         return size - count, count
-    start = int(first)
+    start = first
     if start >= size:
         raise RangeNotSatisfiable(size)
-    end = min(int(last), size - 1) if last else size - 1
+    end = min(last, size - 1) if last is not None else size - 1
     if end < start:
         return None
     return start, end - start + 1
 
 
-def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
+def _position(digits: str) -> int | None:
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE
+
+
+def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
+                         head: bool = False) -> Served:
+    """Verify the token, open the pack, pick the range; a GET's bytes are counted (a HEAD sends none)."""
+    served = _open(hub, mpack_id, params, range_header)
+    if not head:
+        hub.metrics.download(served.length, partial=served.partial)
+    return served
+
+
+def _open(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
     hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
     digest = ids.hex_of(mpack_id)
     try:

@@ -13,11 +13,11 @@ from mpack.format.errors import InvalidId, InvalidRecord, MPackError, MuseError
 from storage.errors import ContentMismatch, InvalidUrlToken, StorageError, StorageFull, StoredObjectMissing
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTooLarge", "BundleTooLarge", "ContentMismatch", "Forbidden",
-    "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody", "MissingReference", "MPackError",
-    "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable", "RangeNotSatisfiable",
-    "RepoNotFound", "DatabaseFull", "StorageError", "StorageFull", "StoredObjectMissing", "Unauthorized",
-    "Unprocessable", "UnknownCommits",
+    "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge",
+    "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody",
+    "MissingReference", "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
+    "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull",
+    "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -89,10 +89,36 @@ class AlreadyExists(MuseError):
     code = "already_exists"
 
 
-# -- 413 / 416 / 422 ------------------------------------------------------------------
+class Conflict(MuseError):
+    """The thing exists but is in the wrong state for this request."""
+
+    code = "conflict"
+
+
+# -- 408 / 413 / 416 / 422 / 503 --------------------------------------------------------
+
+class BodyTimeout(MuseError):
+    """The request body did not arrive within its deadline (MPACKHUB_BODY_TIMEOUT)."""
+
+    code = "body_timeout"
+
 
 class BodyTooLarge(MuseError):
+    """Over the route's byte limit."""
+
     code = "body_too_large"
+
+
+class BodyTooComplex(BodyTooLarge):
+    """Within its byte limit, but it decodes to more objects than its size allows (issue 9)."""
+
+    code = "body_too_complex"
+
+
+class ServerBusy(MuseError):
+    """Every body reader of this worker is taken (slow clients): retry shortly."""
+
+    code = "busy"
 
 
 class RangeNotSatisfiable(MuseError):

@@ -4,19 +4,19 @@ A clone of a branch tip with a fresh cache row costs one primary-key lookup
 and one HMAC: the commit walk is never entered (FMC_13). Otherwise the delta
 (reachable from want, not from have) is walked, built once however many ask
 at the same time, stored under its id, signed, and — for a single want —
-recorded in the cache (FMC_14), with the haves as part of the key.
+recorded in the cache (FMC_14), keyed by the commits that bound the delta.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from mpack.format import ids
+from mpack.format import ids, rules
 from mpack.format.errors import MuseError
 from mpack.hub import cache, repos
 from mpack.hub.build import build_mpack
 from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
-from mpack.hub.history import walk_commit_delta
+from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo, User
 from storage.base import MPACKS
 from storage.errors import StorageError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 MAX_WANTS = 10_000
-MAX_HAVES = 1_000_000
+MAX_HAVES = 100_000  # a fetch names every local commit; 100,000 ids fit the 8 MiB read-route body limit
 
 # Module-level so that a test can observe that a cache hit never walks (FMC_13).
 _walk_commit_delta = walk_commit_delta
@@ -45,11 +45,16 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
     return want, have
 
 
+def _branch_like(name: str) -> bool:
+    """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query)."""
+    return rules.branch_problem(name) is None
+
+
 def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) -> dict[str, str]:
     """Commit ids or branch names → {digest: commit_id as stored}; unknown → UnknownCommits."""
     resolved: dict[str, str] = {}
     unknown: list[str] = []
-    names = [w for w in want if not ids.is_id(w)]
+    names = [w for w in want if not ids.is_id(w) and _branch_like(w)]
     heads = {}
     if names:
         heads = {b.name: b.head_commit_id for b in Branch.select().where((Branch.repo == repo) & Branch.name.in_(names))}
@@ -102,28 +107,32 @@ def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
 
 
 def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) -> dict:
-    """``POST /{owner}/{name}/fetch/mpack`` → as ``wire_fetch_mpack``.
+    """``POST /{owner}/{name}/fetch/mpack`` → as ``wire_fetch_mpack``, counted by result (``fetch_request``).
 
-    A hit for one want — a commit id or a branch name — costs one SELECT
-    (``cache.hit_row``), one HMAC and no ORM work (issue 8); anything else
-    goes through ``wire_fetch_mpack``. An unknown or hidden repository
-    answers 404 before any complaint about the body, as on every route.
+    A clone's hit — one want, a commit id or a branch name, no haves — costs
+    one SELECT (``cache.hit_row``), one stat of the pack and one HMAC, and no
+    ORM work (issue 8); anything else goes through ``fetch_request``. An
+    unknown or hidden repository answers 404 before any complaint about the
+    body, as on every route.
     """
     try:
         want, have = parse_want_have(body)
-        base = cache.base_key(parse_haves(have))
     except MuseError:
         repos.readable_repo(owner, name, user)
         raise
-    if len(want) == 1:
-        answer = _fast_hit(hub, owner, name, user, want[0], base)
+    if len(want) == 1 and not have:
+        answer = _fast_hit(hub, owner, name, user, want[0])
         if answer is not None:
+            hub.metrics.fetch("hit")
             return answer
-    return wire_fetch_mpack(hub, repos.readable_repo(owner, name, user), want, have)
+    return fetch_request(hub, repos.readable_repo(owner, name, user), want, have)
 
 
-def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str, base: str) -> dict | None:
-    row = cache.hit_row(hub, owner, name, want, base, by_branch=not ids.is_id(want))
+def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str) -> dict | None:
+    by_branch = not ids.is_id(want)
+    if not repos.plausible(owner, name) or (by_branch and not _branch_like(want)):
+        return None  # never looked up (PostgreSQL refuses NUL in a query): the slow path answers
+    row = cache.hit_row(hub, owner, name, want, "", by_branch=by_branch)
     if row is None or row.cache_id is None or not repos.may_read(row.owner, row.visibility, user):
         return None  # the slow path answers 404, or builds
     if row.expires_at <= hub.now() or not hub.store.exists(MPACKS, row.mpack_id):
@@ -133,32 +142,73 @@ def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str, bas
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
 
+def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
+    """A client's ``POST /fetch/mpack``: ``wire_fetch_mpack``, counted by result.
+
+    ``hit``: answered from a cache row; ``miss``: a full pack built (or waited
+    for); ``delta``: the same with haves; ``error``: refused or failed. The
+    prebuild job calls ``wire_fetch_mpack`` directly, so builds ahead of time
+    are not counted as requests.
+    """
+    try:
+        answer = wire_fetch_mpack(hub, repo, want, have)
+    except Exception:
+        hub.metrics.fetch("error")
+        raise
+    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss")
+    return answer
+
+
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
-    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``."""
+    """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``.
+
+    Haves the repo does not hold are dropped before anything is keyed, so made-up
+    haves are a plain clone and hit the tip's row. A delta is keyed by what bounds
+    its walk — its head wants and the commits just below it (``_delta_key``) —
+    hashed, so different requests for the same pack share one row.
+    """
     haves = parse_haves(have)
-    base = cache.base_key(haves)
-    if len(want) == 1 and ids.is_id(want[0]):  # the clone's fast path: one primary-key lookup
-        answer = _cache_hit(hub, repo, want[0], base)
+    if len(want) == 1 and ids.is_id(want[0]) and not haves:  # the clone's fast path: one primary-key lookup
+        answer = _cache_hit(hub, repo, want[0], "")
         if answer is not None:
             return answer
     wants = resolve_wants(repo, want)
+    known = sorted(load_commits(repo, haves)) if haves else []
     # Several wants are cached under their sorted ids joined by commas: every URL the hub
     # hands out then comes from a row, and no URL outlives its row (GC relies on it).
-    tip = ",".join(sorted(wants.values()))
-    answer = _cache_hit(hub, repo, tip, base)
+    asked = (",".join(sorted(wants.values())), cache.base_key(known))
+    answer = _cache_hit(hub, repo, *asked)
     if answer is not None:
         return answer
-    key = f"{repo.repo_id}\0{','.join(sorted(wants))}\0{base}"
-    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, wants, haves, tip, base))
+    commits = _walk_commit_delta(repo, list(wants), known)
+    tip, base = _delta_key(wants, commits)
+    if (tip, base) != asked:
+        answer = _cache_hit(hub, repo, tip, base)
+        if answer is not None:
+            return answer
+    key = f"{repo.repo_id}\0{tip}\0{base}"
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base))
     return _answer(hub, stats, cached=cached, row=row)
 
 
-def _build_once(hub: Hub, repo: Repo, wants: dict[str, str], haves: list[str], tip: str, base: str):
+def _delta_key(wants: dict[str, str], commits: dict[str, CommitNode]) -> tuple[str, str]:
+    """(tip, base) naming this delta's pack whatever the request that found it.
+
+    The tip is the wants no other wanted commit reaches (an ancestor adds nothing);
+    the base hashes the commits that bound the walk: parents of the delta outside
+    it, and wants the client already has. Haves that bound nothing are not in it.
+    """
+    parents = {p for c in commits.values() for p in c.parents}
+    heads = sorted(commit_id for digest, commit_id in wants.items() if digest in commits and digest not in parents)
+    bounds = (parents - commits.keys()) | {digest for digest in wants if digest not in commits}
+    return ",".join(heads) or ",".join(sorted(wants.values())), cache.base_key(bounds)
+
+
+def _build_once(hub: Hub, repo: Repo, commits: dict[str, CommitNode], tip: str, base: str):
     """Under the single-flight lock: another process may have built it meanwhile."""
     row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
-    commits = _walk_commit_delta(repo, list(wants), haves)
     for _ in range(3):
         stats = build_mpack(hub, repo, commits)
         try:

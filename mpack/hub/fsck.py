@@ -57,7 +57,8 @@ class FsckReport:
         report = asdict(self)
         for key in ("blobs_quarantined", "packs_quarantined", "blobs_missing"):
             report[key] = report[key][:REPORT_LIMIT]
-        report["reupload"] = {repo: names[:REPORT_LIMIT] for repo, names in self.reupload.items()}
+        # Sorted: the order rows come back in is the database's (SQLite's is the key's, PostgreSQL's is any).
+        report["reupload"] = {repo: sorted(names)[:REPORT_LIMIT] for repo, names in sorted(self.reupload.items())}
         report["clean"] = self.clean
         return report
 

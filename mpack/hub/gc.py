@@ -13,8 +13,11 @@ Safety rules (docs/gc.md says why):
   expired, still unused), so a row refreshed or rebuilt since GC listed it
   stays. Every file is deleted inside a write transaction that first
   re-checks that no row names it (and, for orphans, its age); cache rows are
-  written inside one that checks the file exists. The two serialise, so no
-  row ever names a missing file.
+  written inside one that checks the file exists. The two serialise (SQLite:
+  one writer; PostgreSQL: both hold the pack's advisory lock), so no row ever
+  names a missing file, whichever nodes they run on. Row deletes are single
+  conditional statements, which PostgreSQL re-evaluates on a row another
+  transaction changed meanwhile.
 - The byte quota evicts least-recently-used rows, but never a row used within
   the longest URL lifetime (a URL from it may still be live).
 - Prebuilds that gave up on a full disk are requeued once writes work again.
@@ -31,9 +34,10 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, health, jobs, prebuild
-from mpack.hub.errors import InvalidField, RepoNotFound
-from mpack.hub.models import FetchMPackCache, Repo
+from mpack.hub import cache, health, jobs, prebuild, repos
+from mpack.hub.db import xact_lock
+from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
+from mpack.hub.models import FetchMPackCache, GcRun, Repo
 from storage.base import MPACKS
 from storage.errors import StoredObjectMissing
 from storage.signing import CLOCK_SLACK
@@ -41,6 +45,7 @@ from storage.signing import CLOCK_SLACK
 if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
+REPORTS_KEPT = 50  # GC reports kept for the admin page
 TEMP_GRACE = 3600.0  # a temp file untouched for an hour belongs to a dead build
 EXPIRY_SLACK = float(CLOCK_SLACK)  # how long past any expiry GC waits before acting on it
 
@@ -81,7 +86,7 @@ def parse_request(body: dict) -> tuple[Repo | None, bool]:
     if not isinstance(name, str) or name.count("/") != 1:
         raise InvalidField("repo", "must be 'owner/name'")
     owner, repo_name = name.split("/")
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == repo_name))
+    repo = repos.find_repo(owner, repo_name)
     if repo is None:
         raise RepoNotFound(owner, repo_name)
     return repo, dry_run
@@ -109,6 +114,7 @@ def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
     if digest in gone.packs:
         return
     with hub.db.atomic():
+        xact_lock(hub.db, cache.pack_lock(digest))
         if _named_by_a_row(digest, gone.rows):
             return
         try:
@@ -216,7 +222,28 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
             report.prebuilds_requeued = prebuild.retry_failed_for_space(hub)
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     hub.log.info("gc finished", extra=report.as_dict())
+    hub.metrics.gc_ran(report)
+    _keep_report(hub, repo, report)
     return report
+
+
+def _keep_report(hub: Hub, repo: Repo | None, report: GcReport) -> None:
+    """Keep the report for the admin page; on a full database the pass still counts (it is logged)."""
+    scope = "" if repo is None else f"{repo.owner}/{repo.name}"
+    try:
+        with hub.db.atomic():
+            GcRun.create(started_at=hub.now(), scope=scope, dry_run=report.dry_run, report=report.as_dict())
+            keep = GcRun.select(GcRun.id).order_by(GcRun.started_at.desc(), GcRun.id.desc()).limit(REPORTS_KEPT)
+            GcRun.delete().where(GcRun.id.not_in(keep)).execute()
+    except DatabaseFull:
+        hub.log.warning("gc report not kept: the database is full")
+
+
+def recent_reports(hub: Hub, limit: int = 10) -> list[dict]:
+    """The newest GC reports: ``{started_at, scope, dry_run, report}``, newest first."""
+    query = GcRun.select().order_by(GcRun.started_at.desc(), GcRun.id.desc()).limit(limit)
+    return [{"id": run.id, "started_at": run.started_at, "scope": run.scope, "dry_run": run.dry_run,
+             "report": run.report} for run in query]
 
 
 def gc_fetch_mpack_cache(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> int:

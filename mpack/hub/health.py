@@ -22,6 +22,7 @@ def _database_writable(hub: Hub) -> bool:
         dbmod.probe_write(hub.db)
     except (StorageError, pw.DatabaseError) as exc:
         hub.log.warning("health: the database cannot take a write", extra={"error": type(exc).__name__})
+        dbmod.discard_after(hub.db, exc)  # a broken connection: the next check opens a fresh one
         return False
     return True
 
@@ -43,7 +44,8 @@ def writable(hub: Hub) -> bool:
 def health(hub: Hub) -> dict:
     try:
         version: int | None = dbmod.current_version(hub.db)
-    except pw.DatabaseError:
+    except pw.DatabaseError as exc:
+        dbmod.discard_after(hub.db, exc)
         version = None
     database_ok = version is not None and _database_writable(hub)
     store_ok = _store_writable(hub)

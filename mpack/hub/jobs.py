@@ -6,6 +6,9 @@ Guarantees:
   repo that already has one merges the payloads (``merge_payloads``), so a
   burst of pushes costs one job. The partial unique index
   ``background_job_one_pending`` enforces it; a lost race is retried as a merge.
+  The pending row is read ``FOR UPDATE`` on PostgreSQL before its payload is
+  rewritten, so concurrent enqueuers (any node) merge one after the other
+  instead of overwriting each other's additions.
 * A claim is one conditional ``UPDATE … WHERE job_id = (SELECT … LIMIT 1)
   RETURNING *`` that also bumps ``attempt``: two workers, in any process, never
   claim the same job while its lease is live. PostgreSQL adds
@@ -33,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import peewee as pw
 
 from mpack.format.errors import MuseError
+from mpack.hub.db import for_update
+from mpack.hub.errors import Conflict, NotFound
 from mpack.hub.models import BackgroundJob
 
 if TYPE_CHECKING:
@@ -125,7 +130,10 @@ def enqueue(hub: Hub, repo_id: str | None, job_type: str, payload: dict, *, run_
     if there is one. Returns the job id."""
     job_id = _retry_integrity(hub, lambda: _enqueue_once(hub, repo_id, job_type, payload, run_after, merge))
     if hub.pool is not None:
-        hub.pool.wake()
+        # Inside the caller's transaction (a push) the job is invisible until it commits: a thread
+        # woken now would find nothing (PostgreSQL does not make it wait as SQLite's lock does) and
+        # sleep a whole poll. Wake it when the job is there to claim.
+        hub.db.after_commit(hub.pool.wake)
     return job_id
 
 
@@ -147,15 +155,16 @@ def _enqueue_once(hub: Hub, repo_id: str | None, job_type: str, payload: dict, r
     return merged_into if merged_into is not None else _insert(hub, repo_id, job_type, payload, run_after)
 
 
-def _pending_for(repo_id: str | None, job_type: str) -> BackgroundJob | None:
+def _pending_for(hub: Hub, repo_id: str | None, job_type: str) -> BackgroundJob | None:
+    """The pending job for (repo, type), locked until the transaction ends (its payload is about to change)."""
     repo_match = BackgroundJob.repo.is_null() if repo_id is None else BackgroundJob.repo == repo_id
     query = BackgroundJob.select().where(repo_match, BackgroundJob.job_type == job_type, BackgroundJob.status == PENDING)
-    return query.first()
+    return for_update(hub.db, query).first()
 
 
 def _merge_pending(hub: Hub, repo_id: str | None, job_type: str, payload: dict, run_after: float | None,
                    merge: Callable[[dict, dict], dict] | None = None) -> str | None:
-    job = _pending_for(repo_id, job_type)
+    job = _pending_for(hub, repo_id, job_type)
     if job is None:
         return None
     wanted = hub.now() if run_after is None else run_after
@@ -264,7 +273,7 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
     if permanent or job.attempt >= job.max_attempts:
         return _update_owned(job_id, worker_id, status=FAILED, last_error=error, finished_at=now, locked_until=None,
                              result={"error_code": code} if code else None)
-    newer = _pending_for(job.repo_id, job.job_type)
+    newer = _pending_for(hub, job.repo_id, job.job_type)
     if newer is not None:
         # New work for the same (repo, type) is already waiting: fold this
         # payload into it rather than keep two pending jobs.
@@ -274,6 +283,63 @@ def _fail(hub: Hub, job_id: str, worker_id: str, error: str, permanent: bool, rn
                              result={"superseded_by": newer.job_id})
     return _update_owned(job_id, worker_id, status=PENDING, last_error=error, locked_by=None, locked_until=None,
                          run_after=now + backoff_delay(job.attempt, rng))
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class JobNotFailed(Conflict):
+    """Only a failed job can be retried (a pending or running one is on its way)."""
+
+    code = "job_not_failed"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} is {status}, not failed")
+        self.job_id, self.status = job_id, status
+
+
+def retry(hub: Hub, job_id: str) -> str:
+    """Give a failed job a fresh set of attempts, due now → the id of the pending job that will run it.
+
+    If (repo, type) already has a pending job, the payload is merged into it and
+    the failed one is closed as superseded (one pending job per repo and type).
+    """
+    pending_id = _retry_integrity(hub, lambda: _retry(hub, job_id))
+    if hub.pool is not None:
+        hub.pool.wake()
+    return pending_id
+
+
+def _retry(hub: Hub, job_id: str) -> str:
+    # Locked (PostgreSQL): a second retry of the same job, from any node, waits and then finds it pending.
+    job = for_update(hub.db, BackgroundJob.select().where(BackgroundJob.job_id == job_id)).first()
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.status != FAILED:
+        raise JobNotFailed(job_id, job.status)
+    now = hub.now()
+    newer = _pending_for(hub, job.repo_id, job.job_type)
+    if newer is not None:
+        BackgroundJob.update(payload=merge_payloads(job.payload or {}, newer.payload or {}),
+                             run_after=now).where(BackgroundJob.job_id == newer.job_id).execute()
+        BackgroundJob.update(status=DONE, result={"superseded_by": newer.job_id}).where(
+            BackgroundJob.job_id == job_id).execute()
+        return newer.job_id
+    BackgroundJob.update(status=PENDING, attempt=0, run_after=now, locked_by=None, locked_until=None,
+                         finished_at=None).where((BackgroundJob.job_id == job_id) & (BackgroundJob.status == FAILED)).execute()
+    return job_id
+
+
+def oldest(hub: Hub, status: str, limit: int = 20) -> list[dict]:
+    """Jobs in ``status``, oldest first (the admin page's queue and failure lists)."""
+    query = (BackgroundJob.select().where(BackgroundJob.status == status)
+             .order_by(BackgroundJob.created_at, BackgroundJob.job_id).limit(limit))
+    return [describe(job) for job in query]
 
 
 def failed_with(hub: Hub, job_type: str, codes: set[str], repo_id: str | None = None) -> list[BackgroundJob]:

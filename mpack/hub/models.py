@@ -1,7 +1,8 @@
 """Peewee models: the hub's tables.
 
 All models bind to ``database``, a ``DatabaseProxy`` that ``mpack.db.open_database``
-initialises. Times are UTC epoch seconds (floats): cheap to compare and index,
+initialises. Times are UTC epoch seconds (8-byte floats, ``DoubleField``: a
+4-byte ``real`` would round today's epoch to 128 s): cheap to compare and index,
 with no time-zone spelling to get wrong. Commits, snapshots and objects are
 keyed by the 64-hex digest so that lookups are spelling-independent, while the
 record a client sent (with its id spelling) is kept verbatim in ``record``.
@@ -33,19 +34,19 @@ class BaseModel(pw.Model):
 
 class SchemaVersion(BaseModel):
     version = pw.IntegerField()
-    applied_at = pw.FloatField()
+    applied_at = pw.DoubleField()
 
 
 class User(BaseModel):
     username = pw.CharField(max_length=64, unique=True)
-    created_at = pw.FloatField()
+    created_at = pw.DoubleField()
 
 
 class ApiToken(BaseModel):
     token_hash = pw.CharField(max_length=64, primary_key=True)  # sha256 hex of the token
     user = pw.ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
     label = pw.CharField(max_length=100, default="")
-    created_at = pw.FloatField()
+    created_at = pw.DoubleField()
 
 
 class Repo(BaseModel):
@@ -55,7 +56,7 @@ class Repo(BaseModel):
     visibility = pw.CharField(max_length=16)
     domain = pw.CharField(max_length=32, default="code")
     default_branch = pw.CharField(max_length=255, null=True)
-    created_at = pw.FloatField()
+    created_at = pw.DoubleField()
 
     class Meta:
         indexes = ((("owner", "name"), True),)
@@ -69,7 +70,7 @@ class Branch(BaseModel):
     repo = pw.ForeignKeyField(Repo, backref="branches", on_delete="CASCADE")
     name = pw.CharField(max_length=255)
     head_commit_id = pw.CharField(max_length=71)
-    updated_at = pw.FloatField()
+    updated_at = pw.DoubleField()
 
     class Meta:
         indexes = ((("repo", "name"), True),)
@@ -114,11 +115,11 @@ class FetchMPackCache(BaseModel):
     cache_id = pw.CharField(max_length=64, primary_key=True)
     repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
     tip_commit_id = pw.TextField()  # one id, or several joined by "," (multi-want packs)
-    base = pw.TextField(default="")  # sorted have digests joined by ","; "" = full pack
+    base = pw.TextField(default="")  # cache.base_key of the commits bounding the delta; "" = full pack
     mpack_id = pw.CharField(max_length=71, index=True)
-    created_at = pw.FloatField()
-    expires_at = pw.FloatField(index=True)
-    last_used_at = pw.FloatField()
+    created_at = pw.DoubleField()
+    expires_at = pw.DoubleField(index=True)
+    last_used_at = pw.DoubleField()
     size = pw.BigIntegerField(default=0)
     commit_count = pw.IntegerField(default=0)
     blob_count = pw.IntegerField(default=0)
@@ -135,25 +136,37 @@ class BackgroundJob(BaseModel):
     job_type = pw.CharField(max_length=64)
     payload = JSONField(default=dict)
     status = pw.CharField(max_length=16, default="pending")
-    created_at = pw.FloatField()
-    run_after = pw.FloatField()
+    created_at = pw.DoubleField()
+    run_after = pw.DoubleField()
     attempt = pw.IntegerField(default=0)
     max_attempts = pw.IntegerField(default=5)
     locked_by = pw.CharField(max_length=128, null=True)
-    locked_until = pw.FloatField(null=True)
+    locked_until = pw.DoubleField(null=True)
     last_error = pw.TextField(null=True)
     result = JSONField(null=True)
-    finished_at = pw.FloatField(null=True)
+    finished_at = pw.DoubleField(null=True)
 
     class Meta:
         table_name = "background_job"
         indexes = ((("status", "run_after"), False),)
 
 
+class GcRun(BaseModel):
+    """One GC pass's report (dry runs too), newest kept for the admin page."""
+
+    started_at = pw.DoubleField(index=True)
+    scope = pw.CharField(max_length=200, default="")  # "owner/name", or "" for the whole hub
+    dry_run = pw.BooleanField(default=False)
+    report = JSONField()
+
+    class Meta:
+        table_name = "gc_run"
+
+
 class HealthProbe(BaseModel):
     """Written and emptied by ``/healthz``'s write probe (migration 3); always empty otherwise."""
 
-    at = pw.FloatField()
+    at = pw.DoubleField()
     pad = pw.BlobField()
 
     class Meta:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Self
 from mpack.format.errors import MuseError
 from mpack.hub import db as dbmod
 from mpack.hub import jobs
+from mpack.hub.db import discard_after
 from mpack.hub.errors import DatabaseFull
 from mpack.hub.jobs import JobRegistry, PermanentJobError, UnknownJobType
 from mpack.hub.models import BackgroundJob
@@ -97,8 +98,9 @@ class JobPool:
         try:
             self.hub.db.connect(reuse_if_open=True)  # this thread's own connection, kept between jobs
             return run_one(self.hub, self.registry, worker_id, self.lease_seconds)
-        except Exception:  # the database itself failed (locked, gone): wait and try again
+        except Exception as exc:  # the database itself failed (locked, gone): wait, try again (a fresh connection)
             self.hub.log.exception("job pool: claiming or recording a job failed", extra={"worker_id": worker_id})
+            discard_after(self.hub.db, exc)
             return False
 
     def _wait_for_work(self) -> None:
@@ -145,18 +147,24 @@ def run_claimed(hub: Hub, registry: JobRegistry, job: BackgroundJob, worker_id: 
     try:
         handler = registry.handler_for(job.job_type)
     except UnknownJobType as exc:
+        hub.metrics.job_ran(job.job_type, "error", 0.0)
         hub.log.error("job failed: %s", exc.detail, extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, exc.detail, permanent=True)
         return
+    started = time.perf_counter()
     try:
         with Heartbeat(hub, job.job_id, worker_id, lease_seconds):
             result = handler(hub, job.job_id)
     except Exception as exc:  # the loop survives its jobs; the failure is recorded on the job
+        hub.metrics.job_ran(job.job_type, "error", time.perf_counter() - started)
         hub.log.exception("job failed", extra=_job_fields(job))
         jobs.fail(hub, job.job_id, worker_id, f"{type(exc).__name__}: {exc}",
                   permanent=isinstance(exc, PermanentJobError), code=_error_code(exc))
         return
-    if not jobs.complete(hub, job.job_id, worker_id, result or {}):
+    if jobs.complete(hub, job.job_id, worker_id, result or {}):
+        hub.metrics.job_ran(job.job_type, "done", time.perf_counter() - started)
+    else:
+        hub.metrics.job_ran(job.job_type, "lost", time.perf_counter() - started)
         hub.log.warning("job finished after its lease was lost; result discarded", extra=_job_fields(job))
 
 
@@ -202,8 +210,9 @@ class Heartbeat:
     def _renew(self) -> bool:
         try:
             renewed = jobs.renew(self.hub, self.job_id, self.worker_id, self.lease_seconds)
-        except Exception:  # a busy database: the next beat tries again before the lease ends
+        except Exception as exc:  # a busy or restarted database: the next beat tries again before the lease ends
             self.hub.log.exception("job heartbeat failed", extra={"job_id": self.job_id})
+            discard_after(self.hub.db, exc)
             return True
         if not renewed:
             self.lost = True

@@ -73,8 +73,7 @@ def _build_if_stale(hub: Hub, repo: Repo, tip: str, have: list[str]) -> bool:
     base = cache.base_key([ids.hex_of(h) for h in have])
     if cache.usable_row(hub, repo, tip, base) is not None:
         return False
-    fetch.wire_fetch_mpack(hub, repo, want=[tip], have=have)
-    return True
+    return not fetch.wire_fetch_mpack(hub, repo, want=[tip], have=have)["cached"]
 
 
 def process_fetch_mpack_prebuild_job(hub: Hub, job_id: str) -> dict:

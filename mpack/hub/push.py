@@ -17,10 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import peewee as pw
+
 from mpack.format import ids, rules
 from mpack.hub import prebuild
-from mpack.hub.errors import BadRequest, InvalidField, MissingReference, NonFastForward
+from mpack.hub.db import for_update
+from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
+from mpack.hub.jsonlike import check_json_like
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
@@ -100,6 +104,7 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
 
 def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
     record = rules.check_snapshot_record(_map(record, name), name)
+    check_json_like(record, name)
     snapshot_id = record["snapshot_id"]
     digest = ids.snapshot_digest(record["manifest"])
     if not ids.same_digest(snapshot_id, digest):
@@ -109,6 +114,7 @@ def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
 
 def parse_commit(record: object, name: str) -> ParsedCommit:
     record = rules.check_commit_record(_map(record, name), name)
+    check_json_like(record, name)
     commit_id, snapshot_id = record["commit_id"], record["snapshot_id"]
     parents = rules.commit_parents(record, name)
     digest = ids.commit_digest(parents, snapshot_id, record["message"], record["committed_at"])
@@ -189,7 +195,9 @@ def _generations(repo: Repo, commits: list[ParsedCommit]) -> dict[str, int]:
 
 def _store_bytes(hub: Hub, blobs: Iterable[Blob]) -> None:
     """Verify every blob against its id (ContentMismatch before anything is written), then store them durably."""
-    hub.store.put_many(BLOBS, [(blob.digest, blob.content) for blob in blobs])
+    created = hub.store.put_many(BLOBS, [(blob.digest, blob.content) for blob in blobs])
+    written = [blob for blob, new in zip(blobs, created, strict=True) if new]
+    hub.metrics.objects_stored(len(written), sum(len(blob.content) for blob in written))
 
 
 def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
@@ -227,7 +235,17 @@ def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
 
 
 def push(hub: Hub, repo: Repo, body: dict) -> dict:
-    """Apply ``POST /push`` → ``{ok, message, branch_heads}``."""
+    """Apply ``POST /push`` → ``{ok, message, branch_heads}`` (counted as ok or rejected)."""
+    try:
+        answer = _apply_push(hub, repo, body)
+    except MuseError:
+        hub.metrics.pushed("rejected")
+        raise
+    hub.metrics.pushed("ok")
+    return answer
+
+
+def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
     branch = rules.check_branch_name(body.get("branch"))
     force = body.get("force", False)
     if not isinstance(force, bool):
@@ -295,11 +313,20 @@ def _is_fast_forward(repo: Repo, bundle: Bundle, previous: str, tip: str) -> boo
 
 def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, tip_digest: str,
                  force: bool) -> str | None:
-    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head."""
-    current = Branch.get_or_none((Branch.repo == repo) & (Branch.name == name))
+    """Point branch ``name`` at the tip (inside the caller's transaction) → the previous head.
+
+    The branch row is read ``FOR UPDATE`` (PostgreSQL; SQLite's writer lock does the same), so a
+    concurrent push to the same branch from any node waits, then checks fast-forward against the
+    head that push left, instead of both moving the branch from the same old head.
+    """
+    current = _locked_branch(hub, repo, name)
     if current is None:
-        Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
-        return None
+        try:
+            with hub.db.atomic():  # a savepoint: a concurrent first push of this branch may win the insert
+                Branch.create(repo=repo, name=name, head_commit_id=tip_id, updated_at=hub.now())
+            return None
+        except pw.IntegrityError:
+            current = _locked_branch(hub, repo, name)
     previous = current.head_commit_id
     if previous == tip_id:
         return previous
@@ -307,3 +334,7 @@ def _move_branch(hub: Hub, repo: Repo, bundle: Bundle, name: str, tip_id: str, t
         raise NonFastForward(name, previous, tip_id)
     Branch.update(head_commit_id=tip_id, updated_at=hub.now()).where(Branch.id == current.id).execute()
     return previous
+
+
+def _locked_branch(hub: Hub, repo: Repo, name: str) -> Branch | None:
+    return for_update(hub.db, Branch.select().where((Branch.repo == repo) & (Branch.name == name))).first()

@@ -41,8 +41,21 @@ def create_repo(hub: Hub, owner: User, name: object, visibility: object = "publi
         raise AlreadyExists(f"repository {owner.username}/{name} already exists") from None
 
 
+def plausible(owner: str, name: str) -> bool:
+    """Whether ``owner/name`` could name a repo (NUL, which PostgreSQL refuses in a query,
+    or any other character outside the name rules, never could): only those are looked up."""
+    return bool(REPO_NAME.fullmatch(owner) and REPO_NAME.fullmatch(name))
+
+
+def find_repo(owner: str, name: str) -> Repo | None:
+    """The repo ``owner/name``; names no repo could have are never looked up (``plausible``)."""
+    if not plausible(owner, name):
+        return None
+    return Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
+
+
 def _lookup(owner: str, name: str) -> Repo:
-    repo = Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
+    repo = find_repo(owner, name)
     if repo is None:
         raise RepoNotFound(owner, name)
     return repo

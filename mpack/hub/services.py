@@ -16,6 +16,7 @@ from typing import Protocol
 
 import peewee as pw
 
+from mpack.hub.metrics import HubMetrics
 from mpack.hub.settings import Settings
 from mpack.hub.singleflight import SingleFlight
 from storage.base import Store
@@ -41,10 +42,11 @@ class Hub:
     pool: JobRunner | None = None
     flights: SingleFlight | None = None  # coalesces identical pack builds
     pool_factory: Callable[[Hub], JobRunner] | None = None  # set by build_hub
+    metrics: HubMetrics = field(default_factory=HubMetrics)  # in-process unless build_hub says otherwise
 
     def __post_init__(self) -> None:
         if self.flights is None:
-            self.flights = SingleFlight(self.settings.home / "locks")
+            self.flights = SingleFlight(self.settings.home / "locks", self.db)
 
     def now(self) -> float:
         return self.clock()

@@ -33,7 +33,12 @@ class Settings:
     cache_ttl: int = 7 * DAY
     url_ttl: int = 3600
     url_ttl_max: int = 7 * DAY
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = 256 * 1024 * 1024  # push and push/objects
+    max_small_body_bytes: int = 8 * 1024 * 1024  # every other route
+    body_timeout: float = 10.0
+    body_min_rate: int = 64 * 1024
+    body_drain_bytes: int = 64 * 1024 * 1024
+    body_readers: int = 3
     job_threads: int = 2
     job_max_attempts: int = 5
     job_lease_seconds: int = 60
@@ -43,6 +48,8 @@ class Settings:
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
     log_level: str = "INFO"
+    database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
     def store_root(self) -> Path:
@@ -72,6 +79,13 @@ class Settings:
             cache_ttl=env.int("MPACKHUB_CACHE_TTL", 7 * DAY, minimum=60),
             url_ttl_max=env.int("MPACKHUB_URL_TTL_MAX", 7 * DAY, minimum=60, maximum=7 * DAY),
             max_body_bytes=env.int("MPACKHUB_MAX_BODY_BYTES", 256 * 1024 * 1024, minimum=1024),
+            max_small_body_bytes=env.int("MPACKHUB_MAX_SMALL_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
+            body_timeout=env.float("MPACKHUB_BODY_TIMEOUT", 10.0, minimum=0.1, maximum=3600.0),
+            body_min_rate=env.int("MPACKHUB_BODY_MIN_RATE", 64 * 1024, minimum=1024),
+            body_drain_bytes=env.int("MPACKHUB_BODY_DRAIN_BYTES", 64 * 1024 * 1024, minimum=0),
+            # One thread of each worker is kept for requests without a body (/healthz, refs, downloads).
+            body_readers=env.int("MPACKHUB_BODY_READERS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1),
+                                 minimum=1),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),
@@ -80,6 +94,8 @@ class Settings:
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
+            database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
+            metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
         values.update(overrides)
@@ -110,6 +126,16 @@ def home_of(environ: Mapping[str, str]) -> Path:
 
 def database_url_of(environ: Mapping[str, str], home: Path) -> str:
     return environ.get("MPACKHUB_DATABASE_URL", "").strip() or f"sqlite:///{home / 'mpackhub.sqlite3'}"
+
+
+# prometheus_client's multiprocess mode reads this variable (its own name) when it is first imported.
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """Where gunicorn's workers keep their metric files: ``PROMETHEUS_MULTIPROC_DIR``, else ``<home>/metrics``."""
+    given = environ.get(METRICS_DIR_VAR, "").strip()
+    return Path(given).resolve() if given else home_of(environ) / "metrics"
 
 
 class _Env:

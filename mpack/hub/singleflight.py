@@ -1,9 +1,12 @@
 """Coalescing identical work: one build per key, every caller gets its result.
 
 In-process callers with the same key wait for the leader's result; across
-processes the leader holds an exclusive ``flock`` on a per-key lock file, so a
-second process blocks until the first has finished and then finds its result
-(the caller re-checks the cache inside ``fn``). Locks die with their process.
+processes the leader holds an exclusive lock on the key, so a second process
+blocks until the first has finished and then finds its result (the caller
+re-checks the cache inside ``fn``). On SQLite (one host) that lock is an
+``flock`` on a per-key lock file; on PostgreSQL it is a session advisory lock
+(``pg_advisory_lock``) on the leader thread's connection, so it also holds
+between nodes. Either dies with its holder (process, or connection).
 
 Lock files are kept only while in use: ``sweep`` (run by GC) removes every lock
 file nobody holds, taking the lock before unlinking. A taker checks, once it
@@ -22,6 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import peewee as pw
+
+from mpack.hub.db import advisory_key, discard_connection, is_postgres
+
 T = TypeVar("T")
 _LOCK_NAME = re.compile(r"[0-9a-f]{64}\.lock")
 
@@ -34,8 +41,9 @@ class _Call:
 
 
 class SingleFlight:
-    def __init__(self, lock_dir: Path) -> None:
+    def __init__(self, lock_dir: Path, database: pw.Database | None = None) -> None:
         self.lock_dir = lock_dir
+        self.database = database if database is not None and is_postgres(database) else None
         self._mutex = threading.Lock()
         self._calls: dict[str, _Call] = {}
 
@@ -62,8 +70,25 @@ class SingleFlight:
                 del self._calls[key]
             call.done.set()
 
+    def _process_lock(self, key: str):
+        return self._database_lock(key) if self.database is not None else self._file_lock(key)
+
     @contextmanager
-    def _process_lock(self, key: str) -> Iterator[None]:
+    def _database_lock(self, key: str) -> Iterator[None]:
+        db, lock = self.database, advisory_key("flight:" + key)
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (lock,))
+        try:
+            yield
+        finally:
+            try:
+                db.execute_sql("SELECT pg_advisory_unlock(%s)", (lock,))
+            except pw.PeeweeException:
+                # The connection broke (the lock went with its session) or is unusable: closing
+                # it is what releases the lock for certain.
+                discard_connection(db)
+
+    @contextmanager
+    def _file_lock(self, key: str) -> Iterator[None]:
         path = self.lock_dir / (hashlib.sha256(key.encode()).hexdigest() + ".lock")
         fd = self._take(path)
         try:

@@ -1,0 +1,108 @@
+"""Metrics on a real gunicorn with 2 workers: every worker's counts (and its job threads') add up in one scrape."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.live_hub import ROOT, LiveHub, free_port, live_hub, push_like_cli, wait_healthy
+from tests.factories import History
+
+pytestmark = pytest.mark.e2e
+
+FETCHES = "mpackhub_fetch_requests_total"
+
+
+def wait_for(predicate, deadline_s: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def scrape(server) -> dict[tuple[str, tuple], float]:
+    reply = server.call("GET", "/metrics", token=server.admin_token)
+    assert reply.status == 200, reply.body
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.body.decode()) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def fetches_per_process(metrics_dir) -> dict[int, float]:
+    """pid → fetch requests it counted, read from each worker's own value file."""
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        families = MultiProcessCollector.merge([str(path)], accumulate=True)
+        counts[pid] = sum(s.value for f in families for s in f.samples if s.name == FETCHES)
+    return counts
+
+
+def test_fetches_on_both_workers_add_up_exactly(tmp_path):
+    with live_hub(tmp_path / "hub", workers=2) as server:
+        token = server.create_user("metered")
+        server.create_repo(token, "tune")
+        history = History().linear(3)
+        push_like_cli(server, token, "/metered/tune", history, history.commits)
+        wait_for(lambda: total(scrape(server), "mpackhub_job_runs_total", outcome="done") >= 1,
+                 what="the prebuild, run by a worker's job thread")
+        before = total(scrape(server), FETCHES)
+        metrics_dir = server.home / "metrics"
+        sent = 0
+
+        def both_workers_served() -> bool:
+            nonlocal sent
+            for _ in range(10):
+                reply = server.call("POST", "/metered/tune/fetch/mpack", {"want": [history.tip]})
+                assert reply.status == 200, reply.body
+                sent += 1
+            return len([c for c in fetches_per_process(metrics_dir).values() if c > 0]) >= 2
+
+        wait_for(both_workers_served, what="fetches answered by both workers")
+        after = scrape(server)
+        assert total(after, FETCHES) - before == sent
+        assert total(after, FETCHES, result="hit") >= sent  # the prebuild made every fetch a hit
+
+        # A worker that dies keeps its counts; gunicorn's child_exit marks it dead.
+        victim = max(fetches_per_process(metrics_dir), key=lambda pid: fetches_per_process(metrics_dir)[pid])
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: server.call("GET", "/healthz").status == 200, what="a replacement worker")
+        assert total(scrape(server), FETCHES) == total(after, FETCHES)
+
+
+def test_mpackhub_serve_counts_in_multiprocess_mode(tmp_path):
+    """``mpackhub serve`` has imported prometheus_client already; it execs a fresh gunicorn that counts."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin = "serve-admin-token-" + os.urandom(8).hex()
+    env = {**os.environ, "MPACKHUB_HOME": str(tmp_path / "hub"), "MPACKHUB_ADMIN_TOKEN": admin,
+           "MPACKHUB_SIGNING_KEYS": "k1:" + os.urandom(16).hex(), "MPACKHUB_WORKERS": "2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mpackhub") if (ROOT / ".venv").exists() else "mpackhub",
+                                    "serve", "--bind", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(url, process)
+            server = LiveHub(url, tmp_path / "hub", admin, process)
+            token = server.create_user("served")
+            server.create_repo(token, "tune")
+            for _ in range(4):
+                assert server.call("POST", "/served/tune/fetch/mpack", {"want": ["0" * 64]}).status == 404
+            assert total(scrape(server), FETCHES, result="error") == 4
+            assert list((tmp_path / "hub" / "metrics").glob("counter_*.db"))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=40)

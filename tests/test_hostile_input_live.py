@@ -1,0 +1,272 @@
+"""Hostile request bodies against a real gunicorn (issue 9, items 1, 3 and 4).
+
+Each test starts its own hub (bench/live_hub.py) so that one attack's damage
+cannot hide another's. They measure the worker processes themselves: peak
+memory from /proc/<pid>/status, latency of /healthz while slow clients hold
+connections, and what a client that keeps sending after a refusal receives.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from bench.live_hub import live_hub
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM: the highest resident set size the process has had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def raw_post(url: str, path: str, body: bytes, headers: dict, *, chunked: bool = False, timeout: float = 60):
+    """POST with http.client (a client that sends the whole body first, as the Muse CLI does)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        if chunked:
+            conn.putrequest("POST", path)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for start in range(0, len(body), MiB):
+                piece = body[start:start + MiB]
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+def amplification_body(size: int) -> bytes:
+    """``{"want": [{}, {}, …]}`` in msgpack: one byte on the wire per empty map."""
+    count = size - 16
+    return b"\x81\xa4want\xdd" + count.to_bytes(4, "big") + b"\x80" * count
+
+
+def nested_amplification_body(size: int, width: int = 100_000) -> bytes:
+    """``{"want": [[{}, …], [{}, …], …]}``: every array within the length limit, the whole far over."""
+    inner = b"\xdd" + width.to_bytes(4, "big") + b"\x80" * width
+    count = size // len(inner)
+    return b"\x81\xa4want\xdd" + count.to_bytes(4, "big") + inner * count
+
+
+@pytest.fixture
+def public_repo_hub(tmp_path):
+    with live_hub(tmp_path / "hub", workers=1, env={"MPACKHUB_JOB_THREADS": "0"}) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        yield server, token
+
+
+def test_amplification_body_to_fetch_mpack_is_refused_without_growing_a_worker(public_repo_hub):
+    """Issue 9 item 1: 16 MiB of ``{}`` once cost a worker ~70x the body; now 4xx and < 64 MiB of peak RSS."""
+    server, _ = public_repo_hub
+    pids = worker_pids(server.process.pid)
+    before = {pid: peak_rss_kib(pid) for pid in pids}
+    headers = {"Content-Type": "application/x-msgpack", "Accept": "application/json"}
+    sixteen = amplification_body(16 * MiB)
+    # Declared (refused on Content-Length), chunked (refused while reading), and two just
+    # under the read-route limit (refused while decoding: one array too long, arrays too many).
+    under = [amplification_body(7 * MiB), nested_amplification_body(7 * MiB)]
+    for body, chunked in [(sixteen, False), (sixteen, True), (under[0], False), (under[1], False)] * 2:
+        status, reply, _ = raw_post(server.url, "/alice/song/fetch/mpack", body, headers, chunked=chunked)
+        assert 400 <= status < 500, (status, reply[:300])
+        assert set(json.loads(reply)) == {"error", "detail"}
+    grown = {pid: (peak_rss_kib(pid) - before[pid]) // 1024 for pid in pids}
+    assert max(grown.values()) < 64, f"peak RSS grew by {grown} MiB"
+
+
+def slow_client(url: str, path: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-msgpack\r\n"
+                 f"Content-Length: 1000\r\n\r\n".encode() + b"\x81")
+    return sock
+
+
+def read_answer(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return data
+        data += piece
+
+
+def test_slow_bodies_do_not_stall_healthz(tmp_path):
+    """Issue 9 item 3: 32 connections that send one byte of a 1000-byte body leave /healthz answering."""
+    deadline = 2.0
+    with live_hub(tmp_path / "hub", workers=2,
+                  env={"MPACKHUB_BODY_TIMEOUT": str(deadline), "MPACKHUB_JOB_THREADS": "0"}) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        slow = [slow_client(server.url, "/alice/song/fetch/mpack") for _ in range(32)]
+        try:
+            # A client with a whole body while stalled ones hold the readers: a complete JSON answer.
+            body = msgpack.packb({"want": ["main"], "pad": "x" * 50_000})
+            status, reply, _ = raw_post(server.url, "/alice/song/fetch/mpack", body,
+                                        {"Content-Type": "application/x-msgpack", "Accept": "application/json"})
+            assert status in (404, 503) and "error" in json.loads(reply), (status, reply)
+            slowest = 0.0
+            end = time.monotonic() + 3 * deadline
+            while time.monotonic() < end:
+                started = time.monotonic()
+                reply = server.call("GET", "/healthz", as_json=True)
+                slowest = max(slowest, time.monotonic() - started)
+                assert reply.status == 200
+            assert slowest < deadline + 1.0, f"/healthz took {slowest:.2f} s"
+            # The slow clients were answered — 408 once their deadline passed, 503 when only
+            # stalled clients held the readers — with a JSON error, and not left hanging.
+            codes = [json.loads(read_answer(sock, deadline + 5).split(b"\r\n\r\n", 1)[1])["error"] for sock in slow]
+            assert set(codes) <= {"body_timeout", "busy"} and "body_timeout" in codes, codes
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_refused_push_objects_without_auth_still_delivers_the_json_error(public_repo_hub):
+    """Issue 9 item 4: a multi-MB anonymous push/objects gets its 401 JSON, not a broken pipe."""
+    server, _ = public_repo_hub
+    content = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    body = msgpack.packb({"objects": [{"object_id": "0" * 64, "content": content} for _ in range(2)]},
+                         use_bin_type=True)
+    headers = {"Content-Type": "application/x-msgpack", "Accept": "application/json"}
+    for _ in range(3):  # either worker, fresh connection each time as the CLI does
+        status, reply, _ = raw_post(server.url, "/alice/song/push/objects", body, headers)
+        assert status == 401
+        assert json.loads(reply)["error"] == "unauthorized"
+
+
+def test_refused_push_by_a_stranger_still_delivers_the_json_error(public_repo_hub):
+    """Issue 9 item 4: the same for an authenticated user without write access (403)."""
+    server, _ = public_repo_hub
+    stranger = server.create_user("mallory")
+    body = msgpack.packb({"bundle": {"commits": [], "snapshots": [], "objects": [
+        {"object_id": "0" * 64, "content": b"x" * (6 * MiB)}]}, "branch": "main"}, use_bin_type=True)
+    headers = {"Content-Type": "application/x-msgpack", "Accept": "application/json",
+               "Authorization": f"Bearer {stranger}"}
+    status, reply, _ = raw_post(server.url, "/alice/song/push", body, headers)
+    assert status == 403
+    assert json.loads(reply)["error"] == "forbidden"
+
+
+def paced_push_objects(url: str, path: str, token: str, pieces: int = 8, pause: float = 0.03):
+    """One push/objects of 2 MiB sent in 256 KiB pieces with pauses: an upload that moves, slowly."""
+    blob = os.urandom(pieces * 256 * 1024 - 200)
+    body = msgpack.packb({"objects": [{"object_id": hashlib.sha256(blob).hexdigest(), "content": blob}]},
+                         use_bin_type=True)
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        for name, value in {"Content-Type": "application/x-msgpack", "Accept": "application/json",
+                            "Authorization": f"Bearer {token}", "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        for start in range(0, len(body), 256 * 1024):
+            conn.send(body[start:start + 256 * 1024])
+            time.sleep(pause)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_uploads_that_move_wait_for_a_reader_instead_of_a_503(tmp_path):
+    """The Muse CLI sends four push/objects at once: with one body reader they queue, none is refused."""
+    with live_hub(tmp_path / "hub", workers=1, env={"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0"}) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: paced_push_objects(server.url, "/alice/song/push/objects", token),
+                                    range(4)))
+        assert [status for status, _ in results] == [200] * 4, results
+
+
+def test_a_malformed_chunked_body_is_a_400_without_a_traceback(public_repo_hub):
+    """gunicorn's own parse error while the hub reads a chunked body (not an OSError) once meant a 500."""
+    server, _ = public_repo_hub
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /alice/song/fetch/mpack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-msgpack\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n\x81\xa4want\r\nzz\r\n")
+        head, _, body = read_answer(sock, 10).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert json.loads(body)["error"] == "malformed_body"
+    log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
+    assert "Traceback" not in log
+
+
+def framing_case(rng: random.Random, body: bytes) -> bytes:
+    """A request whose framing is wrong in one of the ways a broken or hostile client gets it wrong."""
+    path = rng.choice(["/alice/song/fetch/mpack", "/alice/song/push/objects", "/alice/song/refs", "/healthz",
+                       "/admin/gc", "/api/repos", "/mpacks/" + "0" * 64, "/alice/song/push"])
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-msgpack\r\nConnection: close\r\n"
+    kind = rng.randrange(6)
+    if kind == 0:  # declares more than it sends
+        return (head + f"Content-Length: {len(body) + rng.randint(1, 5000)}\r\n\r\n").encode() + body
+    if kind == 1:  # declares less than it sends (the rest looks like a next request)
+        return (head + f"Content-Length: {rng.randint(0, len(body))}\r\n\r\n").encode() + body
+    if kind == 2:  # chunk sizes that lie or are not hex
+        size = rng.choice([f"{len(body):x}", f"{len(body) + 3:x}", "zz", "-1", "1" * 30, f"{len(body):x};x=\r"])
+        return (head + "Transfer-Encoding: chunked\r\n\r\n" + size + "\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    if kind == 3:  # chunked, then cut short
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"%x\r\n" % len(body) + body[:len(body) // 2]
+    if kind == 4:  # both framings at once
+        return (head + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n").encode() + body
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + bytes(rng.randrange(256) for _ in body)
+
+
+def test_broken_framing_on_a_real_gunicorn_never_gets_a_5xx_or_a_traceback(public_repo_hub):
+    """Body framing only a real server sees (webtest hands the app a clean stream): seeded, ~5 s."""
+    server, token = public_repo_hub
+    rng = random.Random(int(os.environ.get("MPACKHUB_FUZZ_SEED", "9")))
+    host, port = server.url.removeprefix("http://").split(":")
+    body = msgpack.packb({"want": ["main"], "have": [], "objects": [], "pad": b"x" * 300})
+    end, cases = time.monotonic() + 5, 0
+    while time.monotonic() < end:
+        raw = framing_case(rng, body)
+        if rng.random() < 0.5:
+            raw = raw.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {token}\r\n".encode())
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                answer = read_answer(sock, 10)
+            except ConnectionResetError:
+                answer = b""
+        cases += 1
+        if answer:
+            status = int(answer.split(b" ", 2)[1])
+            assert status < 500, (raw[:300], answer[:300])
+    log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
+    assert cases > 20

@@ -13,6 +13,7 @@ runs. Temporary hubs and stores go under ``$TMPDIR`` (default /tmp).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -51,9 +52,10 @@ def command_for(name: str, args: argparse.Namespace) -> str:
 
 def run_one(name: str, args: argparse.Namespace) -> str:
     module = load(name)
+    before = os.getloadavg()[0]
     tables = module.run(args.scale, args.quick)
     about = (module.__doc__ or "").split("\n\n")[0]
-    return report.section(name, about, command_for(name, args), tables)
+    return report.section(name, about, command_for(name, args), tables, load=(before, os.getloadavg()[0]))
 
 
 def main(argv: list[str] | None = None) -> int:

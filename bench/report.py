@@ -45,15 +45,21 @@ Why each miss misses, and what would close it, is in the section after it.
 """
 
 
-def heading(command: str, when: dt.datetime | None = None) -> str:
-    """The line that heads a benchmark's results: date, machine and the command that made them."""
+def heading(command: str, when: dt.datetime | None = None, load: tuple[float, float] | None = None) -> str:
+    """The line that heads a benchmark's results: date, machine, load and the command that made them.
+
+    ``load`` is the 1-minute load average at the start and at the end of the run:
+    above the CPU count, other work shared the machine (the figures are noisier).
+    """
     when = when or dt.datetime.now(dt.UTC)
-    return f"_{when:%Y-%m-%d %H:%M} UTC · {machine_summary()} · `{command}`_"
+    busy = f" · load average {load[0]:.1f} → {load[1]:.1f}" if load else ""
+    return f"_{when:%Y-%m-%d %H:%M} UTC · {machine_summary()}{busy} · `{command}`_"
 
 
-def section(name: str, about: str, command: str, tables: Sequence[Table], when: dt.datetime | None = None) -> str:
+def section(name: str, about: str, command: str, tables: Sequence[Table], when: dt.datetime | None = None,
+            load: tuple[float, float] | None = None) -> str:
     """A benchmark's section: title, what it measures, heading line, its tables."""
-    parts = [f"## {name}", about.strip(), heading(command, when)]
+    parts = [f"## {name}", about.strip(), heading(command, when, load)]
     parts += [table.render() for table in tables]
     return "\n\n".join(p for p in parts if p) + "\n"
 

@@ -29,7 +29,7 @@ from bench.util import MB, Measured, Table, hashlib_sha256_mbps, measure, median
 from mpack.format import ids
 from mpack.hub import fetch
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.models import FetchMPackCache, Object, Repo
+from mpack.hub.models import BackgroundJob, Commit, FetchMPackCache, Object, Repo, Snapshot
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 from storage.base import BLOBS
@@ -46,6 +46,9 @@ def prepare(home: Path, scale: float) -> tuple[Synth, list[str]]:
     synth = Synth(seed=1, scale=scale)
     hub = open_hub(home)
     _, tips = populate(hub, synth, REPO)
+    # The pushes queued a prebuild asking for a delta from every earlier tip to the head (one per batch:
+    # ~N/2 histories of packs). The live hub of the clone timings would build them meanwhile: drop them.
+    BackgroundJob.delete().execute()
     hub.db.close()
     return synth, tips
 
@@ -72,7 +75,11 @@ def incremental(home: Path, tip: str) -> tuple[float, float]:
     repo = Repo.get(Repo.name == REPO)
     content = b"one more line\n"
     object_id = ids.object_digest(content)
-    snapshot = {"snapshot_id": ids.snapshot_digest({"new.txt": object_id}), "manifest": {"new.txt": object_id},
+    # A real commit: the tip's tree plus one file (not a tree of one file, which deletes every other path).
+    tip_snapshot = Commit.get((Commit.repo == repo) & (Commit.digest == ids.hex_of(tip))).snapshot
+    manifest = {**Snapshot.get((Snapshot.repo == repo) & (Snapshot.digest == tip_snapshot)).record["manifest"],
+                "new.txt": object_id}
+    snapshot = {"snapshot_id": ids.snapshot_digest(manifest), "manifest": manifest,
                 "created_at": "2026-11-24T00:00:00+00:00"}
     message, when = "one more commit", "2026-11-24T00:00:01.000001+00:00"
     commit = {"commit_id": ids.commit_digest([tip], snapshot["snapshot_id"], message, when), "repo_id": "bench",

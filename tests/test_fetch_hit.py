@@ -115,3 +115,11 @@ def test_a_row_gc_deleted_after_the_select_is_a_miss_not_a_dangling_url(app, hub
     answer = fetch_mpack(app, ["main"])
     assert answer["cached"] is False
     assert FetchMPackCache.select().count() == 1
+
+
+def test_the_hit_path_never_hands_out_an_older_format_pack(app, hub, pushed):
+    first = fetch_mpack(app, ["main"])
+    FetchMPackCache.update(format_version=1).execute()  # as if cached before the upgrade
+    again = fetch_mpack(app, ["main"])
+    assert again["cached"] is False and again["mpack_id"] == first["mpack_id"]  # rebuilt in the current format
+    assert fetch_mpack(app, [pushed.tip])["cached"] is True

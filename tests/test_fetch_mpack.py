@@ -28,10 +28,15 @@ def download(app, url: str) -> bytes:
     return app.get(url.replace("http://hub.test", "")).body
 
 
-def read_pack(data: bytes) -> dict:
-    """Every record of a pack, verified by the reader."""
+def read_pack(data: bytes, held: History | None = None) -> dict:
+    """Every record of a pack, verified by the reader (``held``: the receiver's snapshots)."""
     found = {"blobs": {}, "snapshots": [], "commits": []}
-    for record in iter_mpack(io.BytesIO(data)):
+    snapshots = held.snapshots if held is not None else {}
+
+    def base(snapshot_id: str) -> dict | None:
+        return snapshots[snapshot_id]["manifest"] if snapshot_id in snapshots else None
+
+    for record in iter_mpack(io.BytesIO(data), snapshot_base=base):
         if isinstance(record, BlobRecord):
             found["blobs"][record.object_id] = b"".join(record.chunks)
         elif isinstance(record, SnapshotRecord):
@@ -124,7 +129,7 @@ def test_building_the_same_tip_twice_gives_identical_bytes(hub, repo, pushed):
 def test_incremental_fetch_carries_only_the_delta(app, hub, repo, pushed):
     have = pushed.commits[3]["commit_id"]
     result = fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip], have=[have])
-    found = read_pack(download(app, result["mpack_url"]))
+    found = read_pack(download(app, result["mpack_url"]), pushed)
     assert [c["commit_id"] for c in found["commits"]] == [c["commit_id"] for c in pushed.commits[4:]]
     assert sorted(found["blobs"].values()) == [b"content 4\n", b"content 5\n"]  # only the new files
 

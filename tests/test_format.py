@@ -17,12 +17,14 @@ from mpack.format.errors import (
     ChecksumMismatch,
     IdMismatch,
     MalformedRecord,
+    MissingBase,
     MPackError,
     MuseError,
     OversizedRecord,
     Truncated,
     UnsupportedVersion,
 )
+from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack, verify_mpack
 from mpack.format.writer import (
     CHUNK_SIZE,
@@ -35,7 +37,6 @@ from mpack.format.writer import (
     MPackWriter,
     SnapshotRecord,
     Trailer,
-    canonical_order_commits,
     encode_record,
 )
 
@@ -111,7 +112,7 @@ def verify(data: bytes) -> Trailer:
 
 # -- hand framing, straight from docs/mpack-format.md --------------------------------
 
-def frame_pack(body: bytes = b"", counts=(0, 0, 0, 0), *, version: int = 1, flags: int = 0) -> bytes:
+def frame_pack(body: bytes = b"", counts=(0, 0, 0, 0), *, version: int = 2, flags: int = 0) -> bytes:
     before = b"MUSE\0" + bytes([version, flags]) + body + b"\xff" + struct.pack(">QQQQ", *counts)
     return before + hashlib.sha256(before).digest()
 
@@ -126,7 +127,15 @@ def raw_blob_record(object_id: str, content: bytes) -> bytes:
 
 
 def meta_record(kind: int, payload: bytes) -> bytes:
-    return bytes([kind]) + struct.pack(">I", len(payload)) + payload
+    return bytes([kind, 0]) + struct.pack(">I", len(payload)) + payload
+
+
+def full_snapshot_payload(snapshot: dict) -> bytes:
+    """A snapshot as a v2 record with no base: every entry in ``set``."""
+    fields = {k: v for k, v in snapshot.items() if k not in ("snapshot_id", "manifest")}
+    return msgpack.packb({"base": None, "del": [], "fields": dict(sorted(fields.items())),
+                          "set": dict(sorted(snapshot["manifest"].items())), "snapshot_id": snapshot["snapshot_id"]},
+                         use_bin_type=True)
 
 
 def sorted_msgpack(record: dict) -> bytes:
@@ -215,15 +224,16 @@ def test_writer_output_matches_the_documented_layout():
     blob = make_blob(pseudo_random(300))
     snapshot = make_snapshot({"a": blob[0]})
     commit = make_commit(snapshot)
-    body = raw_blob_record(*blob) + meta_record(2, sorted_msgpack(snapshot)) + meta_record(3, sorted_msgpack(commit))
+    body = raw_blob_record(*blob) + meta_record(2, full_snapshot_payload(snapshot)) \
+        + meta_record(3, sorted_msgpack(commit))
     assert build_mpack([blob], [snapshot], [commit]) == frame_pack(body, (1, 1, 1, 300))
 
 
 def test_the_documented_example_has_the_documented_id():
     blob = make_blob(b"hi\n")
     data = build_mpack([blob], [make_snapshot({"a.txt": blob[0]}, created_at="2024-05-01T12:00:00Z")])
-    assert len(data) == 356
-    assert hashlib.sha256(data).hexdigest() == "56488f8e61aa799e8fb72b26144ae105bfd037f5c720779aafc408cd0cef48f1"
+    assert len(data) == 371
+    assert hashlib.sha256(data).hexdigest() == "8f69bf8499a0ea7bcddfeb37ed60cbdadfd2c4d693f8e359bc07c56d0a60c752"
 
 
 def test_writer_sha256_is_the_sha256_of_the_file():
@@ -343,7 +353,7 @@ def test_bad_magic(data):
         verify(data)
 
 
-@pytest.mark.parametrize("version, flags", [(0, 0), (2, 0), (1, 1), (255, 128)])
+@pytest.mark.parametrize("version, flags", [(0, 0), (1, 0), (3, 0), (2, 1), (255, 128)])
 def test_unsupported_version_or_flags(version, flags):
     with pytest.raises(UnsupportedVersion) as info:
         verify(frame_pack(version=version, flags=flags))
@@ -460,7 +470,7 @@ def test_record_longer_than_the_limit_is_oversized():
 
 
 def test_bogus_record_length_is_refused_before_any_allocation():
-    data = frame_pack(b"\x02\xff\xff\xff\xff" + b"\x80", (0, 1, 0, 0))
+    data = frame_pack(b"\x02\x00\xff\xff\xff\xff" + b"\x80", (0, 1, 0, 0))
     tracemalloc.start()
     try:
         with pytest.raises(OversizedRecord):
@@ -493,7 +503,7 @@ def test_trailing_garbage():
 @pytest.mark.parametrize("order", [(3, 1), (2, 1), (3, 2)])
 def test_reader_refuses_record_types_out_of_order(order):
     snapshot = make_snapshot({})
-    records = {1: raw_blob_record(*RAW_BLOB), 2: meta_record(2, sorted_msgpack(snapshot)),
+    records = {1: raw_blob_record(*RAW_BLOB), 2: meta_record(2, full_snapshot_payload(snapshot)),
                3: meta_record(3, sorted_msgpack(make_commit(snapshot)))}
     counts = [0, 0, 0]
     for kind in order:
@@ -555,12 +565,67 @@ def test_snapshot_record_that_is_not_a_msgpack_map(payload):
         verify(frame_pack(meta_record(2, payload), (0, 1, 0, 0)))
 
 
-@pytest.mark.parametrize("change", [{"manifest": ["a"]}, {"manifest": {"a": "not-an-id"}}, {"created_at": 5},
-                                    {"snapshot_id": None}])
+def snapshot_pack(*payloads: dict) -> bytes:
+    body = b"".join(meta_record(2, msgpack.packb(p, use_bin_type=True)) for p in payloads)
+    return frame_pack(body, (0, len(payloads), 0, 0))
+
+
+def full_delta(manifest: dict, **fields) -> dict:
+    return {"base": None, "del": [], "fields": {"created_at": WHEN, **fields}, "set": manifest,
+            "snapshot_id": ids.snapshot_digest(manifest)}
+
+
+@pytest.mark.parametrize("change", [{"set": ["a"]}, {"set": {"a": "not-an-id"}}, {"set": {1: RAW_BLOB[0]}},
+                                    {"fields": {"created_at": 5}}, {"fields": []}, {"fields": {"manifest": {}}},
+                                    {"snapshot_id": None}, {"base": "HEAD"}, {"del": "a"}, {"del": ["absent"]},
+                                    {"extra": 1}, {"set": {"../escape": RAW_BLOB[0]}}, {"set": {".muse/HEAD": RAW_BLOB[0]}},
+                                    {"set": {"a\\b": RAW_BLOB[0]}}])
 def test_snapshot_of_the_wrong_shape(change):
-    snapshot = {**make_snapshot({"a": RAW_BLOB[0]}), **change}
     with pytest.raises(MalformedRecord):
-        verify(build_mpack(snapshots=[snapshot]))
+        verify(snapshot_pack({**full_delta({"a": RAW_BLOB[0]}), **change}))
+
+
+def test_snapshot_record_without_one_of_its_keys():
+    for key in ("base", "del", "fields", "set", "snapshot_id"):
+        record = full_delta({"a": RAW_BLOB[0]})
+        del record[key]
+        with pytest.raises(MalformedRecord):
+            verify(snapshot_pack(record))
+
+
+def test_snapshot_delta_against_a_record_that_is_not_the_previous_one():
+    first, second = full_delta({"a": RAW_BLOB[0]}), full_delta({"b": RAW_BLOB[0]})
+    third = {**full_delta({"a": RAW_BLOB[0], "c": RAW_BLOB[0]}), "base": first["snapshot_id"], "set": {"c": RAW_BLOB[0]}}
+    with pytest.raises(MalformedRecord, match="not the previous snapshot record"):
+        verify(snapshot_pack(first, second, third))
+
+
+def test_snapshot_delta_whose_result_is_not_its_id():
+    first = full_delta({"a": RAW_BLOB[0]})
+    second = {**full_delta({"a": RAW_BLOB[0], "b": RAW_BLOB[0]}), "base": first["snapshot_id"], "set": {}}
+    with pytest.raises(IdMismatch):
+        verify(snapshot_pack(first, second))
+
+
+def test_a_first_snapshot_against_an_unknown_base_is_missing_its_base():
+    first = {**full_delta({"a": RAW_BLOB[0]}), "base": "c" * 64}
+    with pytest.raises(MissingBase) as info:
+        verify(snapshot_pack(first))
+    assert info.value.base == "c" * 64
+    with pytest.raises(MissingBase):
+        verify_mpack(io.BytesIO(snapshot_pack(first)), snapshot_base=lambda base_id: None)
+
+
+def test_a_first_snapshot_against_a_base_the_receiver_holds():
+    held = {"old": RAW_BLOB[0], "keep": RAW_BLOB[0]}
+    wanted = {"keep": RAW_BLOB[0], "new": ids.object_digest(b"n")}
+    out = io.BytesIO()
+    writer = MPackWriter(out)
+    writer.add_snapshot(make_snapshot(wanted), base=("d" * 64, held))
+    writer.finish()
+    items = list(iter_mpack(io.BytesIO(out.getvalue()), snapshot_base={"d" * 64: held}.get))
+    assert items[0].data["manifest"] == wanted and items[0].changed == {"new": wanted["new"]}
+    assert items[0].base == "d" * 64
 
 
 @pytest.mark.parametrize("change", [{"message": None}, {"committed_at": 1}, {"parent_commit_id": "HEAD"},
@@ -580,7 +645,7 @@ def test_commit_without_its_parent_keys_reads_as_no_parents():
 
 def test_every_format_error_is_a_hub_error():
     for cls in (BadMagic, UnsupportedVersion, Truncated, ChecksumMismatch, IdMismatch, OversizedRecord,
-                MalformedRecord):
+                MalformedRecord, MissingBase):
         assert issubclass(cls, MPackError) and issubclass(cls, MuseError)
 
 
@@ -646,7 +711,7 @@ def test_canonical_order_refuses_a_cycle():
 # -- bounded memory ------------------------------------------------------------------
 
 class GeneratedBlob:
-    """A large blob made on the fly, half noise and half zeros per MiB, in short reads."""
+    """A large blob made on the fly, half zeros and half noise per MiB, in short reads."""
 
     def __init__(self, size: int) -> None:
         self._size, self._pos, self._index, self._block = size, 0, -1, bytearray(CHUNK_SIZE)
@@ -655,7 +720,7 @@ class GeneratedBlob:
         index, offset = divmod(self._pos, CHUNK_SIZE)
         if self._index != index:
             self._index = index
-            self._block[:CHUNK_SIZE // 2] = random.Random(index).randbytes(CHUNK_SIZE // 2)
+            self._block[CHUNK_SIZE // 2:] = random.Random(index).randbytes(CHUNK_SIZE // 2)
         piece = bytes(self._block[offset:offset + min(n, 256 << 10, self._size - self._pos)])
         self._pos += len(piece)
         return piece
@@ -684,3 +749,107 @@ def test_a_64_mib_blob_is_written_and_read_in_bounded_memory(tmp_path):
         tracemalloc.stop()
     assert (record.codec, total, trailer.blob_bytes) == (CODEC_ZSTD, size, size)
     assert peak < 8 << 20
+
+
+# -- format version 2: snapshot deltas, v1 refused -------------------------------------
+
+def v1_example_pack() -> bytes:
+    """The documented v1 example (docs/mpack-format.md, "Version 1"), framed by hand as v1 wrote it."""
+    blob = make_blob(b"hi\n")
+    snapshot = make_snapshot({"a.txt": blob[0]}, created_at="2024-05-01T12:00:00Z")
+    body = raw_blob_record(*blob) + bytes([2]) + struct.pack(">I", len(sorted_msgpack(snapshot))) \
+        + msgpack.packb({"created_at": snapshot["created_at"], "manifest": snapshot["manifest"],
+                         "snapshot_id": snapshot["snapshot_id"]}, use_bin_type=True)
+    return frame_pack(body, (1, 1, 0, 3), version=1)
+
+
+def test_a_v1_pack_is_refused_naming_its_version():
+    data = v1_example_pack()
+    assert hashlib.sha256(data).hexdigest() == "56488f8e61aa799e8fb72b26144ae105bfd037f5c720779aafc408cd0cef48f1"
+    with pytest.raises(UnsupportedVersion) as info:
+        verify(data)
+    assert (info.value.version, info.value.supported) == (1, 2)
+    assert "mpack version 1" in str(info.value) and "reads version 2" in str(info.value)
+
+
+def evolving_snapshots() -> list[dict]:
+    """Adds, changes, removals, a rename, an empty manifest and a return to an earlier manifest."""
+    a, b, c = (make_blob(x)[0] for x in (b"a", b"b", b"c"))
+    manifests = [{"x": a, "y": b}, {"x": a, "y": c, "z/\u00e9": b}, {"x": a, "w": c, "z/\u00e9": b},
+                 {}, {"only": a}, {"x": a, "y": b}]
+    return [make_snapshot(m, created_at=f"t{n}") for n, m in enumerate(manifests)]
+
+
+def test_snapshot_deltas_round_trip_whole_snapshots():
+    snapshots = evolving_snapshots()
+    items = [i for i in read_records(build_mpack(snapshots=snapshots)) if isinstance(i, SnapshotRecord)]
+    assert [i.data for i in items] == snapshots
+    assert [i.changed for i in items][:3] == [snapshots[0]["manifest"], {"y": make_blob(b"c")[0],
+                                              "z/\u00e9": make_blob(b"b")[0]}, {"w": make_blob(b"c")[0]}]
+    assert [i.base for i in items][1:] == [s["snapshot_id"] for s in snapshots[:-1]]
+
+
+def test_snapshot_records_are_deltas_not_whole_manifests():
+    big = {f"dir/file{n:04}.txt": make_blob(str(n).encode())[0] for n in range(500)}
+    one_more = {**big, "new.txt": make_blob(b"new")[0]}
+    whole = len(build_mpack(snapshots=[make_snapshot(one_more)]))
+    both = len(build_mpack(snapshots=[make_snapshot(big), make_snapshot(one_more)]))
+    assert both - whole < 400  # the second record carries one entry, not 501
+
+
+def test_written_deltas_equal_the_writers_own_diff():
+    snapshots = evolving_snapshots()
+    out = io.BytesIO()
+    writer = MPackWriter(out)
+    previous: dict = {}
+    for n, snapshot in enumerate(snapshots):
+        manifest = snapshot["manifest"]
+        changed = {p: o for p, o in manifest.items() if previous.get(p) != o}
+        removed = [p for p in previous if p not in manifest]
+        writer.add_snapshot_delta(snapshot["snapshot_id"], {"created_at": snapshot["created_at"]},
+                                  snapshots[n - 1]["snapshot_id"] if n else None, changed, removed)
+        previous = manifest
+    writer.finish()
+    assert out.getvalue() == build_mpack(snapshots=snapshots)
+
+
+def test_writer_refuses_a_delta_against_anything_but_the_previous_record():
+    snapshots = evolving_snapshots()
+    writer = MPackWriter(io.BytesIO())
+    writer.add_snapshot(snapshots[0])
+    writer.add_snapshot(snapshots[1])
+    with pytest.raises(ValueError, match="previous record"):
+        writer.add_snapshot_delta(snapshots[2]["snapshot_id"], {}, snapshots[0]["snapshot_id"], {}, [])
+    with pytest.raises(ValueError, match="first snapshot"):
+        writer.add_snapshot(snapshots[2], base=(snapshots[0]["snapshot_id"], snapshots[0]["manifest"]))
+
+
+def test_a_large_first_snapshot_is_compressed_and_reads_back():
+    manifest = {f"src/module{n:05}.py": make_blob(str(n).encode())[0] for n in range(2000)}
+    data = build_mpack(snapshots=[make_snapshot(manifest)])
+    assert len(data) < 2000 * 70 * 0.9  # the raw entries alone are ~90 bytes each
+    assert read_records(data)[0].data["manifest"] == manifest
+
+
+def test_the_reader_holds_one_manifest_however_many_snapshots():
+    manifest = {f"f{n:05}": make_blob(str(n).encode())[0] for n in range(3000)}
+    snapshots = []
+    for n in range(60):
+        manifest = {**manifest, f"f{n:05}": make_blob(f"v{n}".encode())[0]}
+        snapshots.append(make_snapshot(manifest))
+    data = build_mpack(snapshots=snapshots)
+    tracemalloc.start()
+    try:
+        assert verify(data).snapshot_count == 60
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 << 20  # one manifest of 3,000 entries is ~1.5 MB; sixty would be ~90 MB
+
+
+def test_a_delta_entry_breaking_the_path_rules_is_refused_where_it_is_added():
+    first = full_delta({"a": RAW_BLOB[0]})
+    second = {**full_delta({"a": RAW_BLOB[0], "x/../../y": RAW_BLOB[0]}), "base": first["snapshot_id"],
+              "set": {"x/../../y": RAW_BLOB[0]}}
+    with pytest.raises(MalformedRecord, match="x/../../y"):
+        verify(snapshot_pack(first, second))

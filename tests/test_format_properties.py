@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 
 from mpack.format import ids, rules
 from mpack.format.errors import MPackError, Truncated
+from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack
-from mpack.format.writer import CHUNK_SIZE, CommitRecord, SnapshotRecord, canonical_order_commits
+from mpack.format.writer import CHUNK_SIZE, CommitRecord, SnapshotRecord
 from tests.test_format import (
     build_mpack,
+    evolving_snapshots,
     make_blob,
     make_commit,
     make_history,
@@ -27,6 +29,10 @@ BLOBS, SNAPSHOTS, COMMITS = make_history()
 BLOBS = [*BLOBS, make_blob(b""), make_blob(bytes(range(200)) * 2)]
 PACK = build_mpack(BLOBS, SNAPSHOTS, COMMITS)
 HEADER = PACK[:7]
+# Version 2's snapshot deltas: a zstd-compressed first record, then adds, changes, removals and renames.
+_BIG = {f"src/m{n:03}.py": BLOBS[n % len(BLOBS)][0] for n in range(40)}
+DELTA_SNAPSHOTS = [make_snapshot(_BIG), *evolving_snapshots(), make_snapshot({**_BIG, "x": BLOBS[0][0]})]
+DELTA_PACK = build_mpack(BLOBS[:1], DELTA_SNAPSHOTS, [make_commit(DELTA_SNAPSHOTS[-1])])
 
 FAST = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -35,9 +41,40 @@ SLOW = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 # -- damage never verifies -----------------------------------------------------------
 
 def test_every_prefix_of_a_valid_pack_is_truncated():
-    for cut in range(len(PACK)):
-        with pytest.raises(Truncated):
-            verify(PACK[:cut])
+    for pack in (PACK, DELTA_PACK):
+        for cut in range(len(pack)):
+            with pytest.raises(Truncated):
+                verify(pack[:cut])
+
+
+def test_the_delta_pack_holds_compressed_and_delta_records():
+    assert verify(DELTA_PACK).snapshot_count == len(DELTA_SNAPSHOTS)
+    assert DELTA_PACK.count(b"src/m001.py") == 1  # in one raw removal list; both whole manifests are zstd frames
+
+
+def test_every_single_bit_flip_of_the_delta_pack_does_not_verify():
+    for position in range(len(DELTA_PACK)):
+        for bit in (0x01, 0x80):
+            damaged = bytearray(DELTA_PACK)
+            damaged[position] ^= bit
+            with pytest.raises(MPackError):
+                verify(bytes(damaged))
+
+
+@FAST
+@given(position=st.integers(0, len(DELTA_PACK) - 1), mask=st.integers(1, 255))
+def test_a_delta_pack_with_one_byte_changed_does_not_verify(position, mask):
+    damaged = bytearray(DELTA_PACK)
+    damaged[position] ^= mask
+    with pytest.raises(MPackError):
+        verify(bytes(damaged))
+
+
+@FAST
+@given(cut=st.integers(0, len(DELTA_PACK) - 1), extra=st.binary(max_size=64))
+def test_a_cut_and_patched_delta_pack_does_not_verify(cut, extra):
+    with pytest.raises(MPackError):
+        verify(DELTA_PACK[:cut] + extra)
 
 
 @FAST

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from mpack.client.apply import IncompletePack, apply_pack, stage_pack
-from mpack.client.layout import LayoutError, MuseRepo, UnsafePath
+from mpack.client.layout import LayoutError, MuseRepo, UnsafePath, record_json
+from mpack.client.snapshot_json import SnapshotJson
 from mpack.client.sync import ClientError, fast_forward, manifest_of
 from mpack.format import ids
 from mpack.format.errors import ChecksumMismatch, IdMismatch, InvalidRecord, MPackError, Truncated
-from mpack.format.writer import MPackWriter, canonical_order_commits
+from mpack.format.order import canonical_order_commits
+from mpack.format.reader import iter_mpack
+from mpack.format.writer import MPackWriter, SnapshotRecord
 from tests.factories import History
 
 EMPTY = ids.object_digest(b"")
@@ -124,7 +128,7 @@ def test_stage_pack_streams_blobs_to_files_and_applies_nothing(tmp_path):
     history.commit({"big.bin": os.urandom(3 << 20)})  # several chunks
     staged = stage_pack(io.BytesIO(pack_bytes(history)), tmp_path / "stage")
     assert staged.trailer is not None and staged.trailer.blob_count == 1
-    (blob_file,) = staged.blobs.values()
+    (blob_file,) = map(Path, staged.blobs.values())
     (content,) = history.blobs.values()
     assert blob_file.parent == tmp_path / "stage" and blob_file.read_bytes() == content
     staged.discard()
@@ -269,3 +273,45 @@ def test_fast_forward_refuses_to_overwrite_local_changes(repo, tmp_path):
     (repo.root / "song.txt").write_bytes(b"v1")
     fast_forward(repo, "main", one["commit_id"], two["commit_id"])
     assert (repo.root / "song.txt").read_bytes() == b"v2" and repo.branch_head("main") == two["commit_id"]
+
+
+# -- format v2 apply ---------------------------------------------------------------------
+
+def test_a_pack_whose_sha256_is_not_the_expected_id_is_not_applied(repo, tmp_path):
+    history = History().linear(2)
+    before = tree(repo.root)
+    with pytest.raises(IdMismatch) as refused:
+        apply_pack(write_pack(tmp_path, pack_bytes(history)), repo, expected_id="sha256:" + "0" * 64)
+    assert refused.value.kind == "mpack" and tree(repo.root) == before
+    apply_pack(write_pack(tmp_path, data := pack_bytes(history)), repo, expected_id=ids.object_digest(data))
+    assert repo.has_commit(history.tip)
+
+
+def test_snapshot_files_rendered_from_deltas_are_the_json_of_whole_snapshots():
+    rng = random.Random(5)
+    blobs = [ids.object_digest(bytes([n])) for n in range(20)]
+    paths = ["a", "b/c", "\u00e9/\u00fc", "z", "a b", "A", "\u97f3", "b", "b/c/d", "x\u2014y", 'q"uote', "emoji \U0001f3b5"]
+    history, manifest = History(), {}
+    for _n in range(60):
+        for _ in range(rng.randint(0, 4)):
+            path = rng.choice(paths)
+            if rng.random() < 0.3:
+                manifest.pop(path, None)
+            else:
+                manifest[path] = rng.choice(blobs)
+        history.commit({}, files=dict(manifest))
+    renderer, rendered = SnapshotJson(), 0
+    for record in iter_mpack(io.BytesIO(pack_bytes(history, blobs=False))):
+        if isinstance(record, SnapshotRecord):
+            assert renderer.render(record) == record_json("snapshots", record.data)
+            rendered += 1
+    assert rendered == len(history.snapshots)
+
+
+def test_a_fresh_checkout_creates_the_same_files_in_place(filled, tmp_path):
+    manifest = {"a/b.txt": ids.object_digest(b"b"), "c.txt": ids.object_digest(b"c"), "d/e/f.txt": ids.object_digest(b"b")}
+    filled.checkout(manifest, fresh=True)
+    assert {p: (filled.root / p).read_bytes() for p in manifest} == {"a/b.txt": b"b", "c.txt": b"c", "d/e/f.txt": b"b"}
+    assert not [p for p in filled.root.rglob(".tmp-*")]
+    with pytest.raises(FileExistsError):  # exclusive: a fresh checkout never replaces what is there
+        filled.checkout({"c.txt": ids.object_digest(b"b")}, fresh=True)

@@ -149,7 +149,8 @@ def test_a_burst_of_pushes_coalesces_into_one_pending_job(hub, app, owner, repo)
     pending = list(BackgroundJob.select().where(BackgroundJob.status == "pending"))
     assert len(pending) == 1
     assert pending[0].payload["tip_commit_ids"] == [h.tip]
-    assert [p["head"] for p in pending[0].payload["pushes"]] == [c["commit_id"] for c in h.commits]
+    heads = [c["commit_id"] for c in h.commits]
+    assert [p["head"] for p in pending[0].payload["pushes"]] == heads[-prebuild.DELTA_TIPS_PER_BRANCH:]
 
 
 def test_prebuild_prepares_the_delta_from_the_previous_tip(hub, app, owner, repo, monkeypatch):
@@ -172,3 +173,22 @@ def test_unknown_tips_are_counted_not_retried(hub, repo):
     job_id = insert_job(hub, repo, [fake_commit_id("never-pushed")])
     result = prebuild.process_fetch_mpack_prebuild_job(hub, job_id)
     assert result["tips_unknown"] == 1 and result["tips_built"] == 0
+
+
+def test_a_burst_of_pushes_prepares_deltas_from_its_last_few_tips_only(hub, app, owner, repo):
+    """Each delta costs the history since its tip: a burst of N pushes must not cost ~N²/2 commits of packs."""
+    h = History().linear(1)
+    push_history(app, owner[1], PATH, h)
+    run_until_idle(hub, production_registry(), "w")
+    tips = []
+    for _ in range(10):
+        tips.append(h.tip)
+        h.linear(1)
+        push_history(app, owner[1], PATH, h, commits=h.commits[-1:])
+    pending = BackgroundJob.get(BackgroundJob.repo == repo, BackgroundJob.status == "pending")
+    assert [p["previous_tip"] for p in pending.payload["pushes"]] == tips[-prebuild.DELTA_TIPS_PER_BRANCH:]
+
+    result = prebuild.process_fetch_mpack_prebuild_job(hub, jobs.claim(hub, "w", 60).job_id)
+    assert result["deltas_built"] == prebuild.DELTA_TIPS_PER_BRANCH
+    for tip in tips[-prebuild.DELTA_TIPS_PER_BRANCH:]:
+        assert fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[tip])["cached"]

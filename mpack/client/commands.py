@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mpack.client import sync
 from mpack.client.hub_client import ClientError, HubClient, token_allowed
-from mpack.client.layout import MuseRepo, file_digest
+from mpack.client.layout import MuseRepo, NotARepo
 from mpack.client.progress import Bars
 from mpack.format.reader import verify_mpack
 
@@ -103,10 +103,19 @@ def cmd_push(args: argparse.Namespace) -> int:
 @_reported
 def cmd_verify(args: argparse.Namespace) -> int:
     with open(args.file, "rb") as src:
-        trailer = verify_mpack(src)
+        # An incremental pack's first snapshot may be a delta against one the clone here holds.
+        trailer = verify_mpack(src, snapshot_base=_local_snapshots())
     print(f"ok: {trailer.blob_count} blobs ({trailer.blob_bytes} bytes), {trailer.snapshot_count} snapshots, "
-          f"{trailer.commit_count} commits; mpack id {file_digest(Path(args.file))}")
+          f"{trailer.commit_count} commits; mpack id {trailer.mpack_hex}")
     return 0
+
+
+def _local_snapshots():
+    """The snapshots of the clone around the current directory, if any (a pack's delta base)."""
+    try:
+        return MuseRepo.find(Path.cwd()).snapshot_manifest
+    except NotARepo:
+        return None
 
 
 def _token_option(parser: argparse.ArgumentParser) -> None:

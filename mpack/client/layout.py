@@ -46,6 +46,19 @@ def toml_string(value: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def record_json(kind: str, record: dict) -> bytes:
+    """The bytes of a commit or snapshot file, as the v1 client wrote them from a pack.
+
+    Keys sorted at every level (a pack's records were canonical msgpack), commits
+    indented, snapshots compact (whole manifests: the C encoder writes them fast).
+    """
+    try:
+        text = json.dumps(record, indent=2 if kind == "commits" else None, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise LayoutError(f"{kind[:-1]} cannot be stored as JSON: {exc}") from None
+    return (text + "\n").encode("utf-8")
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -56,6 +69,7 @@ class MuseRepo(WorkTree):
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.muse = self.root / MUSE_DIR
+        self._object_dirs: set[Path] = set()
 
     # -- creation and identity -----------------------------------------------------
 
@@ -174,14 +188,36 @@ class MuseRepo(WorkTree):
         if not self.has_object(object_id):
             atomic_write(self.object_path(object_id), content)
 
-    def install_object_file(self, object_id: str, source: Path) -> None:
-        """Rename an already verified file into the store (``source`` on the same file system)."""
+    def install_object_file(self, object_id: str, source: str | Path) -> Path | None:
+        """Rename an already verified file into the store (``source`` on the same file system).
+
+        Returns the new file, or None when the object was there already.
+        """
         target = self.object_path(object_id)
         if target.is_file():
-            unlink_quietly(source)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
+            unlink_quietly(Path(source))
+            return None
+        if target.parent not in self._object_dirs:  # 256 of them: one mkdir each, not one per object
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._object_dirs.add(target.parent)
         os.replace(source, target)
+        return target
+
+    def install_record_file(self, kind: str, record_id: str, source: str | Path) -> Path | None:
+        """Rename a verified record file (``record_json``'s bytes) into ``kind``; None if it was there."""
+        if self._record_path(kind, record_id) is not None:
+            unlink_quietly(Path(source))  # content-addressed: the same id is the same record
+            return None
+        target = self.muse / kind / f"{record_id}.json"
+        os.replace(source, target)
+        return target
+
+    def snapshot_manifest(self, snapshot_id: str) -> dict | None:
+        """The manifest of a snapshot this repository holds, else None (a pack's delta base)."""
+        if not self.has_snapshot(snapshot_id):
+            return None
+        manifest = self.read_snapshot(snapshot_id).get("manifest")
+        return manifest if isinstance(manifest, dict) else None
 
     # -- snapshots and commits -----------------------------------------------------
 

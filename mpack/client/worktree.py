@@ -8,7 +8,9 @@ only what changed between two snapshots.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mpack.client.errors import LayoutError, UnsafePath
@@ -16,6 +18,7 @@ from mpack.client.files import READ_CHUNK, file_digest, private_temp_file, unlin
 from mpack.format import ids, rules
 
 MUSE_DIR = ".muse"
+COPY_THREADS = 4
 
 
 def safe_parts(path: object) -> tuple[str, ...]:
@@ -34,12 +37,16 @@ class WorkTree:
 
     root: Path
 
-    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None) -> None:
+    def checkout(self, manifest: Mapping[str, str], previous: Mapping[str, str] | None = None, *,
+                 fresh: bool = False) -> None:
         """Make the work tree hold ``manifest`` (path → object id).
 
         With ``previous`` (the manifest checked out now), only changed files are
         written and files gone from ``manifest`` are removed. Every path is
         checked, and every object found, before the first file is touched.
+        ``fresh``: the work tree is a new clone's, in a directory that is deleted
+        on failure; files are created in place (exclusively: nothing there is
+        replaced or followed) instead of through a temp file and a rename each.
         """
         previous = previous or {}
         changed = {path: oid for path, oid in manifest.items() if previous.get(path) != oid}
@@ -51,11 +58,21 @@ class WorkTree:
         for path in removed:
             unlink_quietly(targets[path])
             self._prune_dirs(targets[path].parent)
-        for path, oid in changed.items():
-            target = targets[path]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
-            self._copy_object(oid, target)
+        made: set[Path] = set()
+        with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="mpack-checkout") as pool:
+            copies = []
+            for path, oid in changed.items():
+                target = targets[path]
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
+                    made.add(target.parent)
+                elif target.is_symlink():
+                    raise UnsafePath(path, f"{target} is a symlink")
+                # Creating files dominates a checkout: threads overlap the file system's latency.
+                copies.append(pool.submit(self._create_file if fresh else self._copy_object, oid, target))
+            for copy in copies:
+                copy.result()
 
     def modified_paths(self, checked_out: Mapping[str, str], incoming: Mapping[str, str]) -> list[str]:
         """Work-tree paths a move from ``checked_out`` to ``incoming`` would overwrite or delete unsaved.
@@ -91,12 +108,16 @@ class WorkTree:
         fd, tmp = private_temp_file(target.parent)
         try:
             with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
-                while block := source.read(READ_CHUNK):
-                    out.write(block)
+                shutil.copyfileobj(source, out, READ_CHUNK)
             os.replace(tmp, target)  # replaces a file; a symlink was refused above
         except BaseException:
             unlink_quietly(Path(tmp))
             raise
+
+    def _create_file(self, object_id: str, target: Path) -> None:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
+        with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
+            shutil.copyfileobj(source, out, READ_CHUNK)
 
     def _prune_dirs(self, folder: Path) -> None:
         while folder != self.root and folder.is_dir() and not any(folder.iterdir()):

@@ -55,6 +55,7 @@ class UnsupportedVersion(MPackError):
         super().__init__(
             f"mpack version {version} with flags 0x{flags:02x} is not supported "
             f"(this reader reads version {supported} with flags 0x00)"
+            + (": a pack built before the hub's upgrade; fetch again for a current one" if version < supported else "")
         )
         self.version, self.flags, self.supported = version, flags, supported
 
@@ -109,6 +110,15 @@ class MalformedRecord(MPackError):
         self.offset, self.why = offset, why
 
 
+class MissingBase(MPackError):
+    """The pack's first snapshot is a delta against a snapshot the receiver does not hold."""
+
+    code = "mpack_missing_base"
+
+    def __init__(self, base: str) -> None:
+        super().__init__(f"the pack's first snapshot is a delta against snapshot {base}, which this receiver "
+                         "does not hold")
+        self.base = base
 class InvalidRecord(MuseError):
     """A commit, snapshot or branch name breaks a record rule (``mpack.format.rules``).
 

@@ -8,8 +8,9 @@ caller applies nothing until the final ``Trailer`` has been yielded.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import BinaryIO
 
 import msgpack
@@ -22,6 +23,7 @@ from mpack.format.errors import (
     IdMismatch,
     InvalidRecord,
     MalformedRecord,
+    MissingBase,
     MPackError,
     OversizedRecord,
     Truncated,
@@ -45,6 +47,7 @@ from mpack.format.writer import (
     REC_COMMIT,
     REC_SNAPSHOT,
     REC_TRAILER,
+    SNAPSHOT_KEYS,
     VERSION,
     BlobRecord,
     CommitRecord,
@@ -52,6 +55,9 @@ from mpack.format.writer import (
     Trailer,
     _read_full,
 )
+
+# A receiver's own snapshots, by id: the manifest, or None when it does not hold that snapshot.
+BaseResolver = Callable[[str], "Mapping[str, str] | None"]
 
 
 class _HashingReader:
@@ -162,7 +168,8 @@ def _decompress(dctx: zstandard.ZstdDecompressor, frame: bytes | bytearray, raw_
     return data
 
 
-def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD) -> Iterator[
+def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD,
+               snapshot_base: BaseResolver | None = None) -> Iterator[
     BlobRecord | SnapshotRecord | CommitRecord | Trailer
 ]:
     """Stream the records of a pack, verifying as it goes.
@@ -176,6 +183,9 @@ def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD) -> 
     Args:
         fileobj: A binary file-like object positioned at the start of the pack.
         max_meta_record: Largest encoded snapshot or commit accepted.
+        snapshot_base: Resolves the id of a snapshot the receiver holds to its
+            manifest (None if unknown), for a first snapshot record that is a
+            delta against one; without it such a pack raises ``MissingBase``.
 
     Raises:
         MPackError: A subclass naming what is wrong (from this generator, or
@@ -184,6 +194,7 @@ def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD) -> 
     src = _HashingReader(fileobj)
     _read_header(src)
     dctx = zstandard.ZstdDecompressor()
+    manifests = _Manifests(snapshot_base)
     counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
     blob_bytes, stage = 0, REC_BLOB
     while (kind := src.read_u8("record type")) != REC_TRAILER:
@@ -195,13 +206,13 @@ def iter_mpack(fileobj: BinaryIO, *, max_meta_record: int = MAX_META_RECORD) -> 
             chunks.drain()
             blob_bytes += size
         else:
-            yield _read_meta(src, kind, max_meta_record)
+            yield _read_meta(src, kind, max_meta_record, dctx, manifests)
         counts[kind] += 1
     yield _read_trailer(src, (counts[REC_BLOB], counts[REC_SNAPSHOT], counts[REC_COMMIT], blob_bytes))
 
 
-def verify_mpack(fileobj: BinaryIO) -> Trailer:
-    """Read and verify a whole pack, discarding its content.
+def verify_mpack(fileobj: BinaryIO, snapshot_base: BaseResolver | None = None) -> Trailer:
+    """Read and verify a whole pack, discarding its content (``snapshot_base`` as for ``iter_mpack``).
 
     Returns:
         The verified trailer.
@@ -209,7 +220,7 @@ def verify_mpack(fileobj: BinaryIO) -> Trailer:
     Raises:
         MPackError: The pack is malformed, truncated or altered.
     """
-    return deque(iter_mpack(fileobj), maxlen=1)[0]  # the last item is the Trailer
+    return deque(iter_mpack(fileobj, snapshot_base=snapshot_base), maxlen=1)[0]  # the last item is the Trailer
 
 
 def _read_header(src: _HashingReader) -> None:
@@ -243,12 +254,21 @@ def _read_blob_head(src: _HashingReader) -> tuple[str, int, int]:
     return object_id, size, codec
 
 
-def _read_meta(src: _HashingReader, kind: int, limit: int) -> SnapshotRecord | CommitRecord:
+def _read_meta(src: _HashingReader, kind: int, limit: int, dctx: zstandard.ZstdDecompressor,
+               manifests: _Manifests) -> SnapshotRecord | CommitRecord:
     offset, name = src.offset - 1, _NAMES[kind]
+    codec = src.read_u8(f"{name} record codec")
+    if codec not in (CODEC_RAW, CODEC_ZSTD):
+        raise MalformedRecord(offset, f"unknown {name} record codec {codec}")
     length = src.read_u32(f"{name} record length")
     if length > limit:
         raise OversizedRecord(f"{name} record", length, limit)
+    raw_len = src.read_u32(f"{name} record raw length") if codec == CODEC_ZSTD else length
+    if raw_len > limit:
+        raise OversizedRecord(f"{name} record", raw_len, limit)
     payload = src.read_exact(length, f"{name} record")
+    if codec == CODEC_ZSTD:
+        payload = _decompress(dctx, payload, raw_len, offset)
     try:
         data = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
     except _DECODE_ERRORS as exc:
@@ -256,8 +276,7 @@ def _read_meta(src: _HashingReader, kind: int, limit: int) -> SnapshotRecord | C
     if not isinstance(data, dict):
         raise MalformedRecord(offset, f"{name} record is not a map")
     if kind == REC_SNAPSHOT:
-        _check_snapshot(data, offset)
-        return SnapshotRecord(data)
+        return manifests.apply(data, offset)
     _check_commit(data, offset)
     return CommitRecord(data)
 
@@ -266,12 +285,71 @@ def _refuse_ext(code: int, data: bytes) -> object:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def _check_snapshot(data: dict, offset: int) -> None:
-    try:
-        rules.check_snapshot_record(data)
-    except InvalidRecord as exc:
-        raise MalformedRecord(offset, exc.detail) from None
-    _check_digest("snapshot", data["snapshot_id"], ids.snapshot_digest(data["manifest"]))
+class _Manifests:
+    """The manifest of the previous snapshot record: the base the next delta applies to.
+
+    Holds one manifest as a dict and as its sorted ``path NUL id`` entries, so a
+    delta costs work per changed entry (plus one join and one sha256 for the id).
+    """
+
+    def __init__(self, resolve: BaseResolver | None) -> None:
+        self._resolve = resolve
+        self._previous: str | None = None
+        self._manifest: dict[str, str] = {}
+        self._entries: list[str] = []
+
+    def apply(self, data: dict, offset: int) -> SnapshotRecord:
+        claimed = _field_id(data, "snapshot_id", "snapshot", offset)
+        base, removed, changed, fields = _snapshot_parts(data, offset)
+        self._start(base, offset)
+        manifest, entries = self._manifest, self._entries
+        for path in removed:
+            if not isinstance(path, str) or path not in manifest:
+                raise MalformedRecord(offset, f"snapshot removes {str(path)[:80]!r}, which its base does not hold")
+            del entries[bisect_left(entries, f"{path}\0{manifest.pop(path)}")]
+        for path, object_id in changed.items():  # the record rules, once per entry added or changed
+            problem = rules.path_problem(path)
+            if problem is not None:
+                raise MalformedRecord(offset, f"snapshot.manifest[{repr(path)[:80]}]: path {problem}")
+            if not ids.is_id(object_id):
+                raise MalformedRecord(offset, f"snapshot.manifest[{path!r}]: object id is not a well-formed id")
+            old = manifest.get(path)
+            if old is not None:
+                del entries[bisect_left(entries, f"{path}\0{old}")]
+            manifest[path] = object_id
+            if base is not None:
+                insort(entries, f"{path}\0{object_id}")
+        if base is None:
+            entries[:] = sorted(f"{path}\0{object_id}" for path, object_id in manifest.items())
+        _check_digest("snapshot", claimed, hashlib.sha256("\0".join(entries).encode("utf-8")).hexdigest())
+        self._previous = claimed
+        return SnapshotRecord({**fields, "snapshot_id": claimed, "manifest": dict(manifest)}, changed, base, removed)
+
+    def _start(self, base: str | None, offset: int) -> None:
+        if base is None:
+            self._manifest, self._entries = {}, []
+        elif self._previous is not None:
+            if base[-64:] != self._previous[-64:]:
+                raise MalformedRecord(offset, f"snapshot base {base} is not the previous snapshot record")
+        else:
+            held = self._resolve(base) if self._resolve is not None else None
+            if held is None:
+                raise MissingBase(base)
+            self._manifest = dict(held)
+            self._entries = sorted(f"{path}\0{object_id}" for path, object_id in self._manifest.items())
+
+
+def _snapshot_parts(data: dict, offset: int) -> tuple[str | None, list, dict, dict]:
+    if len(data) != len(SNAPSHOT_KEYS) or any(key not in data for key in SNAPSHOT_KEYS):
+        raise MalformedRecord(offset, f"a snapshot record holds exactly the keys {', '.join(SNAPSHOT_KEYS)}")
+    base, removed, changed, fields = data["base"], data["del"], data["set"], data["fields"]
+    if not (base is None or ids.is_id(base)):
+        raise MalformedRecord(offset, "snapshot base must be an id or nil")
+    if not isinstance(removed, list) or not isinstance(changed, dict) or not isinstance(fields, dict):
+        raise MalformedRecord(offset, "snapshot del, set and fields must be an array, a map and a map")
+    if "snapshot_id" in fields or "manifest" in fields or not isinstance(fields.get("created_at", ""), str):
+        raise MalformedRecord(offset, "snapshot fields must not hold snapshot_id or manifest; created_at is a str")
+    return base, removed, changed, fields
 
 
 def _check_commit(data: dict, offset: int) -> None:
@@ -282,6 +360,13 @@ def _check_commit(data: dict, offset: int) -> None:
     parents = rules.commit_parents(data)
     _check_digest("commit", data["commit_id"],
                   ids.commit_digest(parents, data["snapshot_id"], data["message"], data["committed_at"]))
+
+
+def _field_id(data: dict, key: str, kind: str, offset: int) -> str:
+    value = data.get(key)
+    if not ids.is_id(value):
+        raise MalformedRecord(offset, f"{kind} {key} is missing or not a well-formed id")
+    return value
 
 
 def _check_digest(kind: str, claimed: str, actual_hex: str) -> None:
@@ -300,4 +385,4 @@ def _read_trailer(src: _HashingReader, found: tuple[int, int, int, int]) -> Trai
         raise MalformedRecord(offset, f"trailer counts {declared} differ from the records read {found}")
     if src.read_upto(1):
         raise MalformedRecord(src.offset - 1, "data after the trailer")
-    return Trailer(*declared, checksum_hex=expected)
+    return Trailer(*declared, checksum_hex=expected, mpack_hex=src.hexdigest())

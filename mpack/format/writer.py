@@ -18,9 +18,8 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import heapq
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -31,7 +30,7 @@ from mpack.format import ids
 from mpack.format.errors import OversizedRecord
 
 MAGIC = b"MUSE\0"
-VERSION = 1
+VERSION = 2
 FLAGS = 0
 
 REC_BLOB, REC_SNAPSHOT, REC_COMMIT, REC_TRAILER = 0x01, 0x02, 0x03, 0xFF
@@ -40,12 +39,17 @@ CODEC_RAW, CODEC_ZSTD = 0, 1
 CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
 MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
 MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
+SMALL_BLOB = 64 << 10  # a raw blob up to this size is written as one piece
+BLOB_PROBE = 64 << 10  # a blob is compressed only if its first 64 KiB shrink by 10 %
+MIN_META_COMPRESS = 1024  # shorter snapshot and commit records (most commits, most deltas) stay raw
+SNAPSHOT_KEYS = ("base", "del", "fields", "set", "snapshot_id")  # a snapshot record's map, exactly
 
 _NAMES = {REC_BLOB: "blob", REC_SNAPSHOT: "snapshot", REC_COMMIT: "commit"}
 _HEADER = struct.Struct(">5sBB")
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _BLOB_TAIL = struct.Struct(">QB")  # raw size, codec
+_META_HEAD = struct.Struct(">BBI")  # type, codec, stored length
 _COUNTS = struct.Struct(">QQQQ")  # blobs, snapshots, commits, raw blob bytes
 _U64_MAX = (1 << 64) - 1
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
@@ -60,6 +64,7 @@ class Trailer:
     commit_count: int
     blob_bytes: int
     checksum_hex: str
+    mpack_hex: str = field(default="", compare=False)  # sha256 of the whole pack: its id
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,18 @@ class BlobRecord:
 
 @dataclass(frozen=True)
 class SnapshotRecord:
-    """A snapshot dict whose ``snapshot_id`` matches its manifest."""
+    """A snapshot dict whose ``snapshot_id`` matches its (rebuilt) manifest.
+
+    ``changed`` holds the entries this record added or changed against its
+    base (the previous snapshot record, or ``base`` for the first one, or
+    nothing): the only entries that are new to a receiver holding the base.
+    ``data`` is the whole snapshot; the reader builds a fresh dict per record.
+    """
 
     data: dict
+    changed: dict = field(default_factory=dict, repr=False, compare=False)
+    base: str | None = field(default=None, compare=False)
+    removed: list = field(default_factory=list, repr=False, compare=False)  # paths dropped from the base
 
 
 @dataclass(frozen=True)
@@ -94,23 +108,25 @@ class CommitRecord:
 # -- writing ------------------------------------------------------------------------
 
 class _HashingWriter:
-    """Passes writes through to a file while hashing and counting them."""
+    """Passes writes through to a file while hashing (unless the file hashes them) and counting them."""
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: BinaryIO, running_sha256: Callable[[], str] | None = None) -> None:
         self._f = fileobj
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if running_sha256 is None else None
+        self._running = running_sha256
         self.bytes_written = 0
 
     def write(self, data: bytes | memoryview) -> None:
         self._f.write(data)  # a buffered file writes everything or raises
-        self._sha.update(data)
+        if self._sha is not None:
+            self._sha.update(data)
         self.bytes_written += len(data)
 
     def digest(self) -> bytes:
-        return self._sha.digest()
+        return bytes.fromhex(self.hexdigest())
 
     def hexdigest(self) -> str:
-        return self._sha.hexdigest()
+        return self._sha.hexdigest() if self._sha is not None else self._running()
 
 
 class MPackWriter:
@@ -121,7 +137,13 @@ class MPackWriter:
 
     Args:
         fileobj: A buffered binary file-like object opened for writing.
-        level: zstd compression level (1-22) tried on each blob.
+        level: zstd compression level (1-22) for snapshot and commit records,
+            and for blobs unless ``compress_blobs`` is False.
+        compress_blobs: Try zstd on each blob (on a probe of its first
+            ``BLOB_PROBE`` bytes); False writes every blob raw.
+        running_sha256: For a ``fileobj`` that hashes what it is written (a
+            store's pending file): returns the hex sha256 of the bytes written
+            so far, and the writer does not hash them a second time.
 
     Raises:
         ValueError: On misuse: records out of order, a blob whose source has
@@ -131,14 +153,18 @@ class MPackWriter:
             ``MAX_META_RECORD`` bytes (no reader would accept it).
     """
 
-    def __init__(self, fileobj: BinaryIO, *, level: int = 3) -> None:
+    def __init__(self, fileobj: BinaryIO, *, level: int = 3, compress_blobs: bool = True,
+                 running_sha256: Callable[[], str] | None = None) -> None:
         if not isinstance(level, int) or not 1 <= level <= 22:
             raise ValueError(f"zstd level must be an int from 1 to 22, not {level!r}")
-        self._out = _HashingWriter(fileobj)
+        self._out = _HashingWriter(fileobj, running_sha256)
+        self._compress_blobs = compress_blobs
         self._zstd = zstandard.ZstdCompressor(level=level)
         self._stage = REC_BLOB
         self._counts = {REC_BLOB: 0, REC_SNAPSHOT: 0, REC_COMMIT: 0}
         self._blob_bytes = 0
+        self._previous: str | None = None  # the last snapshot record's id
+        self._previous_manifest: dict | None = None  # and its manifest, when add_snapshot wrote it
         self._broken = False
         self._trailer: Trailer | None = None
         self._out.write(_HEADER.pack(MAGIC, VERSION, FLAGS))
@@ -169,11 +195,19 @@ class MPackWriter:
             raise ValueError(f"blob size must be an int from 0 to 2**64-1, not {size!r}")
         chunks = _source_chunks(source, size)
         first = next(chunks, b"")
-        frame = self._zstd.compress(first) if first else b""
-        codec = CODEC_ZSTD if first and len(frame) * 10 <= len(first) * 9 else CODEC_RAW
-        self._broken = True  # a failure from here on leaves half a record behind
+        codec, frame = self._blob_codec(first)
         oid = object_id.encode("ascii")
-        self._out.write(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
+        head = _U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec)
+        if codec == CODEC_RAW and size <= SMALL_BLOB:
+            for _ in chunks:  # a small blob is one chunk: this only checks that the source ends here
+                pass
+            # One write for the whole record: most blobs are small, and each write costs a call and a hash update.
+            self._out.write(b"".join((head, _U32.pack(size), first, _U32.pack(0)) if size else (head, _U32.pack(0))))
+            self._added(REC_BLOB)
+            self._blob_bytes += size
+            return
+        self._broken = True  # a failure from here on leaves half a record behind
+        self._out.write(head)
         if first:
             self._write_chunk(first, codec, frame)
         del first, frame  # hold one chunk at a time, not the first for the whole blob
@@ -185,9 +219,65 @@ class MPackWriter:
         self._added(REC_BLOB)
         self._blob_bytes += size
 
-    def add_snapshot(self, snapshot: dict) -> None:
-        """Append a snapshot record (the dict as given, keys sorted)."""
-        self._add_meta(REC_SNAPSHOT, snapshot)
+    def _blob_codec(self, first: bytes | memoryview) -> tuple[int, bytes | None]:
+        """(codec, the first chunk's frame if already made) from a probe of the blob's first bytes."""
+        if not first or not self._compress_blobs:
+            return CODEC_RAW, None
+        probe = first[:BLOB_PROBE]
+        frame = self._zstd.compress(probe)
+        if len(frame) * 10 > len(probe) * 9:
+            return CODEC_RAW, None
+        return CODEC_ZSTD, frame if len(probe) == len(first) else None
+
+    def add_snapshot(self, snapshot: dict, *, base: tuple[str, dict] | None = None) -> None:
+        """Append a snapshot record: its delta against the previous snapshot record.
+
+        The first snapshot record of a pack is written in full, or, with
+        ``base`` = (snapshot id, manifest) of a snapshot the receiver holds, as
+        a delta against that. After ``add_snapshot_delta`` (whose manifest the
+        writer never sees) the next ``add_snapshot`` is written in full.
+        """
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("manifest"), dict):
+            raise TypeError("a snapshot must be a dict with a manifest dict")
+        manifest = snapshot["manifest"]
+        if base is not None and self._previous is not None:
+            raise ValueError("only the first snapshot record of a pack may name an outside base")
+        if self._previous is not None and self._previous_manifest is not None:
+            base_id, old = self._previous, self._previous_manifest
+        elif base is not None:
+            base_id, old = base
+        else:
+            base_id, old = None, {}
+        changed = {path: oid for path, oid in manifest.items() if old.get(path) != oid}
+        removed = [path for path in old if path not in manifest]
+        fields = {key: value for key, value in snapshot.items() if key not in ("snapshot_id", "manifest")}
+        self.add_snapshot_delta(snapshot.get("snapshot_id"), fields, base_id, changed, removed)
+        self._previous_manifest = dict(manifest)
+
+    def add_snapshot_delta(self, snapshot_id: str, fields: dict, base_id: str | None,
+                           changed: dict, removed: list) -> None:
+        """Append a snapshot record from its delta, as a hub keeps it (the writer trusts it).
+
+        Args:
+            snapshot_id: The snapshot's id, as spelled.
+            fields: Every key of the snapshot but ``snapshot_id`` and ``manifest``.
+            base_id: None for a full record (``changed`` is then the whole
+                manifest); otherwise the previous snapshot record's id, or for
+                the first record the id of a snapshot the receiver holds.
+            changed: Entries added or changed against the base (path -> id).
+            removed: Paths of the base that this snapshot drops.
+        """
+        self._enter(REC_SNAPSHOT)
+        if not ids.is_id(snapshot_id) or not (base_id is None or ids.is_id(base_id)):
+            raise ValueError(f"malformed snapshot or base id {snapshot_id!r} / {base_id!r}")
+        if base_id is not None and self._previous is not None and base_id[-64:] != self._previous[-64:]:
+            raise ValueError(f"snapshot {snapshot_id} must be a delta against the previous record, not {base_id}")
+        if not isinstance(fields, dict) or "snapshot_id" in fields or "manifest" in fields:
+            raise ValueError("snapshot fields must be a dict without snapshot_id or manifest")
+        record = {"base": base_id, "del": sorted(removed), "fields": fields, "set": changed,
+                  "snapshot_id": snapshot_id}
+        self._add_meta(REC_SNAPSHOT, record)
+        self._previous, self._previous_manifest = snapshot_id, None
 
     def add_commit(self, commit: dict) -> None:
         """Append a commit record (the dict as given, keys sorted)."""
@@ -204,7 +294,7 @@ class MPackWriter:
         self._out.write(_U8.pack(REC_TRAILER) + _COUNTS.pack(*counts, self._blob_bytes))
         checksum = self._out.digest()
         self._out.write(checksum)
-        self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex())
+        self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex(), self._out.hexdigest())
         return self._trailer
 
     def _enter(self, kind: int) -> None:
@@ -238,7 +328,14 @@ class MPackWriter:
         payload = encode_record(record)
         if len(payload) > MAX_META_RECORD:
             raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
-        self._out.write(_U8.pack(kind) + _U32.pack(len(payload)))
+        if len(payload) >= MIN_META_COMPRESS:
+            frame = self._zstd.compress(payload)
+            if len(frame) * 10 <= len(payload) * 9:
+                self._out.write(_META_HEAD.pack(kind, CODEC_ZSTD, len(frame)) + _U32.pack(len(payload)))
+                self._out.write(frame)
+                self._added(kind)
+                return
+        self._out.write(_META_HEAD.pack(kind, CODEC_RAW, len(payload)))
         self._out.write(payload)
         self._added(kind)
 
@@ -294,40 +391,3 @@ def _read_full(fileobj: BinaryIO, n: int) -> bytes | bytearray:
             buf += more
         return buf
     return data
-
-
-def canonical_order_commits(commits: list[dict]) -> list[dict]:
-    """Order commits parents first, ties broken by ``commit_id``.
-
-    Parents (``parent_commit_id``, ``parent2_commit_id``) not in ``commits``
-    are ignored. The result depends only on the set of commits, not on the
-    order given (Kahn's algorithm with a heap; no recursion).
-
-    Raises:
-        ValueError: A commit id appears twice, or the parent links form a cycle.
-    """
-    by_id: dict[str, dict] = {}
-    for commit in commits:
-        if commit["commit_id"] in by_id:
-            raise ValueError(f"commit {commit['commit_id']} appears twice")
-        by_id[commit["commit_id"]] = commit
-    children: dict[str, list[str]] = {commit_id: [] for commit_id in by_id}
-    waiting: dict[str, int] = {}
-    for commit_id, commit in by_id.items():
-        parents = {commit.get("parent_commit_id"), commit.get("parent2_commit_id")} & by_id.keys()
-        waiting[commit_id] = len(parents)
-        for parent in parents:
-            children[parent].append(commit_id)
-    ready = [commit_id for commit_id, count in waiting.items() if count == 0]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        commit_id = heapq.heappop(ready)
-        ordered.append(by_id[commit_id])
-        for child in children[commit_id]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                heapq.heappush(ready, child)
-    if len(ordered) != len(by_id):
-        raise ValueError("commit parents form a cycle")
-    return ordered

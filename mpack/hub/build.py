@@ -1,23 +1,33 @@
 """Building an mpack from a repository's rows and stored blobs.
 
-The pack streams into a temp file in the store while being hashed, and is
-committed under its sha256: memory holds commit metadata and the set of blob
-ids, never blob bytes or the pack. Blobs are sorted by digest, snapshots by
-digest, commits in canonical topological order, so one delta always gives the
-same bytes and the same mpack id.
+One pass over the delta's commit graph and the stored snapshot deltas
+(``mpack.hub.deltas``): no whole manifest is decoded, except to bridge two
+snapshot records that no stored delta joins (a branch switch in pack order,
+or history older than the deltas). The pack streams into a temp file in the
+store while being hashed and is committed under its sha256; every blob is
+hashed while it is copied, and a stored blob that does not match its id fails
+the build (``CorruptStoredBlob``) instead of shipping. Memory holds the commit
+graph, the deltas (what changed, not whole manifests) and one chunk of blob
+bytes. Blobs are sorted by digest, snapshots follow first-parent chains,
+commits are in canonical topological order: one delta, one set of bytes.
 """
 from __future__ import annotations
 
+import hashlib
+import heapq
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, BinaryIO
 
 from mpack.format import ids
 from mpack.format.writer import MPackWriter
+from mpack.hub import deltas
 from mpack.hub.cache import PackStats
-from mpack.hub.errors import ObjectUnavailable
+from mpack.hub.deltas import Delta
+from mpack.hub.errors import CorruptStoredBlob, ObjectUnavailable
 from mpack.hub.history import CommitNode, iter_records, load_commits, topological
-from mpack.hub.models import Object, Repo, Snapshot
+from mpack.hub.models import Object, Repo
 from storage.base import BLOBS, MPACKS
 from storage.errors import StoredObjectMissing
 
@@ -25,73 +35,188 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 BATCH = 500
+PARALLEL_HASH_MIN = 256 << 10  # smaller reads are hashed inline: a hand-off costs more than it saves
 MPACK_PREFIX = "sha256:"
 EMPTY_BLOB = ids.object_digest(b"")
 
 
-def _snapshots(repo: Repo, digests: set[str]) -> Iterator[Snapshot]:
-    ordered = sorted(digests)
-    for start in range(0, len(ordered), BATCH):
-        chunk = ordered[start:start + BATCH]
-        query = Snapshot.select().where((Snapshot.repo == repo) & Snapshot.digest.in_(chunk)).order_by(Snapshot.digest)
-        yield from query.iterator()
+def snapshot_order(commits: dict[str, CommitNode]) -> list[str]:
+    """Snapshot digests in pack order: commits parents first, following first-parent chains.
+
+    Kahn's algorithm; after a commit, its first-parent child (lowest digest)
+    comes next when ready, else the lowest ready digest. Consecutive snapshot
+    records are then mostly parent and child, whose stored delta is the record.
+    """
+    children: dict[str, list[str]] = {digest: [] for digest in commits}
+    waiting = {}
+    for digest, commit in commits.items():
+        parents = [p for p in dict.fromkeys(commit.parents) if p in commits]
+        waiting[digest] = len(parents)
+        for parent in parents:
+            children[parent].append(digest)
+    ready = [digest for digest, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: dict[str, None] = {}
+    following = None
+    while following is not None or ready:
+        digest = following if following is not None else heapq.heappop(ready)
+        order.setdefault(commits[digest].snapshot)
+        following = None
+        for child in sorted(children[digest]):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                if following is None and commits[child].parents[0] == digest:
+                    following = child
+                else:
+                    heapq.heappush(ready, child)
+    return list(order)
 
 
-def _manifest_blobs(repo: Repo, snapshot_digests: set[str]) -> dict[str, str]:
-    """digest → id spelling, for every blob the snapshots name."""
+def plan_snapshots(repo: Repo, commits: dict[str, CommitNode]) -> list[Delta]:
+    """The snapshot records of the pack, each a delta against the record before it.
+
+    The first is in full, or against the snapshot of a boundary commit (one the
+    receiver has: a parent outside the delta) when its stored delta names one.
+    """
+    order = snapshot_order(commits)
+    boundary = {p for c in commits.values() for p in c.parents if p not in commits}
+    held = {c.snapshot for c in load_commits(repo, boundary).values()} if boundary else set()
+    stored = deltas.load(repo, order)
+    records: list[Delta] = []
+    previous: Delta | None = None
+    for digest in order:
+        delta = stored.get(digest)
+        if delta is None or not _joins(delta, previous, held):
+            delta = _bridge(repo, digest, previous)
+        elif previous is not None:
+            delta = delta._replace(base_id=previous.snapshot_id)  # the record before, as it spells its id
+        records.append(delta)
+        previous = delta
+    return records
+
+
+def _joins(delta: Delta, previous: Delta | None, held: set[str]) -> bool:
+    if previous is None:
+        return delta.base == "" or delta.base in held
+    return delta.base == previous.digest
+
+
+def _bridge(repo: Repo, digest: str, previous: Delta | None) -> Delta:
+    """A delta no stored row gives: decode the two manifests and compare them."""
+    record = deltas.snapshot_record(repo, digest)
+    if previous is None:
+        return deltas.delta_of(digest, record)
+    return deltas.delta_of(digest, record, previous.digest, deltas.snapshot_record(repo, previous.digest))
+
+
+def blobs_of(records: list[Delta]) -> dict[str, str]:
+    """digest → id spelling of the blobs the records add, less those a first delta's base already had."""
     blobs: dict[str, str] = {}
-    for snapshot in _snapshots(repo, snapshot_digests):
-        for object_id in snapshot.record["manifest"].values():
+    for delta in records:
+        for object_id in delta.changed.values():
             blobs.setdefault(object_id[-64:], object_id)  # ids were verified when pushed
+    if records and records[0].base:
+        for object_id in records[0].removed.values():  # a rename: the receiver has the blob
+            blobs.pop(object_id[-64:], None)
     return blobs
 
 
 def blobs_for(repo: Repo, commits: dict[str, CommitNode]) -> dict[str, str]:
-    """Blobs the delta's snapshots name, less those of the boundary commits the receiver has."""
-    wanted = _manifest_blobs(repo, {c.snapshot for c in commits.values()})
-    boundary = {p for c in commits.values() for p in c.parents if p not in commits}
-    if boundary:
-        had = _manifest_blobs(repo, {c.snapshot for c in load_commits(repo, boundary).values()})
-        wanted = {d: spelled for d, spelled in wanted.items() if d not in had}
-    return wanted
+    """Blobs the delta's snapshots add (digest → id as spelled)."""
+    return blobs_of(plan_snapshots(repo, commits))
 
 
 def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for start in range(0, len(digests), BATCH):
         chunk = digests[start:start + BATCH]
-        sizes.update((o.digest, o.size) for o in Object.select(Object.digest, Object.size)
-                     .where((Object.repo == repo) & Object.digest.in_(chunk)))
+        sizes.update(Object.select(Object.digest, Object.size)
+                     .where((Object.repo == repo) & Object.digest.in_(chunk)).tuples())
     return sizes
 
 
-def _open_blob(hub: Hub, object_id: str):
+class _Verifying:
+    """Reads a stored blob for the writer, hashing it; ``check`` compares with its digest.
+
+    A large chunk is hashed on a helper thread (hashlib releases the GIL) while
+    the writer copies it into the pack and the pack's own hash runs here.
+    """
+
+    def __init__(self, source: BinaryIO, digest: str, helper: ThreadPoolExecutor) -> None:
+        self._source, self._digest, self._sha, self._helper = source, digest, hashlib.sha256(), helper
+        self._hashing: Future | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        self._wait()
+        data = self._source.read(n)
+        if len(data) >= PARALLEL_HASH_MIN:
+            self._hashing = self._helper.submit(self._sha.update, data)
+        else:
+            self._sha.update(data)
+        return data
+
+    def _wait(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
+    def check(self) -> None:
+        self._wait()
+        actual = self._sha.hexdigest()
+        if actual != self._digest:
+            raise CorruptStoredBlob(self._digest, actual)
+
+
+def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str], sizes: dict[str, int]) -> None:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpack-verify") as helper:
+        for digest in sorted(blobs):
+            _write_blob(hub, writer, digest, blobs[digest], sizes, helper)
+
+
+def _write_blob(hub: Hub, writer: MPackWriter, digest: str, object_id: str, sizes: dict[str, int],
+                helper: ThreadPoolExecutor) -> None:
+    if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
+        writer.add_blob(object_id, b"", 0)
+        return
+    with _open_blob(hub, digest) as source:
+        verifying = _Verifying(source, digest, helper)
+        try:
+            writer.add_blob(object_id, verifying, sizes[digest])
+        except ValueError as exc:  # the stored file is shorter or longer than its recorded size
+            raise CorruptStoredBlob(digest, f"size differs ({exc})") from None
+        verifying.check()
+
+
+def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict]:
+    return iter_records(repo, topological(commits))
+
+
+def _open_blob(hub: Hub, digest: str):
     try:
-        return hub.store.open(BLOBS, object_id)
+        return hub.store.open(BLOBS, digest)
     except StoredObjectMissing:  # quarantined by fsck, or lost: the owner must push it again
-        raise ObjectUnavailable(object_id) from None
+        raise ObjectUnavailable(digest) from None
 
 
 def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
     started = time.perf_counter()
-    blobs = blobs_for(repo, commits)
-    digests = sorted(blobs)
-    sizes = _blob_sizes(repo, digests)
+    records = plan_snapshots(repo, commits)
+    blobs = blobs_of(records)
+    sizes = _blob_sizes(repo, sorted(blobs))
     with hub.store.new_file(MPACKS) as pending:
-        writer = MPackWriter(pending)
-        for digest in digests:
-            if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
-                writer.add_blob(blobs[digest], b"", 0)
-                continue
-            with _open_blob(hub, blobs[digest]) as source:
-                writer.add_blob(blobs[digest], source, sizes[digest])
-        for snapshot in _snapshots(repo, {c.snapshot for c in commits.values()}):
-            writer.add_snapshot(snapshot.record)
-        for record in iter_records(repo, topological(commits)):
+        level = hub.settings.pack_blob_zstd_level
+        # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
+        writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,
+                             running_sha256=lambda: pending.sha256_hex)
+        _write_blobs(hub, writer, blobs, sizes)
+        for delta in records:
+            writer.add_snapshot_delta(delta.snapshot_id, delta.fields, delta.base_id or None, delta.changed,
+                                      list(delta.removed))
+        for record in _commit_records(repo, commits):
             writer.add_commit(record)
         writer.finish()
         size = pending.size
         digest = pending.commit()
     hub.metrics.pack_built(time.perf_counter() - started, size)
-    return PackStats(MPACK_PREFIX + digest, size, len(commits), len(digests))
+    return PackStats(MPACK_PREFIX + digest, size, len(commits), len(blobs))

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
+from mpack.format.writer import VERSION as FORMAT_VERSION
 from mpack.hub.db import xact_lock
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS
@@ -52,9 +53,15 @@ class PackStats:
 
 
 def fresh_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
-    """The unexpired row for this key, by primary key; None when absent or expired."""
+    """The unexpired row for this key, by primary key; None when absent, expired or of an older format.
+
+    A pack of an older format version (cached before an upgrade) is never handed
+    out: the reader refuses it. The rebuild replaces the row; GC removes the file.
+    """
     row = FetchMPackCache.get_or_none(FetchMPackCache.cache_id == cache_id(repo.repo_id, tip_commit_id, base))
-    return row if row is not None and row.expires_at > hub.now() else None
+    if row is None or row.expires_at <= hub.now() or row.format_version != FORMAT_VERSION:
+        return None
+    return row
 
 
 def usable_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str = "") -> FetchMPackCache | None:
@@ -125,18 +132,19 @@ def _hit_sql(param: str, by_branch: bool) -> str:
     branch = f"LEFT JOIN branch b ON b.repo_id = r.repo_id AND b.name = {p} " if by_branch else ""
     return (f"SELECT {_HIT_COLUMNS} FROM repo r {branch}"
             f"LEFT JOIN fetch_mpack_cache c ON c.repo_id = r.repo_id AND c.tip_commit_id = {tip} AND c.base = {p} "
-            f"WHERE r.owner = {p} AND r.name = {p}")
+            f"AND c.format_version = {p} WHERE r.owner = {p} AND r.name = {p}")
 
 
 def hit_row(hub: Hub, owner: str, name: str, want: str, base: str, *, by_branch: bool) -> HitRow | None:
     """Repo (owner, name) and the cache row of ``want`` (a commit id as spelled, or a branch name) → None if no repo.
 
     One statement: the repo by its unique (owner, name) index, the branch by
-    its unique (repo, name) index, the row by its (repo, tip) index. The row
-    may be expired: the caller compares ``expires_at`` with its clock.
+    its unique (repo, name) index, the row by its (repo, tip) index — a row of
+    the current pack format only (an older format's pack is never handed out).
+    The row may be expired: the caller compares ``expires_at`` with its clock.
     """
     sql = _hit_sql(hub.db.param, by_branch)
-    params = (want, base, owner, name)
+    params = (want, base, FORMAT_VERSION, owner, name)
     found = hub.db.execute_sql(sql, params).fetchone()
     return None if found is None else HitRow(*found)
 
@@ -166,6 +174,7 @@ def write_row(hub: Hub, repo: Repo, tip_commit_id: str, base: str, stats: PackSt
         cache_id=cache_id(repo.repo_id, tip_commit_id, base), repo=repo.repo_id, tip_commit_id=tip_commit_id,
         base=base, mpack_id=stats.mpack_id, created_at=now, expires_at=now + hub.settings.cache_ttl,
         last_used_at=now, size=stats.size, commit_count=stats.commit_count, blob_count=stats.blob_count, hits=0,
+        format_version=FORMAT_VERSION,
     )
     changed = {FetchMPackCache._meta.fields[name]: value for name, value in values.items() if name != "cache_id"}
     with hub.db.atomic():

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlparse
 import peewee as pw
 
 from mpack.format.errors import MuseError
-from mpack.hub import models
+from mpack.hub import deltas, models
 from mpack.hub.errors import DatabaseFull
 
 log = logging.getLogger(__name__)
@@ -280,9 +280,24 @@ def _v5_double_timestamps(db: pw.Database) -> None:
         db.execute_sql(f'ALTER TABLE "{table}" {changes}')
 
 
+def _v6_snapshot_deltas_and_pack_versions(db: pw.Database) -> None:
+    """Snapshot deltas (builds read them instead of manifests), the format version of each cached pack,
+    and an index for walking the commit graph by generation.
+
+    Rows cached before this carry format version 1: hits refuse them and GC removes them.
+    """
+    db.create_tables([models.SnapshotDelta], safe=True)
+    db.execute_sql('CREATE INDEX IF NOT EXISTS commit_repo_id_generation ON "commit" (repo_id, generation)')
+    columns = {column.name for column in db.get_columns("fetch_mpack_cache")}
+    if "format_version" not in columns:
+        db.execute_sql("ALTER TABLE fetch_mpack_cache ADD COLUMN format_version INTEGER NOT NULL DEFAULT 1")
+    deltas.backfill(db)
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
 MIGRATIONS: list[Callable[[pw.Database], None]] = [
     _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_gc_runs, _v5_double_timestamps,
+    _v6_snapshot_deltas_and_pack_versions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

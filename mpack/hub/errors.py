@@ -161,6 +161,14 @@ class ObjectUnavailable(MuseError):
         self.object_id = object_id
 
 
+class CorruptStoredBlob(ObjectUnavailable):
+    """A stored blob does not hash to its digest: the build stops instead of shipping it (503, as quarantined)."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(digest, f"corrupt (its bytes hash to {actual})")
+        self.digest, self.actual = digest, actual
+
+
 # -- 507: no space left -----------------------------------------------------------------
 
 class DatabaseFull(StorageError):

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
-from mpack.format.errors import MPackError
+from mpack.format.errors import MPackError, UnsupportedVersion
 from mpack.format.reader import verify_mpack
 from mpack.hub.errors import InvalidField
-from mpack.hub.models import FetchMPackCache, Object, Repo
+from mpack.hub.models import FetchMPackCache, Object, Repo, Snapshot
 from storage.base import BLOBS, MPACKS, VERIFY_CHUNK
 from storage.errors import StoredObjectMissing
 
@@ -88,12 +88,25 @@ class _HashingFile:
         return self.sha.hexdigest()
 
 
+def _snapshot_manifest(snapshot_id: str) -> dict | None:
+    """A snapshot the hub holds (in any repo: ids are content), for an incremental pack's delta base."""
+    row = Snapshot.select(Snapshot.record).where(Snapshot.digest == ids.hex_of(snapshot_id)).first()
+    return row.record["manifest"] if row is not None else None
+
+
 def pack_intact(hub: Hub, digest: str) -> bool:
-    """The pack hashes to its name and reads back as a valid pack (every blob id checked)."""
+    """The pack hashes to its name and reads back as a valid pack (every blob id checked).
+
+    A pack of an older format version is not damaged, only outdated (hits never
+    serve it; GC removes it): it is checked against its name only.
+    """
     with hub.store.open(MPACKS, digest) as raw:
         source = _HashingFile(raw)
         try:
-            verify_mpack(source)
+            verify_mpack(source, snapshot_base=_snapshot_manifest)
+        except UnsupportedVersion as exc:
+            if exc.version >= exc.supported:
+                return False
         except MPackError:
             return False
         return source.finish() == digest

@@ -134,11 +134,23 @@ def _delete_unnamed(hub: Hub, mpack_id: str, report: GcReport, gone: _Gone, *,
         report.mpacks_deleted += 1
 
 
-def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
-    """Delete rows expired for longer than the slack → the packs they named."""
+def _stale(hub: Hub):
+    """Rows expired for longer than the slack, and rows of an older pack format no URL can still use.
+
+    Hits never hand out an older format's pack, so its last URL ends within the
+    URL lifetime of its last use (``last_used_at`` lags a hit by at most a minute).
+    """
     cutoff = hub.now() - EXPIRY_SLACK
+    unused_since = hub.now() - hub.settings.url_ttl - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
+    outdated = (FetchMPackCache.format_version != cache.FORMAT_VERSION) & (FetchMPackCache.last_used_at < unused_since)
+    return (FetchMPackCache.expires_at <= cutoff) | outdated
+
+
+def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> set[str]:
+    """Delete stale rows (expired, or of an older format and unused) → the packs they named."""
+    stale = _stale(hub)
     expired = list(_scoped(FetchMPackCache.select(FetchMPackCache.cache_id, FetchMPackCache.mpack_id), repo)
-                   .where(FetchMPackCache.expires_at <= cutoff).tuples())
+                   .where(stale).tuples())
     if report.dry_run:
         report.cache_rows_deleted = len(expired)
         gone.rows.update(cache_id for cache_id, _ in expired)
@@ -148,7 +160,7 @@ def _expire_rows(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone) -> 
                 chunk = [cache_id for cache_id, _ in expired[start:start + 500]]
                 # Re-checked: a row rebuilt or hit since the listing is no longer expired.
                 report.cache_rows_deleted += FetchMPackCache.delete().where(
-                    FetchMPackCache.cache_id.in_(chunk) & (FetchMPackCache.expires_at <= cutoff)).execute()
+                    FetchMPackCache.cache_id.in_(chunk) & stale).execute()
     return {mpack_id for _, mpack_id in expired}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from mpack.format.writer import canonical_order_commits
+from mpack.format.order import canonical_order_commits
 from mpack.hub.models import Commit, Repo
 
 BATCH = 500  # ids per IN (...) query: well under SQLite's variable limit
@@ -80,12 +80,40 @@ def walk_commit_delta(repo: Repo, wants: Iterable[str], haves: Iterable[str]) ->
     are proportional to the delta.
     """
     have_set = set(haves)
+    if not have_set:
+        return reachable(repo, wants)
     found = {row.digest: row for row in _walk(repo, wants, stop=have_set)}
     if not found or not have_set:
         return found
     floor = min(row.generation for row in found.values())
     for row in _walk(repo, have_set, min_generation=floor):
         found.pop(row.digest, None)
+    return found
+
+
+def reachable(repo: Repo, wants: Iterable[str]) -> dict[str, CommitNode]:
+    """Every commit reachable from ``wants``, in one query over the graph, newest generation first.
+
+    A parent's generation is below its child's, so by the time the scan meets a
+    commit, every child that could name it has been seen: one pass, no
+    per-level queries (a clone of a linear history would need one per commit).
+    """
+    heads = load_commits(repo, wants)
+    if not heads:
+        return {}
+    needed = set(heads)
+    found: dict[str, CommitNode] = {}
+    top = max(node.generation for node in heads.values())
+    query = (Commit.select(*GRAPH).where((Commit.repo == repo) & (Commit.generation <= top))
+             .order_by(Commit.generation.desc()))
+    for row in query.tuples().iterator():
+        if row[0] in needed:
+            node = CommitNode(*row)
+            found[node.digest] = node
+            needed.discard(node.digest)
+            needed.update(node.parents)
+            if not needed:
+                break
     return found
 
 

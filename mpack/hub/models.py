@@ -13,6 +13,8 @@ import json
 
 import peewee as pw
 
+from mpack.format.writer import VERSION as FORMAT_VERSION
+
 database = pw.DatabaseProxy()
 
 
@@ -87,6 +89,7 @@ class Commit(BaseModel):
 
     class Meta:
         primary_key = pw.CompositeKey("repo", "digest")
+        indexes = ((("repo", "generation"), False),)  # history.reachable scans by generation
 
 
 class Snapshot(BaseModel):
@@ -95,6 +98,28 @@ class Snapshot(BaseModel):
     record = JSONField()  # the SnapshotDict, verbatim
 
     class Meta:
+        primary_key = pw.CompositeKey("repo", "digest")
+
+
+class SnapshotDelta(BaseModel):
+    """A snapshot as its delta against a parent commit's snapshot, computed once at push.
+
+    Builds write packs from these rows and never decode a whole manifest (a
+    pack's snapshot records are deltas too). ``base`` is "" for a snapshot
+    stored in full (``changed`` is then its whole manifest).
+    """
+
+    repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
+    digest = pw.CharField(max_length=64)
+    snapshot_id = pw.CharField(max_length=71)  # as the client spelled it
+    base = pw.CharField(max_length=64, default="")  # base snapshot digest
+    base_id = pw.CharField(max_length=71, default="")  # base snapshot id, as spelled
+    fields = JSONField()  # the snapshot's keys but snapshot_id and manifest
+    changed = JSONField()  # path -> object id, added or changed against the base
+    removed = JSONField()  # path -> the object id it had in the base
+
+    class Meta:
+        table_name = "snapshot_delta"
         primary_key = pw.CompositeKey("repo", "digest")
 
 
@@ -124,6 +149,8 @@ class FetchMPackCache(BaseModel):
     commit_count = pw.IntegerField(default=0)
     blob_count = pw.IntegerField(default=0)
     hits = pw.IntegerField(default=0)
+    # The mpack format of the pack; hits need the current one. Rows older than the column read 1 (migration 2).
+    format_version = pw.IntegerField(default=FORMAT_VERSION)
 
     class Meta:
         table_name = "fetch_mpack_cache"
@@ -173,4 +200,5 @@ class HealthProbe(BaseModel):
         table_name = "health_probe"
 
 
-ALL_MODELS = [SchemaVersion, User, ApiToken, Repo, Branch, Commit, Snapshot, Object, FetchMPackCache, BackgroundJob]
+ALL_MODELS = [SchemaVersion, User, ApiToken, Repo, Branch, Commit, Snapshot, Object, FetchMPackCache, BackgroundJob,
+              SnapshotDelta]

@@ -27,10 +27,26 @@ if TYPE_CHECKING:
 
 PREBUILD = "fetch.mpack.prebuild"
 
+# Deltas are prepared from the last few tips a burst of pushes replaced on a branch, not from
+# every one: each delta costs about the history since its tip, so a burst of N pushes would
+# cost ~N²/2 commits of packs. Clients further behind get a delta built on their first fetch.
+DELTA_TIPS_PER_BRANCH = 4
+
 
 def merge_prebuild_payloads(old: dict, new: dict) -> dict:
-    """The newer push knows the current tips; the pushes (for deltas) accumulate."""
-    return {**old, **new, "pushes": list(old.get("pushes", [])) + list(new.get("pushes", []))}
+    """The newer push knows the current tips; the pushes (for deltas) accumulate, a few per branch."""
+    return {**old, **new, "pushes": _recent_pushes(list(old.get("pushes", [])) + list(new.get("pushes", [])))}
+
+
+def _recent_pushes(pushes: list) -> list:
+    """The last ``DELTA_TIPS_PER_BRANCH`` pushes of each branch, in their order."""
+    kept, seen = [], {}
+    for pushed in reversed(pushes):
+        branch = pushed.get("branch") if isinstance(pushed, dict) else None
+        seen[branch] = seen.get(branch, 0) + 1
+        if seen[branch] <= DELTA_TIPS_PER_BRANCH:
+            kept.append(pushed)
+    return kept[::-1]
 
 
 def enqueue_push_intel(hub: Hub, repo: Repo, head: str, domain_id: str | None, branch: str,
@@ -110,4 +126,5 @@ def _deltas_wanted(pushes: list[dict]) -> list[tuple[str, str]]:
         latest[branch] = head
         if isinstance(before, str):
             previous.setdefault(branch, []).append(before)
-    return [(latest[b], p) for b, tips in previous.items() for p in dict.fromkeys(tips) if p != latest[b]]
+    return [(latest[b], p) for b, tips in previous.items()
+            for p in list(dict.fromkeys(reversed(tips)))[:DELTA_TIPS_PER_BRANCH] if p != latest[b]]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids, rules
-from mpack.hub import prebuild
+from mpack.hub import deltas, prebuild
 from mpack.hub.db import for_update
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
@@ -254,9 +254,12 @@ def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
     tip = _tip_of(body, bundle)
     check_references(repo, bundle)
     generations = _generations(repo, bundle.commits)
+    snapshot_deltas = deltas.for_push(repo, bundle.snapshots, [
+        (c.digest, c.parents, c.snapshot, generations[c.digest]) for c in bundle.commits])
     _store_bytes(hub, bundle.blobs)
     with hub.db.atomic():
         _insert_history(repo, bundle, generations)
+        deltas.insert(repo, snapshot_deltas)
         tip_id, tip_digest = _resolve_tip(repo, tip)
         previous = _move_branch(hub, repo, bundle, branch, tip_id, tip_digest, force)
         if repo.default_branch is None:

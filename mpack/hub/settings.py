@@ -47,6 +47,7 @@ class Settings:
     cache_max_bytes: int = 0
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
     inline_fetch_max_bytes: int = 60 * 1024 * 1024
+    pack_blob_zstd_level: int = 0  # 0: blobs go into packs raw (builds run at disk/hash speed)
     log_level: str = "INFO"
     database_wait: int = 30  # seconds a starting hub waits for an unreachable PostgreSQL
     metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
@@ -93,6 +94,7 @@ class Settings:
             job_retention=env.int("MPACKHUB_JOB_RETENTION", 7 * DAY, minimum=0),
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),
+            pack_blob_zstd_level=env.int("MPACKHUB_PACK_BLOB_ZSTD_LEVEL", 0, minimum=0, maximum=22),
             log_level=env.str("MPACKHUB_LOG_LEVEL", "INFO").upper(),
             database_wait=env.int("MPACKHUB_DATABASE_WAIT", 30, minimum=0, maximum=600),
             metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,

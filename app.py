@@ -13,7 +13,7 @@ import falcon
 from mpack.http import errors as http_errors
 from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
 from mpack.http.bodies import BodyMiddleware, Intake
-from mpack.http.logs import configure_logging
+from mpack.http.logs import configure_logging, with_request_id
 from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.db import discard_connection
@@ -35,7 +35,7 @@ class HubApp:
         self.hub = hub
 
     def __call__(self, environ, start_response):
-        return self.falcon_app(environ, start_response)
+        return with_request_id(self.falcon_app, environ, start_response)
 
 
 def create_app(hub: Hub) -> HubApp:

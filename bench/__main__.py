@@ -1,6 +1,9 @@
 """``python -m bench [NAME ...] [--scale S] [--quick]``: run benchmarks, print and record their tables.
 
-Runs the named benchmarks (default: every one in ``bench.registry``), prints a
+``python -m bench all`` prints issue 8's table (every row with its anchor,
+target and pass/miss) followed by the fetch, hit and push tables it came from.
+
+Runs the named benchmarks (default: ``all``, ``prebuild``, ``gc``), prints a
 markdown section per benchmark headed with the date and the machine, and
 replaces that benchmark's section of docs/benchmarks.md (``--no-doc`` to
 skip, ``--doc FILE`` to write elsewhere). ``--scale`` is passed to every
@@ -10,17 +13,20 @@ runs. Temporary hubs and stores go under ``$TMPDIR`` (default /tmp).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from bench import report
-from bench.registry import BENCHMARKS, load
+from bench.registry import BENCHMARKS, DEFAULT, load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print their tables and record them in docs/benchmarks.md.")
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: {' '.join(DEFAULT)}; "
+                        "'all' is issue 8's table and runs fetch, hit and push)")
     p.add_argument("--scale", type=float, help="size of the run (each benchmark documents its default)")
     p.add_argument("--quick", action="store_true", help="small, fast runs (smoke tests)")
     p.add_argument("--doc", type=Path, default=report.DOC, help="the results document (default: docs/benchmarks.md)")
@@ -46,14 +52,15 @@ def command_for(name: str, args: argparse.Namespace) -> str:
 
 def run_one(name: str, args: argparse.Namespace) -> str:
     module = load(name)
+    before = os.getloadavg()[0]
     tables = module.run(args.scale, args.quick)
     about = (module.__doc__ or "").split("\n\n")[0]
-    return report.section(name, about, command_for(name, args), tables)
+    return report.section(name, about, command_for(name, args), tables, load=(before, os.getloadavg()[0]))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or DEFAULT:
         print(f"running {name} …", file=sys.stderr, flush=True)
         body = run_one(name, args)
         print(body, flush=True)

@@ -5,9 +5,10 @@ commits, 5,150 blobs, 347 MB) and one at 4× that scale, then reports:
 - cold build time and MB/s of blob content, next to hashlib sha256 over the
   same blob bytes (ratio);
 - peak RSS of the process building the pack, for 1× and 4× (flat, < 100 MB);
-- wall time of ``mpackhub clone`` from a real gunicorn on a cache hit, next to
-  ``git clone`` over smart HTTP (nginx + fcgiwrap + git http-backend) of the
-  same content imported into git (ratio);
+- wall time and client peak RSS of ``mpackhub clone`` from a real gunicorn on
+  a cache hit (1×: median of 3; 4×: one run), next to ``git clone`` over
+  smart HTTP (nginx + fcgiwrap + git http-backend) of the same 1× content
+  imported into git (ratio);
 - server time of an incremental fetch of one new commit, on 1× and 4×.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.gitserver import GitSmartHttp, git_http_missing
@@ -23,7 +25,7 @@ from bench.live_hub import live_hub
 from bench.seed_hub import populate, push_batch
 from bench.synth import Synth
 from bench.synth_export import make_git_repo
-from bench.util import MB, Table, hashlib_sha256_mbps, measure, median, timer
+from bench.util import MB, Measured, Table, hashlib_sha256_mbps, measure, median, timer
 from mpack.format import ids
 from mpack.hub import fetch
 from mpack.hub.bootstrap import build_hub
@@ -96,25 +98,45 @@ def incremental(home: Path, tip: str) -> tuple[float, float]:
     return cold.seconds, median(hits)
 
 
-def clone_times(home: Path, synth: Synth, work: Path) -> tuple[float, float | None]:
-    """Median wall time of ``mpackhub clone`` (cache hit) and of ``git clone`` over smart HTTP."""
-    with live_hub(home, workers=2) as server:
+@dataclass
+class CloneRun:
+    """``mpackhub clone`` of one repo: median wall seconds, largest client peak RSS; git's median (None: skipped)."""
+
+    ours_s: float
+    ours_rss_mb: float
+    git_s: float | None = None
+
+
+def clone_times(home: Path, synth: Synth, work: Path, *, runs: int = CLONE_RUNS, with_git: bool = True) -> CloneRun:
+    """``mpackhub clone`` (a cache hit: the pack is built before the timed runs) and ``git clone`` over smart HTTP."""
+    warm_pack(home)
+    with live_hub(home, workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as server:  # no job competes with the clones
         url = f"{server.url}/bench/{REPO}"
-        ours = [_timed_clone([sys.executable, "-m", "mpack.cli", "clone", url], work / f"ours{n}")
-                for n in range(CLONE_RUNS)]
-    if git_http_missing():
-        return median(ours), None
+        ours = [_timed_clone([sys.executable, "-m", "mpack.cli", "clone", url], work / f"ours{n}") for n in range(runs)]
+    result = CloneRun(median(m.seconds for m in ours), max(m.peak_rss_mb for m in ours))
+    if not with_git or git_http_missing():
+        return result
     make_git_repo(synth, work / "git" / "ref.git")
     with GitSmartHttp(work / "git") as git:
-        theirs = [_timed_clone(["git", "clone", "-q", git.repo_url("ref.git")], work / f"git{n}")
-                  for n in range(CLONE_RUNS)]
-    return median(ours), median(theirs)
+        theirs = [_timed_clone(["git", "clone", "-q", git.repo_url("ref.git")], work / f"git{n}") for n in range(runs)]
+    shutil.rmtree(work / "git", ignore_errors=True)
+    result.git_s = median(m.seconds for m in theirs)
+    return result
 
 
-def _timed_clone(command: list[str], target: Path) -> float:
-    seconds = measure([*command, str(target)], stdout=subprocess.DEVNULL).seconds
+def warm_pack(home: Path) -> None:
+    """Build (or find) main's full pack here, so that the timed clones are cache hits (a 4× build outlives HTTP timeouts)."""
+    hub = open_hub(home)
+    try:
+        fetch.wire_fetch_mpack(hub, Repo.get(Repo.name == REPO), want=["main"], have=[])
+    finally:
+        hub.db.close()
+
+
+def _timed_clone(command: list[str], target: Path) -> Measured:
+    measured = measure([*command, str(target)], stdout=subprocess.DEVNULL)
     shutil.rmtree(target, ignore_errors=True)
-    return seconds
+    return measured
 
 
 def sha256_of(home: str) -> float:
@@ -122,38 +144,87 @@ def sha256_of(home: str) -> float:
     return hashlib_sha256_mbps(blob_paths(Path(home)))
 
 
-def run(scale: float | None = None, quick: bool = False) -> list[Table]:
-    scale = scale or (0.05 if quick else 1.0)
+@dataclass
+class Build:
+    seconds: float
+    pack_bytes: int
+    blob_bytes: int
+    rss_mb: float
+    commits: int
+
+    @property
+    def mbps(self) -> float:
+        return self.blob_bytes / MB / self.seconds
+
+
+@dataclass
+class FetchResults:
+    """Every figure of one run, by scale factor (1 and 4), and the tables that show them."""
+
+    scale: float
+    sha_mbps: float = 0.0
+    sha_rss_mb: float = 0.0
+    builds: dict[int, Build] = field(default_factory=dict)
+    incremental: dict[int, tuple[float, float]] = field(default_factory=dict)  # (cold s, cached s)
+    clones: dict[int, CloneRun] = field(default_factory=dict)
+
+    def tables(self) -> list[Table]:
+        return [self.build_table(), self.incremental_table(), self.clone_table()]
+
+    def build_table(self) -> Table:
+        table = Table("measurement", "blob MB", "pack MB", "seconds", "MB/s", "ratio", "peak RSS MiB",
+                      title=f"cold mpack build vs hashlib sha256 (seed 1, scale {self.scale:g} and {4 * self.scale:g})")
+        one = self.builds[1]
+        table.add("hashlib sha256 over the blob bytes (anchor)", one.blob_bytes / MB, one.blob_bytes / MB,
+                  one.blob_bytes / MB / self.sha_mbps, self.sha_mbps, 1.0, self.sha_rss_mb)
+        for factor, build in self.builds.items():
+            table.add(f"cold build, {factor}× ({build.commits} commits)", build.blob_bytes / MB, build.pack_bytes / MB,
+                      build.seconds, build.mbps, build.mbps / self.sha_mbps, build.rss_mb)
+        return table
+
+    def incremental_table(self) -> Table:
+        table = Table("repo", "commits", "incremental fetch, cold ms", "incremental fetch, cached ms",
+                      title="server time of fetching one new commit (want=[new], have=[old tip])")
+        for factor, (cold, hit) in self.incremental.items():
+            table.add(f"{factor}×", self.builds[factor].commits + 1, cold * 1000, hit * 1000)
+        return table
+
+    def clone_table(self) -> Table:
+        one = self.clones[1]
+        table = Table("measurement", "median s", "ratio", "client peak RSS MiB",
+                      title="clone wall time, with checkout (mpackhub clone: a cache hit, the pack built beforehand)")
+        base = one.git_s or one.ours_s
+        if one.git_s is not None:
+            table.add("git clone over smart HTTP, nginx + git http-backend, 1× (anchor)", one.git_s, 1.0, "")
+        for factor, run in self.clones.items():
+            table.add(f"mpackhub clone, {factor}×", run.ours_s, run.ours_s / base if factor == 1 else "",
+                      run.ours_rss_mb)
+        if one.git_s is None:
+            table.title += " — git anchor skipped: nginx/fcgiwrap missing"
+        return table
+
+
+def measure_all(scale: float | None = None, quick: bool = False) -> FetchResults:
+    """Both scales: populate, cold build, incremental fetch, clone (git's at 1× only); homes removed as they finish."""
+    results = FetchResults(scale or (0.05 if quick else 1.0))
     with tempfile.TemporaryDirectory(prefix="mpackhub-fetch-bench-") as tmp:
         work = Path(tmp)
-        build = Table("measurement", "blob MB", "pack MB", "seconds", "MB/s", "ratio", "peak RSS MiB",
-                      title=f"cold mpack build vs hashlib sha256 (seed 1, scale {scale} and {4 * scale})")
-        incremental_table = Table("repo", "commits", "incremental fetch, cold ms", "incremental fetch, cached ms",
-                                  title="server time of fetching one new commit (want=[new], have=[old tip])")
-        homes = {}
-        for label, factor in (("1×", 1), ("4×", 4)):
+        for factor in (1, 4):
             home = work / f"hub{factor}"
-            synth, tips = prepare(home, scale * factor)
-            homes[factor] = (home, synth)
+            synth, tips = prepare(home, results.scale * factor)
             measured = measure(cold_build, str(home), tips[-1])
             seconds, pack_bytes, blob_bytes = measured.value
             if factor == 1:
                 anchor = measure(sha256_of, str(home))
-                sha = anchor.value
-                build.add("hashlib sha256 over the blob bytes (anchor)", blob_bytes / MB, blob_bytes / MB,
-                          blob_bytes / MB / sha, sha, 1.0, anchor.peak_rss_mb)
-            rate = blob_bytes / MB / seconds
-            build.add(f"cold build, {label} ({synth.counts['commits']} commits)", blob_bytes / MB, pack_bytes / MB,
-                      seconds, rate, rate / sha, measured.peak_rss_mb)
-            cold, hit = incremental(home, tips[-1])
-            incremental_table.add(label, synth.counts["commits"] + 1, cold * 1000, hit * 1000)
-        home, synth = homes[1]
-        ours, theirs = clone_times(home, synth, work)
-        if theirs is None:
-            clone = Table("measurement", "median s", title="clone wall time (git anchor skipped: nginx/fcgiwrap missing)")
-            clone.add("mpackhub clone (signed URL, cache hit)", ours)
-        else:
-            clone = Table("measurement", "median s", "ratio", title="clone wall time of the 1× repo, with checkout")
-            clone.add("git clone over smart HTTP, nginx + git http-backend (anchor)", theirs, 1.0)
-            clone.add("mpackhub clone (signed URL, cache hit)", ours, ours / theirs)
-        return [build, incremental_table, clone]
+                results.sha_mbps, results.sha_rss_mb = anchor.value, anchor.peak_rss_mb
+            results.builds[factor] = Build(seconds, pack_bytes, blob_bytes, measured.peak_rss_mb,
+                                           synth.counts["commits"])
+            results.incremental[factor] = incremental(home, tips[-1])
+            results.clones[factor] = clone_times(home, synth, work, runs=CLONE_RUNS if factor == 1 else 1,
+                                                 with_git=factor == 1)
+            shutil.rmtree(home, ignore_errors=True)
+    return results
+
+
+def run(scale: float | None = None, quick: bool = False) -> list[Table]:
+    return measure_all(scale, quick).tables()

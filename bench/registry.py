@@ -17,7 +17,12 @@ BENCHMARKS: dict[str, str] = {
     "fetch": "bench.fetch_path",   # issue 3: cold build vs sha256, peak RSS 1×/4×, clone vs git, deltas
     "clone-branches": "bench.clone_branches",  # issue 10: clone of every branch: packs per branch vs one
     "scaleout": "bench.scaleout",  # issue 11: SQLite + local vs PostgreSQL + S3 (hits/s, clone via presigned URLs)
+    "hit": "bench.hit",            # issue 8: cache-hit fetch/mpack req/s vs a bare Falcon route (wrk)
+    "all": "bench.table",          # issue 8's table: fetch + hit + push, each row with its anchor and target
 }
+
+# ``python -m bench`` with no names: "all" covers fetch, hit and push, so they are not run twice.
+DEFAULT = ["all", "prebuild", "gc", "clone-branches"]
 
 
 def load(name: str) -> ModuleType:

@@ -38,12 +38,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     build_hub(settings).db.close()  # create the home, database and secrets before the workers start
     server = HubServer()
-    print(f"mpackhub {settings.public_url} (listening on {server.values['bind']})", file=sys.stderr)
-    print(f"  home: {settings.home}", file=sys.stderr)
+    # The banner goes to stdout: every line on stderr is a JSON log line (mpack/http/logs.py).
+    print(f"mpackhub {settings.public_url} (listening on {server.values['bind']})")
+    print(f"  home: {settings.home}")
     if not os.environ.get("MPACKHUB_ADMIN_TOKEN"):
-        print(f"  admin token: in {secrets_path(settings.home)} (key admin_token)", file=sys.stderr)
-    print(second_terminal(executable(), settings), file=sys.stderr)
-    sys.stderr.flush()
+        print(f"  admin token: in {secrets_path(settings.home)} (key admin_token)")
+    print(second_terminal(executable(), settings), flush=True)
     exec_server()  # a fresh interpreter, so that metrics start in multiprocess mode
     return 0
 

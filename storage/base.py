@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 from mpack.format.ids import hex_of
@@ -55,6 +55,23 @@ def check_namespace(namespace: object) -> str:
 def check_digest(digest: object) -> str:
     """The 64-hex key of ``digest`` (either id spelling); InvalidId if malformed."""
     return hex_of(digest)  # type: ignore[arg-type]
+
+
+def verify_all(items: Sequence[tuple[str, bytes]]) -> list[str]:
+    """The hex key of every ``(digest, data)``, each checked against the SHA-256 of its bytes (hashed once).
+
+    Raises:
+        InvalidId: a malformed digest.
+        ContentMismatch: the first item whose bytes do not hash to its digest.
+    """
+    keys = []
+    for digest, data in items:
+        key = check_digest(digest)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != key:
+            raise ContentMismatch("object", digest, actual)
+        keys.append(key)
+    return keys
 
 
 def new_temp_name() -> str:
@@ -195,6 +212,26 @@ class Store(abc.ABC):
             pending.write(data)
             pending.commit(digest)
             return pending.created
+
+    def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Store several objects: every one is verified before any is written.
+
+        Each ``(digest, data)`` must hash to its digest; a mismatch raises
+        ``ContentMismatch`` and nothing is written. Then the objects not yet
+        stored are written (a digest named twice is written once). When this
+        returns, every object is durable as with ``put_bytes``; backends may
+        batch that durability (LocalStore syncs a chunk's files and
+        directories together).
+
+        Returns:
+            One flag per item, as ``put_bytes``: True where this call wrote it.
+
+        Raises:
+            ValueError, InvalidId, ContentMismatch, StorageError: as ``put_bytes``.
+        """
+        check_namespace(namespace)
+        keys = verify_all(items)
+        return [self.put_bytes(namespace, key, data) for key, (_, data) in zip(keys, items, strict=True)]
 
     @contextlib.contextmanager
     def new_file(self, namespace: str) -> Iterator[PendingFile]:

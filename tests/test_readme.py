@@ -127,7 +127,8 @@ def test_the_first_session_runs_verbatim_against_a_hub_started_as_the_readme_say
     (home / "tmp").mkdir(parents=True)
     env = new_shell_env(home)
     port = free_port()
-    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 — closed below
+    # Append mode: the server shares this file's offset, and reading it back (seek) must not make it overwrite.
+    log = open(tmp_path / "serve.log", "a+")  # noqa: SIM115 — closed below
     server = subprocess.Popen(["bash", "-c", serve_command(text)], cwd=checkout, stdout=log, stderr=log,
                               env={**env, "MPACKHUB_BIND": f"127.0.0.1:{port}"}, start_new_session=True)
     try:

@@ -301,3 +301,38 @@ def test_presign_mpack_get_points_at_the_download_route_and_verifies(store, sign
 def test_presign_mpack_get_refuses_a_malformed_id(store):
     with pytest.raises(InvalidId):
         store.presign_mpack_get("../etc/passwd", 300)
+
+
+# -- put_many -------------------------------------------------------------------------
+
+def blobs_of(*contents):
+    return [(hashlib.sha256(c).hexdigest(), c) for c in contents]
+
+
+def test_put_many_stores_every_object_and_flags_what_it_wrote(store):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    items = blobs_of(DATA, OTHER, b"third", OTHER)
+    assert store.put_many(BLOBS, items) == [False, True, True, False]  # present, new, new, named twice
+    for digest, content in items:
+        assert read_all(store, BLOBS, digest) == content
+    assert store.put_many(BLOBS, []) == []
+
+
+def test_put_many_accepts_either_id_spelling(store):
+    assert store.put_many(BLOBS, [("sha256:" + DIGEST, DATA)]) == [True]
+    assert store.exists(BLOBS, DIGEST)
+
+
+@pytest.mark.parametrize("bad_at", [0, 2])
+def test_put_many_with_one_wrong_content_writes_nothing(store, bad_at):
+    items = blobs_of(DATA, OTHER, b"third")
+    items[bad_at] = (items[bad_at][0], b"not what the id says")
+    with pytest.raises(ContentMismatch):
+        store.put_many(BLOBS, items)
+    assert list(store.iter_digests(BLOBS)) == [] and list(store.iter_temp()) == []
+
+
+def test_put_many_with_a_malformed_id_writes_nothing(store):
+    with pytest.raises(InvalidId):
+        store.put_many(BLOBS, [*blobs_of(DATA), ("../etc/passwd", b"x")])
+    assert list(store.iter_digests(BLOBS)) == []

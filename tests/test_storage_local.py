@@ -67,13 +67,13 @@ def full_disk_fopen(failing="write"):
 
 def test_objects_live_at_sharded_paths(store, root):
     store.put_bytes(BLOBS, DIGEST, DATA)
-    store.put_bytes(MPACKS, DIGEST, DATA)
-    shard = os.path.join(DIGEST[:2], DIGEST[2:4], DIGEST)
+    store.put_many(MPACKS, [(DIGEST, DATA)])
+    shard = os.path.join(DIGEST[:2], DIGEST)  # one level of 256 directories
     assert files_under(root) == [os.path.join(BLOBS, shard), os.path.join(MPACKS, shard)]
 
 
 def test_local_path_is_the_sharded_path(store, root):
-    expected = os.path.join(root, MPACKS, DIGEST[:2], DIGEST[2:4], DIGEST)
+    expected = os.path.join(root, MPACKS, DIGEST[:2], DIGEST)
     assert store.local_path(MPACKS, "sha256:" + DIGEST) == expected
 
 
@@ -101,7 +101,7 @@ def test_open_returns_a_real_file(store):
 
 def test_iter_digests_skips_names_that_are_not_objects(store, root):
     store.put_bytes(BLOBS, DIGEST, DATA)
-    shard = root / BLOBS / DIGEST[:2] / DIGEST[2:4]
+    shard = root / BLOBS / DIGEST[:2]
     (shard / "notes.txt").write_bytes(b"x")
     (shard / DIGEST.upper()).write_bytes(b"x")
     (shard / ("0" * 64)).write_bytes(b"x")  # a hex name in the wrong shard
@@ -183,7 +183,7 @@ def test_filesystem_without_hard_links_falls_back_to_rename(root):
     store = LocalStore(root, make_signer(), link=link)
     assert store.put_bytes(BLOBS, DIGEST, DATA) is True
     assert store.put_bytes(BLOBS, DIGEST, DATA) is False
-    assert files_under(root) == [os.path.join(BLOBS, DIGEST[:2], DIGEST[2:4], DIGEST)]
+    assert files_under(root) == [os.path.join(BLOBS, DIGEST[:2], DIGEST)]
 
 
 def test_storage_error_does_not_reveal_paths(root):
@@ -204,6 +204,132 @@ def test_processes_putting_one_digest_store_one_intact_file(root):
     with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
         results = list(pool.map(put_big_in_child, [str(root)] * 4))
     assert results.count(True) == 1
-    assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST[2:4], BIG_DIGEST)]
+    assert files_under(root) == [os.path.join(MPACKS, BIG_DIGEST[:2], BIG_DIGEST)]
     with LocalStore(root, make_signer()).open(MPACKS, BIG_DIGEST) as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == BIG_DIGEST
+
+
+# -- put_many: batched durability ----------------------------------------------------
+
+def many_blobs(count):
+    contents = [b"blob %d\n" % n for n in range(count)]
+    return [(hashlib.sha256(c).hexdigest(), c) for c in contents]
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every fsync, as 'dir' or 'file', with the order of events (fsync and link) kept."""
+    events = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd):
+        events.append(("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def link(src, dst):
+        events.append(("link", dst))
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr("storage.local.os.link", link)
+    return events
+
+
+def test_put_many_syncs_each_directory_once_per_chunk_not_once_per_object(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: os.link(a, b))
+    items = many_blobs(300)
+    assert all(store.put_many(BLOBS, items))
+    files = [path for kind, path in fsyncs if kind == "file"]
+    dirs = [path for kind, path in fsyncs if kind == "dir"]
+    assert len(files) == 300  # each object's bytes, once
+    assert len(dirs) == len(set(dirs))  # no directory synced twice in one chunk
+    leaves = {os.path.dirname(store.local_path(BLOBS, digest)) for digest, _ in items}
+    assert leaves <= set(dirs)  # every directory that gained an object was synced
+    fsyncs.clear()
+    for digest, content in many_blobs(300):  # the one-at-a-time path, for comparison
+        store.delete(BLOBS, digest)
+        store.put_bytes(BLOBS, digest, content)
+    assert len([1 for kind, _ in fsyncs if kind == "dir"]) == 300
+
+
+def test_put_many_links_only_after_every_file_is_synced_and_answers_after_the_directories(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: os.link(a, b))
+    store.put_many(BLOBS, many_blobs(40))
+    kinds = [kind for kind, _ in fsyncs]
+    assert kinds.index("link") > max(i for i, k in enumerate(kinds) if k == "file")  # no unsynced file is ever published
+    assert kinds[-1] == "dir" and max(i for i, k in enumerate(kinds) if k == "link") < kinds.index("dir", kinds.index("link"))
+
+
+@pytest.mark.parametrize("failing", ["write", "flush"])
+def test_put_many_on_a_full_disk_is_a_storage_error_and_leaves_no_temp(root, failing):
+    store = LocalStore(root, make_signer(), fopen=full_disk_fopen(failing))
+    with pytest.raises(StorageError, match="disk full"):
+        store.put_many(BLOBS, many_blobs(5))
+    assert [p for p in files_under(root) if not p.startswith("tmp")] == [] and list(store.iter_temp()) == []
+
+
+def test_put_many_failing_to_link_leaves_no_temp_and_no_partial_file(root):
+    calls = []
+
+    def link(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "I/O error")
+        os.link(src, dst)
+
+    store = LocalStore(root, make_signer(), link=link)
+    items = many_blobs(5)
+    with pytest.raises(StorageError, match="EIO"):
+        store.put_many(BLOBS, items)
+    assert list(store.iter_temp()) == []
+    for digest in store.iter_digests(BLOBS):  # what was published before the failure is whole
+        with open(store.local_path(BLOBS, digest), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest
+    assert all(store.put_many(BLOBS, items)[2:])  # and a retry completes the rest
+
+
+def test_put_many_over_a_damaged_object_replaces_it_and_keeps_intact_ones(store):
+    items = many_blobs(3)
+    store.put_many(BLOBS, items)
+    damaged = store.local_path(BLOBS, items[1][0])
+    with open(damaged, "wb") as handle:
+        handle.write(b"rot")
+    assert store.put_many(BLOBS, items) == [False, True, False]
+    with open(damaged, "rb") as handle:
+        assert handle.read() == items[1][1]
+    assert oct(os.stat(damaged).st_mode & 0o777) == "0o600"
+
+
+# -- objects an older version wrote two shard levels deep ------------------------------
+
+def legacy_put(root, namespace, content):
+    digest = hashlib.sha256(content).hexdigest()
+    path = root / namespace / digest[:2] / digest[2:4] / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return digest, str(path)
+
+
+def test_objects_in_the_old_two_level_layout_are_still_found_listed_and_deleted(store, root):
+    old, old_path = legacy_put(root, BLOBS, b"written by an older version")
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    assert store.exists(BLOBS, old) and store.local_path(BLOBS, old) == old_path
+    with store.open(BLOBS, old) as handle:
+        assert handle.read() == b"written by an older version"
+    assert store.stat(BLOBS, old)[0] == len(b"written by an older version") and store.verify(BLOBS, old)
+    assert list(store.iter_digests(BLOBS)) == sorted([old, DIGEST])
+    assert store.put_bytes(BLOBS, old, b"written by an older version") is False  # intact there: not written twice
+    assert store.put_many(BLOBS, [(old, b"written by an older version")]) == [False]
+    assert store.delete(BLOBS, old) is True and not store.exists(BLOBS, old)
+    assert store.delete(BLOBS, old) is False
+
+
+def test_a_damaged_object_in_the_old_layout_is_rewritten_in_the_new_one(store, root):
+    old, old_path = legacy_put(root, MPACKS, b"pack bytes")
+    with open(old_path, "wb") as handle:
+        handle.write(b"rot")
+    assert store.put_many(MPACKS, [(old, b"pack bytes")]) == [True]
+    assert store.local_path(MPACKS, old) == str(root / MPACKS / old[:2] / old)
+    assert store.verify(MPACKS, old)
+    assert store.delete(MPACKS, old) and not os.path.exists(old_path)  # both copies gone
+    assert list(store.iter_digests(MPACKS)) == []

@@ -808,3 +808,35 @@ def test_a_pushed_object_with_a_malformed_id_is_400(app, token, repo, history, b
     body = push_body(history)
     body["bundle"]["objects"][0]["object_id"] = bad
     assert error_of(wire(app, "POST", f"{SONG}/push", body, token=token), 400)["error"] == "invalid_id"
+
+
+def test_push_objects_hashes_each_blob_once(app, hub, token, repo, monkeypatch):
+    """Issue 8 item 5: the content of each pushed blob goes through SHA-256 once (in the store's check)."""
+    import hashlib
+    contents = [b"blob number %d\n" % n * 50 for n in range(20)]
+    objects = [{"object_id": ids.object_digest(c), "content": c} for c in contents]
+    real = hashlib.sha256
+    hashed = []
+
+    class Counting:
+        def __init__(self, data=b"", **kwargs):
+            self._hash = real(**kwargs)
+            self.update(data)
+
+        def update(self, data):
+            if bytes(data) in contents:
+                hashed.append(bytes(data))
+            self._hash.update(data)
+
+        def __getattr__(self, name):
+            return getattr(self._hash, name)
+
+    def counting(data=b"", **kwargs):
+        return Counting(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    answer = unpack(wire(app, "POST", f"{SONG}/push/objects", {"objects": objects}, token=token))
+    monkeypatch.undo()
+    assert answer == {"stored": 20, "skipped": 0}
+    assert sorted(hashed) == sorted(contents)  # each once, none twice
+    assert all(hub.store.exists(BLOBS, o["object_id"]) for o in objects)

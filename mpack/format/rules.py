@@ -23,6 +23,7 @@ Rules (PROTOCOL.md, "Records" and "Identifiers"):
 """
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Mapping
 
@@ -83,6 +84,13 @@ def path_problem(path: object) -> str | None:
     """Why ``path`` is not a safe manifest path, or None when it is one."""
     if not isinstance(path, str) or not path:
         return "must be a non-empty string"
+    return _str_path_problem(path)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _str_path_problem(path: str) -> str | None:
+    """``path_problem`` of a non-empty string, remembered: consecutive snapshots repeat almost every path
+    (a push or a pack of N snapshots of M files would check N × M paths, not the ~M distinct ones)."""
     if _utf8_len(path) > MAX_PATH_BYTES:
         return f"longer than {MAX_PATH_BYTES} bytes"
     bad = _bad_char(path)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mpack.format.errors import MuseError
 from mpack.http.media import large_limits, read_body, send, small_limits
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, metrics, push, repos
 from mpack.hub.errors import InvalidField
@@ -117,9 +118,13 @@ class Wire(Resource):
         send(req, resp, bundle.negotiate(target, self.body(req)))
 
     def on_post_fetch_mpack(self, req, resp, owner, repo):
-        target = repos.readable_repo(owner, repo, self.user(req))
-        want, have = fetch.parse_want_have(self.body(req))
-        send(req, resp, fetch.fetch_request(self.hub, target, want=want, have=have))
+        user = self.user(req)
+        try:
+            body = self.body(req)
+        except MuseError:  # an unknown or hidden repo answers 404 before a bad body, as on every route
+            repos.readable_repo(owner, repo, user)
+            raise
+        send(req, resp, fetch.fetch_mpack(self.hub, owner, repo, user, body))
 
 
 class Download(Resource):

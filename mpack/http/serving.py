@@ -4,8 +4,9 @@
 same values to gunicorn programmatically, so both ways of starting behave
 alike. The app is loaded in each worker after the fork (never preloaded), so
 database connections and job threads are born in the worker that uses them.
-The access log records the path without its query string: signed-URL
-signatures never reach a log.
+Logging goes through ``mpack.http.logs.GunicornJsonLogger``: one JSON object
+per line on stderr; the access line records the path without its query
+string, so signed-URL signatures never reach a log.
 
 Metrics: ``config_values()`` points ``PROMETHEUS_MULTIPROC_DIR`` at
 ``<home>/metrics`` (unless set) before anything imports ``prometheus_client``
@@ -23,6 +24,7 @@ import sys
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import import_app
 
+from mpack.http.logs import GunicornJsonLogger
 from mpack.hub.settings import METRICS_DIR_VAR, metrics_dir_from_env
 
 WSGI_APP = "app:get_app()"
@@ -53,9 +55,11 @@ def config_values() -> dict[str, object]:
         "preload_app": False,
         "timeout": 120,
         "graceful_timeout": 30,
+        # Every line on stderr is one JSON object (mpack/http/logs.py): gunicorn's own
+        # lines, the access lines (with the request id, without the query string) and the app's.
+        "logger_class": GunicornJsonLogger,
+        "loglevel": os.environ.get("MPACKHUB_LOG_LEVEL", "info").strip().lower() or "info",
         "accesslog": "-",
-        "access_log_format": '{"ts":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s",'
-                             '"status":%(s)s,"bytes":"%(B)s","ms":%(M)s}',
         "errorlog": "-",
         # gunicorn 23+ opens a control socket under $HOME by default; several hubs on one
         # host (and the tests) would share it. Management goes through signals instead.

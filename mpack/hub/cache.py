@@ -6,12 +6,19 @@ sorted digests that bound it (``base_key``), so a key has a fixed size however
 many haves the request named.
 Hits slide the expiry forward (at most ``cache_ttl`` from now), but write at
 most once a minute per row, so that a hot tip costs reads, not writes.
+
+``hit_row`` is the hot path of every clone and fetch: one hand-written,
+parameterised SELECT that finds the repository by (owner, name), resolves a
+branch name to its head in the same statement, and joins the cache row through
+its ``(repo, tip_commit_id)`` index. It builds no ORM objects (peewee's query
+compilation cost more than the query itself).
 """
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
@@ -96,6 +103,50 @@ def record_hit(hub: Hub, row: FetchMPackCache) -> bool:
 def pack_lock(mpack_id: str) -> str:
     """The lock a cache-row write and GC's delete of the same pack take (PostgreSQL; see ``db.xact_lock``)."""
     return "mpack:" + ids.hex_of(mpack_id)
+
+
+@dataclass
+class HitRow:
+    """A repository and, when one matched, its cache row (``cache_id`` None when no row did)."""
+
+    repo_id: str
+    owner: str
+    visibility: str
+    cache_id: str | None
+    mpack_id: str
+    size: int
+    commit_count: int
+    blob_count: int
+    expires_at: float
+    last_used_at: float
+
+
+_HIT_COLUMNS = ("r.repo_id, r.owner, r.visibility, c.cache_id, c.mpack_id, c.size, c.commit_count, c.blob_count, "
+                "c.expires_at, c.last_used_at")
+
+
+@lru_cache(maxsize=8)
+def _hit_sql(param: str, by_branch: bool) -> str:
+    p = param
+    tip = "b.head_commit_id" if by_branch else p
+    branch = f"LEFT JOIN branch b ON b.repo_id = r.repo_id AND b.name = {p} " if by_branch else ""
+    return (f"SELECT {_HIT_COLUMNS} FROM repo r {branch}"
+            f"LEFT JOIN fetch_mpack_cache c ON c.repo_id = r.repo_id AND c.tip_commit_id = {tip} AND c.base = {p} "
+            f"AND c.format_version = {p} WHERE r.owner = {p} AND r.name = {p}")
+
+
+def hit_row(hub: Hub, owner: str, name: str, want: str, base: str, *, by_branch: bool) -> HitRow | None:
+    """Repo (owner, name) and the cache row of ``want`` (a commit id as spelled, or a branch name) → None if no repo.
+
+    One statement: the repo by its unique (owner, name) index, the branch by
+    its unique (repo, name) index, the row by its (repo, tip) index — a row of
+    the current pack format only (an older format's pack is never handed out).
+    The row may be expired: the caller compares ``expires_at`` with its clock.
+    """
+    sql = _hit_sql(hub.db.param, by_branch)
+    params = (want, base, FORMAT_VERSION, owner, name)
+    found = hub.db.execute_sql(sql, params).fetchone()
+    return None if found is None else HitRow(*found)
 
 
 class PackVanished(Exception):

@@ -12,11 +12,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from mpack.format import ids, rules
-from mpack.hub import cache
+from mpack.format.errors import MuseError
+from mpack.hub import cache, repos
 from mpack.hub.build import build_mpack
 from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
 from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
-from mpack.hub.models import Branch, Commit, Repo
+from mpack.hub.models import Branch, Commit, Repo, User
+from storage.base import MPACKS
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -100,6 +102,42 @@ def _stats_of(row) -> cache.PackStats:
 def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
     row = cache.usable_row(hub, repo, tip, base)
     if row is None or not cache.record_hit(hub, row):  # gone since read (GC): a miss
+        return None
+    return _answer(hub, _stats_of(row), cached=True, row=row)
+
+
+def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) -> dict:
+    """``POST /{owner}/{name}/fetch/mpack`` → as ``wire_fetch_mpack``, counted by result (``fetch_request``).
+
+    A clone's hit — one want, a commit id or a branch name, no haves — costs
+    one SELECT (``cache.hit_row``), one stat of the pack and one HMAC, and no
+    ORM work (issue 8); anything else goes through ``fetch_request``. An
+    unknown or hidden repository answers 404 before any complaint about the
+    body, as on every route.
+    """
+    try:
+        want, have = parse_want_have(body)
+    except MuseError:
+        repos.readable_repo(owner, name, user)
+        raise
+    if len(want) == 1 and not have:
+        answer = _fast_hit(hub, owner, name, user, want[0])
+        if answer is not None:
+            hub.metrics.fetch("hit")
+            return answer
+    return fetch_request(hub, repos.readable_repo(owner, name, user), want, have)
+
+
+def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str) -> dict | None:
+    by_branch = not ids.is_id(want)
+    if not repos.plausible(owner, name) or (by_branch and not _branch_like(want)):
+        return None  # never looked up (PostgreSQL refuses NUL in a query): the slow path answers
+    row = cache.hit_row(hub, owner, name, want, "", by_branch=by_branch)
+    if row is None or row.cache_id is None or not repos.may_read(row.owner, row.visibility, user):
+        return None  # the slow path answers 404, or builds
+    if row.expires_at <= hub.now() or not hub.store.still_exists(MPACKS, row.mpack_id):
+        return None  # the slow path drops a row whose file is gone, and rebuilds
+    if not cache.record_hit(hub, row):
         return None
     return _answer(hub, _stats_of(row), cached=True, row=row)
 

@@ -88,16 +88,17 @@ def content_bytes(value: object, name: str) -> bytes:
 
 
 def parse_objects(items: object, name: str = "objects") -> list[Blob]:
-    """ObjectPayloads → verified blobs (id well-formed, content hashes to it)."""
+    """ObjectPayloads → blobs with well-formed ids.
+
+    The content is hashed once, by the store (``put_many`` checks every blob
+    of a request against its id before it writes any).
+    """
     blobs = []
     for index, item in enumerate(_list(items, name)):
         item = _map(item, f"{name}[{index}]")
         object_id = ids.check_id(item.get("object_id"), "object_id")
         content = content_bytes(item.get("content"), f"{name}[{index}].content")
-        digest = ids.object_digest(content)
-        if not ids.same_digest(object_id, digest):
-            raise ContentMismatch("object", object_id, digest)
-        blobs.append(Blob(object_id, digest, content))
+        blobs.append(Blob(object_id, ids.hex_of(object_id), content))
     return blobs
 
 
@@ -207,11 +208,10 @@ def _generations(repo: Repo, commits: list[ParsedCommit]) -> dict[str, int]:
 # -- applying ---------------------------------------------------------------------
 
 def _store_bytes(hub: Hub, blobs: Iterable[Blob]) -> None:
-    count = size = 0
-    for blob in blobs:
-        hub.store.put_bytes(BLOBS, blob.digest, blob.content)
-        count, size = count + 1, size + len(blob.content)
-    hub.metrics.objects_stored(count, size)
+    """Verify every blob against its id (ContentMismatch before anything is written), then store them durably."""
+    created = hub.store.put_many(BLOBS, [(blob.digest, blob.content) for blob in blobs])
+    written = [blob for blob, new in zip(blobs, created, strict=True) if new]
+    hub.metrics.objects_stored(len(written), sum(len(blob.content) for blob in written))
 
 
 def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
@@ -220,9 +220,9 @@ def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
     if len(items) > MAX_OBJECTS_PER_CHUNK:  # refused before any hashing
         raise BadRequest(f"at most {MAX_OBJECTS_PER_CHUNK} objects per request")
     blobs = parse_objects(items)
+    _store_bytes(hub, blobs)  # all of them: a blob the repo already has is still checked against its id
     already = _present(Object, repo, (b.digest for b in blobs))
     fresh = {b.digest: b for b in blobs if b.digest not in already}
-    _store_bytes(hub, fresh.values())
     if fresh:
         with hub.db.atomic():
             Object.insert_many(

@@ -41,10 +41,15 @@ def create_repo(hub: Hub, owner: User, name: object, visibility: object = "publi
         raise AlreadyExists(f"repository {owner.username}/{name} already exists") from None
 
 
+def plausible(owner: str, name: str) -> bool:
+    """Whether ``owner/name`` could name a repo (NUL, which PostgreSQL refuses in a query,
+    or any other character outside the name rules, never could): only those are looked up."""
+    return bool(REPO_NAME.fullmatch(owner) and REPO_NAME.fullmatch(name))
+
+
 def find_repo(owner: str, name: str) -> Repo | None:
-    """The repo ``owner/name``; names no repo could have (NUL, which PostgreSQL refuses
-    in a query, or any other character outside the name rules) are never looked up."""
-    if not (REPO_NAME.fullmatch(owner) and REPO_NAME.fullmatch(name)):
+    """The repo ``owner/name``; names no repo could have are never looked up (``plausible``)."""
+    if not plausible(owner, name):
         return None
     return Repo.get_or_none((Repo.owner == owner) & (Repo.name == name))
 
@@ -56,10 +61,15 @@ def _lookup(owner: str, name: str) -> Repo:
     return repo
 
 
+def may_read(owner: str, visibility: str, user: User | None) -> bool:
+    """Whether ``user`` (None = anonymous) may read a repo of ``owner`` with this visibility."""
+    return visibility == "public" or (user is not None and user.username == owner)
+
+
 def readable_repo(owner: str, name: str, user: User | None) -> Repo:
     """The repo if ``user`` (None = anonymous) may read it; RepoNotFound otherwise."""
     repo = _lookup(owner, name)
-    if not repo.is_public and (user is None or user.username != repo.owner):
+    if not may_read(repo.owner, repo.visibility, user):
         raise RepoNotFound(owner, name)
     return repo
 

@@ -77,6 +77,17 @@ class LiveHub:
         return reply.data()
 
 
+def poll(predicate, deadline_s: float = 30.0, what: str = "condition"):
+    """``predicate()``'s first truthy value, asked every 50 ms; AssertionError after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 30.0) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:

@@ -6,11 +6,12 @@ import itertools
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import websocket
+
+from bench.live_hub import poll
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1800",
@@ -21,14 +22,6 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def poll(predicate, deadline_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Browser:

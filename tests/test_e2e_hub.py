@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
 from bench.live_hub import live_hub, push_like_cli
+from bench.live_hub import poll as wait_for
 from tests.database import database_url
 from tests.factories import History
 
@@ -20,14 +20,6 @@ def hub_server(tmp_path_factory):
         yield server
 
 
-def wait_for(predicate, deadline_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_push_of_a_50_commit_history_reads_back_from_refs(hub_server):

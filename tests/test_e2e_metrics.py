@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.live_hub import ROOT, LiveHub, free_port, live_hub, push_like_cli, wait_healthy
+from bench.live_hub import poll as wait_for
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -18,14 +18,6 @@ pytestmark = pytest.mark.e2e
 FETCHES = "mpackhub_fetch_requests_total"
 
 
-def wait_for(predicate, deadline_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def scrape(server) -> dict[tuple[str, tuple], float]:

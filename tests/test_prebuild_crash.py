@@ -10,6 +10,7 @@ from pathlib import Path
 import webtest
 
 from app import create_app
+from bench.live_hub import poll
 from mpack.hub import gc
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.handlers import production_registry
@@ -23,13 +24,6 @@ from tests.factories import History, make_repo, make_user, push_history
 LEASE = 2
 
 
-def poll(predicate, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_killed_prebuild_is_reclaimed_and_completed_once(tmp_path):

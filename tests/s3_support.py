@@ -15,6 +15,8 @@ import hmac
 import http.client
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -158,3 +160,14 @@ class BucketFront:
         request.end_headers()
         if not head:
             request.wfile.write(data)
+
+
+def bucket_http(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, bytes]:
+    """One plain request to a (presigned) bucket URL → (status, body)."""
+    # An explicit type: urllib's default (form-urlencoded) makes moto's server wait for a form.
+    request = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,7 +23,7 @@ from storage import BLOBS, MPACKS, mpack_path
 from storage.s3 import S3Store
 from tests import database
 from tests.factories import History, error_of, push_history, unpack, wire
-from tests.s3_support import BucketFront
+from tests.s3_support import BucketFront, bucket_http
 
 PATH = "/gabriel/song"
 
@@ -57,14 +55,6 @@ def pushed(app, owner, repo) -> History:
     return history
 
 
-def http(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
 
 def fetch_mpack(app, tip: str, status: int = 200):
     return app.post_json(f"{PATH}/fetch/mpack", {"want": [tip], "have": []}, status=status, expect_errors=True)
@@ -91,19 +81,19 @@ def test_a_clone_downloads_the_pack_from_the_bucket_not_the_hub(app, pushed, fro
     answer = fetch_mpack(app, pushed.tip).json
     url = answer["mpack_url"]
     assert url.startswith(front.url + "/") and "X-Amz-Signature=" in url
-    status, data = http(url)
+    status, data = bucket_http(url)
     assert status == 200
     assert "sha256:" + hashlib.sha256(data).hexdigest() == answer["mpack_id"]
     assert len([r for r in iter_mpack(io.BytesIO(data))]) > 0
     assert front.presigned_seen[-1] == ("GET", urlsplit(url).path, None)  # SigV4 checked
     again = fetch_mpack(app, pushed.tip).json
     assert again["cached"] is True and again["mpack_id"] == answer["mpack_id"]
-    assert http(again["mpack_url"])[0] == 200
+    assert bucket_http(again["mpack_url"])[0] == 200
 
 
 def test_a_tampered_bucket_url_is_refused(app, pushed):
     url = fetch_mpack(app, pushed.tip).json["mpack_url"]
-    assert http(url.replace("X-Amz-Expires=", "X-Amz-Expires=9"))[0] == 403
+    assert bucket_http(url.replace("X-Amz-Expires=", "X-Amz-Expires=9"))[0] == 403
 
 
 # -- faults: a clear 503, a retried job, never a row naming a half-written pack --------
@@ -172,7 +162,7 @@ def test_presign_hands_out_put_urls_for_missing_objects_and_the_push_verifies_th
                          token=owner[1], status=200))
     assert sorted(answer["presigned"]) == wanted and answer["inline"] == []
     for object_id, url in answer["presigned"].items():  # as the CLI: raw bytes, no auth header
-        assert http(url, "PUT", history.blobs[object_id])[0] == 200
+        assert bucket_http(url, "PUT", history.blobs[object_id])[0] == 200
     bundle["objects"] = []
     reply = wire(app, "POST", f"{PATH}/push", {"bundle": bundle, "branch": "main", "force": False}, token=owner[1])
     assert reply.status_int == 200, reply.body
@@ -185,7 +175,7 @@ def test_a_push_refuses_an_upload_whose_bytes_do_not_match(hub, app, owner, repo
     bundle = history.bundle()
     (object_id,) = [o["object_id"] for o in bundle["objects"]]
     url = unpack(wire(app, "POST", f"{PATH}/presign", {"object_ids": [object_id]}, token=owner[1]))["presigned"][object_id]
-    assert http(url, "PUT", b"not what was promised")[0] == 200
+    assert bucket_http(url, "PUT", b"not what was promised")[0] == 200
     bundle["objects"] = []
     reply = wire(app, "POST", f"{PATH}/push", {"bundle": bundle, "branch": "main", "force": False}, token=owner[1])
     assert error_of(reply, 422)["error"] == "missing_reference"

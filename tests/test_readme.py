@@ -18,13 +18,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from bench.live_hub import free_port
+from bench.live_hub import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -87,18 +85,6 @@ def new_shell_env(home: Path) -> dict[str, str]:
     return environ
 
 
-def wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 60.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "mpackhub serve exited"
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("mpackhub serve did not become healthy")
 
 
 @pytest.fixture
@@ -132,7 +118,7 @@ def test_the_first_session_runs_verbatim_against_a_hub_started_as_the_readme_say
     server = subprocess.Popen(["bash", "-c", serve_command(text)], cwd=checkout, stdout=log, stderr=log,
                               env={**env, "MPACKHUB_BIND": f"127.0.0.1:{port}"}, start_new_session=True)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", server)
+        wait_healthy(f"http://127.0.0.1:{port}", server, deadline_s=60.0)
         helper = tmp_path / "push_like_the_muse_cli.py"
         helper.write_text(PUSH_HELPER.format(root=str(ROOT)))
         remote = muse_remote(text).replace(README_URL, f"127.0.0.1:{port}")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.error
-import urllib.request
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -20,6 +18,7 @@ from storage.s3 import SIGV4_MAX_TTL, S3Store
 from storage.s3_client import S3Location, parse_store_url
 from tests import database
 from tests.s3_support import BucketFront
+from tests.s3_support import bucket_http as http_get
 
 # No database here: the same tests on the PostgreSQL run would only repeat the SQLite run.
 pytestmark = pytest.mark.skipif(database.POSTGRES, reason="no database involved; run on the SQLite pass")
@@ -42,15 +41,6 @@ def store(s3_endpoint, bucket, front):
     return S3Store(client, S3Location(bucket, "hub"), UrlSigner([("k1", b"x" * 16)], base_url="http://hub.test"),
                    part_size=PART)
 
-
-def http_get(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, bytes]:
-    # An explicit type: urllib's default (form-urlencoded) makes moto's server wait for a form.
-    request = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def with_query(url: str, **changes: str) -> str:

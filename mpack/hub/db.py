@@ -36,9 +36,12 @@ from mpack.hub.errors import DatabaseFull
 
 log = logging.getLogger(__name__)
 
+# Applied in this order on every connection: busy_timeout first, so that switching a fresh
+# database to WAL (which takes an exclusive lock) waits for a worker starting alongside instead
+# of failing at once with "database is locked".
 SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
     "busy_timeout": 5000,
+    "journal_mode": "wal",
     "synchronous": "normal",
     "foreign_keys": 1,
     "journal_size_limit": 64 * 1024 * 1024,

@@ -48,13 +48,13 @@ from storage.base import (
 )
 from storage.errors import ContentMismatch, StorageError, StoredObjectMissing
 from storage.s3_client import (
+    Absent,
     BodyReader,
     BotoCoreError,
     ClientError,
     S3Location,
     code,
     failure,
-    is_missing,
     mapped,
     status,
 )
@@ -126,14 +126,8 @@ class S3Store(Store):
 
     def open(self, namespace: str, digest: str) -> BinaryIO:
         key = self.key(namespace, digest)
-        try:
+        with mapped(f"cannot open {namespace} object {digest}", missing=lambda: self._missing(namespace, digest)):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if is_missing(exc):
-                raise StoredObjectMissing(namespace, check_digest(digest)) from None
-            raise failure(f"cannot open {namespace} object {digest}", exc) from exc
-        except BotoCoreError as exc:
-            raise failure(f"cannot open {namespace} object {digest}", exc) from exc
         return BodyReader(response["Body"], f"reading {namespace} object {digest}")  # type: ignore[return-value]
 
     def exists(self, namespace: str, digest: str) -> bool:
@@ -167,14 +161,8 @@ class S3Store(Store):
 
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
         key = self.key(namespace, digest)
-        try:
+        with mapped(f"cannot stat {namespace} object {digest}", missing=lambda: self._missing(namespace, digest)):
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if is_missing(exc):
-                raise StoredObjectMissing(namespace, check_digest(digest)) from None
-            raise failure(f"cannot stat {namespace} object {digest}", exc) from exc
-        except BotoCoreError as exc:
-            raise failure(f"cannot stat {namespace} object {digest}", exc) from exc
         return int(head["ContentLength"]), head["LastModified"].timestamp()
 
     def iter_digests(self, namespace: str) -> Iterator[str]:
@@ -284,14 +272,13 @@ class S3Store(Store):
                              ExtraArgs={"MetadataDirective": "REPLACE"})
 
     def _head(self, key: str) -> dict | None:
-        try:
+        with contextlib.suppress(Absent), mapped(f"cannot stat {key}", missing=Absent):
             return self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if is_missing(exc):
-                return None
-            raise failure(f"cannot stat {key}", exc) from exc
-        except BotoCoreError as exc:
-            raise failure(f"cannot stat {key}", exc) from exc
+        return None
+
+    @staticmethod
+    def _missing(namespace: str, digest: str) -> StoredObjectMissing:
+        return StoredObjectMissing(namespace, check_digest(digest))
 
     # -- health and repair -------------------------------------------------------
 
@@ -376,14 +363,11 @@ class S3Store(Store):
         cannot slip other bytes in); the incoming copy is then deleted.
         """
         source = self._incoming_key(repo_key, digest)
-        try:
+        response = None
+        with contextlib.suppress(Absent), mapped(f"cannot read upload {digest}", missing=Absent):
             response = self.client.get_object(Bucket=self.bucket, Key=source)
-        except ClientError as exc:
-            if is_missing(exc):
-                return None
-            raise failure(f"cannot read upload {digest}", exc) from exc
-        except BotoCoreError as exc:
-            raise failure(f"cannot read upload {digest}", exc) from exc
+        if response is None:
+            return None
         body = BodyReader(response["Body"], f"reading upload {digest}")
         try:
             with body, self.new_file(BLOBS) as pending:
@@ -440,14 +424,9 @@ class _S3Pending(PendingFile):
     def _check_upload_alive(self) -> None:
         """A temp swept by GC (its upload aborted) must not be committed."""
         store = self._store
-        try:
+        removed = StorageError(f"the upload of temp {self.name} was removed before its commit")
+        with mapped(f"cannot check the upload of temp {self.name}", missing=lambda: removed):
             store.client.list_parts(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
-        except ClientError as exc:
-            if is_missing(exc):
-                raise StorageError(f"the upload of temp {self.name} was removed before its commit") from None
-            raise failure(f"cannot check the upload of temp {self.name}", exc) from exc
-        except BotoCoreError as exc:
-            raise failure(f"cannot check the upload of temp {self.name}", exc) from exc
 
     def _discard(self) -> None:
         # Best effort: what cannot be removed now is listed by iter_temp and swept by GC.

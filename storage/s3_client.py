@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,11 +68,20 @@ def failure(action: str, exc: Exception) -> StorageError:
     return StorageUnavailable(f"{action}: the bucket is unreachable ({type(exc).__name__})")
 
 
+class Absent(Exception):  # noqa: N818 — a signal inside this package, never raised to callers
+    """The bucket said the object is not there (``mapped(..., missing=Absent)`` with ``contextlib.suppress``)."""
+
+
 @contextlib.contextmanager
-def mapped(action: str) -> Iterator[None]:
+def mapped(action: str, *, missing: Callable[[], Exception] | None = None) -> Iterator[None]:
+    """botocore exceptions as our errors; with ``missing``, a 404 raises ``missing()`` instead."""
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if missing is not None and is_missing(exc):
+            raise missing() from None
+        raise failure(action, exc) from exc
+    except BotoCoreError as exc:
         raise failure(action, exc) from exc
 
 

@@ -65,12 +65,26 @@ class DatabaseUrlError(MuseError):
 
 
 class HubSqliteDatabase(pw.SqliteDatabase):
-    """SQLite that does not mask a full disk behind "cannot rollback".
+    """SQLite that does not mask a full disk behind "cannot rollback", and opens a fresh file from many workers.
 
     On SQLITE_FULL (and I/O errors) SQLite may roll the transaction back by
     itself; peewee's ROLLBACK then fails with "no transaction is active" and
     that error replaces the real one. Rolling back nothing is a no-op here.
+
+    Switching a fresh database to WAL needs an exclusive lock, and SQLite answers
+    SQLITE_BUSY at once, without its busy handler (waiting could deadlock), to a
+    connection that loses that race: the pragmas are retried for the busy timeout.
     """
+
+    def _set_pragmas(self, conn):
+        deadline = time.monotonic() + SQLITE_PRAGMAS["busy_timeout"] / 1000
+        while True:
+            try:
+                return super()._set_pragmas(conn)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def rollback(self):
         if not self.is_closed() and not self.connection().in_transaction:

@@ -8,11 +8,13 @@ commits, 5,150 blobs, 347 MB) and one at 4× that scale, then reports:
 - wall time and client peak RSS of ``mpackhub clone`` from a real gunicorn on
   a cache hit (1×: median of 3; 4×: one run), next to ``git clone`` over
   smart HTTP (nginx + fcgiwrap + git http-backend) of the same 1× content
-  imported into git (ratio);
+  imported into git (ratio); the two alternate (ours, git's, ours, …) and
+  every clone is kept until the last timed run, then deleted (``clone_times``);
 - server time of an incremental fetch of one new commit, on 1× and 4×.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -108,19 +110,37 @@ class CloneRun:
 
 
 def clone_times(home: Path, synth: Synth, work: Path, *, runs: int = CLONE_RUNS, with_git: bool = True) -> CloneRun:
-    """``mpackhub clone`` (a cache hit: the pack is built before the timed runs) and ``git clone`` over smart HTTP."""
+    """``mpackhub clone`` (a cache hit: the pack is built before the timed runs) and ``git clone`` over smart HTTP.
+
+    Both get the same treatment: the runs alternate (ours, git's, ours, git's, …) with
+    both servers up, and every clone stays on disk under ``work/clones`` until the last
+    timed run is over. Deleting a clone just before the next timed one would make the
+    next one pay for it: on ext4 without a journal (this machine's disk) the inode
+    allocator skips inodes freed in the last minute, so creating files right after an
+    ``rmtree`` of thousands costs up to 5× more (docs/benchmarks.md).
+    """
     warm_pack(home)
-    with live_hub(home, workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as server:  # no job competes with the clones
-        url = f"{server.url}/bench/{REPO}"
-        ours = [_timed_clone([sys.executable, "-m", "mpack.cli", "clone", url], work / f"ours{n}") for n in range(runs)]
+    trash = work / "clones"
+    trash.mkdir(parents=True, exist_ok=True)
+    git_wanted = with_git and not git_http_missing()
+    if git_wanted:
+        make_git_repo(synth, work / "git" / "ref.git")
+    ours: list[Measured] = []
+    theirs: list[Measured] = []
+    try:
+        with live_hub(home, workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as server, \
+                (GitSmartHttp(work / "git") if git_wanted else contextlib.nullcontext()) as git:
+            url = f"{server.url}/bench/{REPO}"  # no job competes with the clones: MPACKHUB_JOB_THREADS=0
+            for n in range(runs):
+                ours.append(_timed_clone([sys.executable, "-m", "mpack.cli", "clone", url], trash / f"ours{n}"))
+                if git is not None:
+                    theirs.append(_timed_clone(["git", "clone", "-q", git.repo_url("ref.git")], trash / f"git{n}"))
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)  # after every timed run, never between two
+        shutil.rmtree(work / "git", ignore_errors=True)
     result = CloneRun(median(m.seconds for m in ours), max(m.peak_rss_mb for m in ours))
-    if not with_git or git_http_missing():
-        return result
-    make_git_repo(synth, work / "git" / "ref.git")
-    with GitSmartHttp(work / "git") as git:
-        theirs = [_timed_clone(["git", "clone", "-q", git.repo_url("ref.git")], work / f"git{n}") for n in range(runs)]
-    shutil.rmtree(work / "git", ignore_errors=True)
-    result.git_s = median(m.seconds for m in theirs)
+    if theirs:
+        result.git_s = median(m.seconds for m in theirs)
     return result
 
 
@@ -134,9 +154,8 @@ def warm_pack(home: Path) -> None:
 
 
 def _timed_clone(command: list[str], target: Path) -> Measured:
-    measured = measure([*command, str(target)], stdout=subprocess.DEVNULL)
-    shutil.rmtree(target, ignore_errors=True)
-    return measured
+    """One timed clone into ``target``, left there (the caller deletes every clone after the last timed run)."""
+    return measure([*command, str(target)], stdout=subprocess.DEVNULL)
 
 
 def sha256_of(home: str) -> float:

@@ -1,22 +1,27 @@
-"""The client against a real gunicorn: clone, fetch, pull, push, verify and resumed downloads."""
+"""The client against a real gunicorn: clone, fetch, pull, push, verify, and pack downloads that break off or are altered."""
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import http.server
 import json
+import re
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import msgpack
 import pytest
 
 from bench.live_hub import LiveHub, live_hub, push_like_cli
 from mpack import cli
 from mpack.client import commands as client_cli
 from mpack.client import sync
-from mpack.client.hub_client import ClientError, HubClient
+from mpack.client.hub_client import ClientError, HubClient, TransportError
 from mpack.client.layout import MuseRepo
 from mpack.format import ids
+from mpack.format.errors import MuseError
 from tests.database import database_url
 from tests.factories import History
 
@@ -171,7 +176,7 @@ def test_a_private_repo_needs_a_token_and_a_failed_clone_leaves_nothing(server, 
     assert "already exists" in capsys.readouterr().err
 
 
-def test_a_download_resumes_from_a_partial_file(server, tmp_path):
+def test_a_pack_stream_resumes_from_the_hub_with_a_range(server):
     token = server.create_user("rita")
     server.create_repo(token, "resume")
     history = History()
@@ -179,49 +184,79 @@ def test_a_download_resumes_from_a_partial_file(server, tmp_path):
     push_like_cli(server, token, "/rita/resume", history, history.commits)
     answer, data = download_pack(server, "/rita/resume", history.tip)
     client = HubClient(f"{server.url}/rita/resume")
-    part = tmp_path / "pack.mpack.part"
-    part.write_bytes(data[:len(data) // 2])
-    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is True  # the hub answered 206
-    assert hashlib.sha256(part.read_bytes()).hexdigest() == ids.hex_of(answer["mpack_id"])
-    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is True  # 416: complete already
-    part.write_bytes(b"\0" * (len(data) // 2))  # a partial file that is not a prefix of the pack
-    with pytest.raises(ClientError, match="does not match its id"):
-        client.download(answer["mpack_url"], part, answer["mpack_id"])
-    assert not part.exists()
-    assert client.download(answer["mpack_url"], part, answer["mpack_id"]) is False
-    assert part.read_bytes() == data
+    with client.open_pack(answer["mpack_url"]) as stream:
+        assert stream.open().total == len(data)
+        first = stream.read(len(data) // 2)
+        stream._response.close()  # the connection drops here: the next read reconnects with Range
+        rest = b"".join(iter(lambda: stream.read(1 << 16), b""))
+        assert stream.resumes == 1 and stream.offset == len(data)
+    assert first + rest == data
 
 
-class _CutOnce:
-    """A pack server (stdlib http.server) that breaks off its first full answer half-way, then honours Range."""
+class _PackProxy:
+    """A proxy in front of the hub (stdlib http.server) that can break off or alter pack downloads.
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self.ranges = data, []
+    ``cut``: the first pack answer without a Range stops after that many bytes and the
+    connection drops (every later one is relayed whole). ``flip``: the byte at that offset
+    of every pack answer is altered. ``ranges`` records the Range header of each pack request.
+    """
+
+    def __init__(self, upstream: str, *, cut: int | None = None, flip: int | None = None) -> None:
+        self.upstream, self.cut, self.flip, self.ranges = urlsplit(upstream), cut, flip, []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
             def do_GET(self):
-                header = self.headers.get("Range")
-                owner.ranges.append(header)
-                if header is None:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(owner.data)))
-                    self.end_headers()
-                    self.wfile.write(owner.data[:len(owner.data) // 2])  # then the connection drops
-                    self.close_connection = True
-                    return
-                start = int(header.removeprefix("bytes=").rstrip("-"))
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(owner.data) - 1}/{len(owner.data)}")
-                self.send_header("Content-Length", str(len(owner.data) - start))
+                self.relay()
+
+            def do_POST(self):
+                self.relay()
+
+            def relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(owner.upstream.hostname, owner.upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                reply = conn.getresponse()
+                data = reply.read()
+                conn.close()
+                start = 0
+                if self.path.endswith("/fetch/mpack") and reply.status == 200:
+                    data = owner.through_here(data, reply.getheader("Content-Type") or "")
+                if self.path.startswith("/mpacks/"):
+                    owner.ranges.append(self.headers.get("Range"))
+                    match = re.match(r"bytes (\d+)-", reply.getheader("Content-Range") or "")
+                    start = int(match.group(1)) if match else 0
+                    if owner.flip is not None and start <= owner.flip < start + len(data):
+                        at = owner.flip - start
+                        data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+                self.send_response(reply.status)
+                for key, value in reply.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "server", "date", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", reply.getheader("Content-Length") if start else str(len(data)))
                 self.end_headers()
-                self.wfile.write(owner.data[start:])
+                if self.path.startswith("/mpacks/") and owner.cut is not None and start == 0:
+                    self.wfile.write(data[:owner.cut])  # then the connection drops
+                    owner.cut = None
+                    return
+                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def through_here(body: bytes, content_type: str) -> bytes:
+        """A fetch/mpack answer whose (absolute) pack URL is made relative, so that it comes through the proxy."""
+        answer = json.loads(body) if "json" in content_type else msgpack.unpackb(body, raw=False)
+        parts = urlsplit(answer["mpack_url"])
+        answer["mpack_url"] = f"{parts.path}?{parts.query}"
+        return json.dumps(answer).encode() if "json" in content_type else msgpack.packb(answer, use_bin_type=True)
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -232,16 +267,64 @@ class _CutOnce:
         self.httpd.server_close()
 
 
-def test_a_broken_download_is_retried_and_resumes_where_it_stopped(tmp_path):
-    data = b"MUSE-not-really-a-pack" * 50000
-    answer = {"mpack_id": hashlib.sha256(data).hexdigest(), "mpack_url": "/mpacks/x?sig=1"}
-    server = _CutOnce(data)
-    with server as base:
-        client = HubClient(f"{base}/o/r")
-        part = tmp_path / "x.mpack.part"
-        assert sync.download_pack(client, answer, part, "test") is True
-    assert part.read_bytes() == data
-    assert server.ranges == [None, f"bytes={len(data) // 2}-"]
+def muse_files(repo: MuseRepo) -> dict[str, bytes]:
+    return {p.relative_to(repo.muse).as_posix(): p.read_bytes() for p in sorted(repo.muse.rglob("*")) if p.is_file()}
+
+
+def test_a_clone_whose_pack_download_breaks_off_resumes_mid_pack_and_is_complete(server, tmp_path):
+    token = server.create_user("cora")
+    server.create_repo(token, "cut")
+    history = fifty_commits()
+    push_like_cli(server, token, "/cora/cut", history, history.commits)
+    answer, data = download_pack(server, "/cora/cut", "main")
+    cut = len(data) * 2 // 3  # inside the snapshot and commit records, after the blobs
+    proxy = _PackProxy(server.url, cut=cut)
+    with proxy as base:
+        url = f"{base}/cora/cut"
+        cloned = sync.clone(url, tmp_path / "cut", HubClient(url))
+    assert proxy.ranges == [None, f"bytes={cut}-"]  # broke off once, resumed where the reader was
+    assert cloned.head == history.tip
+    assert_clone_holds(MuseRepo(tmp_path / "cut"), history)
+    assert [p.name for p in tmp_path.iterdir()] == ["cut"]
+    assert not (tmp_path / "cut" / ".muse" / "tmp").exists()
+
+
+def test_a_pack_download_that_keeps_breaking_off_gives_up_and_leaves_nothing(server, tmp_path):
+    token = server.create_user("gail")
+    server.create_repo(token, "gone")
+    history = History().linear(5)
+    push_like_cli(server, token, "/gail/gone", history, history.commits)
+    with _PackProxy(server.url, cut=100) as base:
+        url = f"{base}/gail/gone"
+        client = HubClient(url)
+        answer = client.fetch_mpack([history.tip], [])
+        with client.open_pack(answer["mpack_url"], attempts=1) as stream, pytest.raises(TransportError, match="stopped at 100"):
+            b"".join(iter(lambda: stream.read(1 << 16), b""))
+
+
+def test_a_tampered_pack_stream_applies_nothing(server, tmp_path, capsys):
+    token = server.create_user("tess")
+    server.create_repo(token, "tamper")
+    history = fifty_commits()
+    push_like_cli(server, token, "/tess/tamper", history, history.commits[:30])
+    url = f"{server.url}/tess/tamper"
+    assert cli.main(["clone", url, str(tmp_path / "tamper")]) == 0
+    repo = MuseRepo(tmp_path / "tamper")
+    before = muse_files(repo)
+    old_tip = history.commits[29]["commit_id"]
+    push_like_cli(server, token, "/tess/tamper", history, history.commits[30:])
+    answer = server.call("POST", "/tess/tamper/fetch/mpack", {"want": [history.tip], "have": [old_tip]}).data()
+    proxy = _PackProxy(server.url, flip=answer["size_bytes"] // 2)  # mid-pack, in the fetch's pack and the clone's
+    with proxy as base:
+        repo.write_config(f"{base}/tess/tamper", "main")
+        before = muse_files(repo)
+        with pytest.raises(MuseError):
+            sync.fetch(repo, HubClient(f"{base}/tess/tamper"))
+        assert muse_files(repo) == before  # no object, record or ref moved; no stage left
+        assert cli.main(["clone", f"{base}/tess/tamper", str(tmp_path / "again")]) == 1
+    assert capsys.readouterr().err.startswith("mpackhub: ")
+    assert proxy.ranges == [None, None]  # each pack came through the proxy, altered
+    assert [p.name for p in tmp_path.iterdir()] == ["tamper"]  # the failed clone left nothing beside it
 
 
 def test_tokens_never_travel_over_plain_http_to_another_host(monkeypatch):

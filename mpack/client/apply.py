@@ -1,6 +1,7 @@
-"""Applying a downloaded mpack to a clone, all or nothing.
+"""Applying an mpack to a clone as it downloads, all or nothing.
 
-``stage_pack`` reads the whole pack with the verifying reader and spills
+``stage_pack`` reads the whole pack (a file, or the download itself as it
+arrives: ``apply_stream``) with the verifying reader and spills
 everything to a stage directory: each blob streams into a temp file, each
 snapshot and commit record is written there already as the JSON file the
 Muse layout holds. Memory holds one manifest (the reader's) and the ids of
@@ -219,19 +220,26 @@ def _stage_blob(staged: StagedPack, path: str, record: BlobRecord) -> str:
 
 def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, bar: Bar | None = None, *,
                expected_id: str | None = None) -> StagedPack:
-    """Stage and apply the pack at ``pack_path`` into ``repo``; returns the (discarded) stage for its counts.
+    """Stage and apply the pack file at ``pack_path`` into ``repo`` (``apply_stream`` over the file)."""
+    with open(pack_path, "rb") as src:
+        return apply_stream(src, repo, bar, total=os.fstat(src.fileno()).st_size, expected_id=expected_id)
 
-    The stage lives in ``.muse/tmp`` so that objects and records move in by rename. ``bar``
-    shows the bytes of the pack read and verified so far.
+
+def apply_stream(source: BinaryIO, repo: MuseRepo, bar: Bar | None = None, *, total: int | None = None,
+                 expected_id: str | None = None) -> StagedPack:
+    """Stage the pack read from ``source`` (a file, or a download as it arrives), then apply it to ``repo``.
+
+    Returns the (discarded) stage for its counts. The stage lives in ``.muse/tmp`` so
+    that objects and records move in by rename; nothing moves before the whole pack
+    has been read and verified. ``bar`` shows the bytes read and verified so far, of ``total``.
 
     Raises:
-        IdMismatch: ``expected_id`` is given and the file's sha256 differs (nothing applied).
+        IdMismatch: ``expected_id`` is given and the pack's sha256 differs (nothing applied).
     """
     stage_dir = tempfile.mkdtemp(prefix="stage-", dir=repo.tmp_dir)
     try:
-        with open(pack_path, "rb") as src:
-            reader = CountingReader(src, os.fstat(src.fileno()).st_size, bar) if bar else src
-            staged = stage_pack(reader, stage_dir, repo.snapshot_manifest)
+        reader = CountingReader(source, total, bar) if bar else source
+        staged = stage_pack(reader, stage_dir, repo.snapshot_manifest)
         if expected_id is not None and staged.trailer.mpack_hex != ids.hex_of(expected_id):
             raise IdMismatch("mpack", expected_id, staged.trailer.mpack_hex)
     except BaseException:

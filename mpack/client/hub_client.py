@@ -4,8 +4,9 @@ Stdlib ``urllib`` only, one request per connection, no redirects (as the Muse
 CLI). Bodies are msgpack (``use_bin_type=True``); responses are decoded by
 their ``Content-Type`` (msgpack or JSON). Every failure is one ``ClientError``
 whose detail is a single line; connection-level failures are the
-``TransportError`` subclass, which a caller may retry (a download then
-resumes where it stopped). A token is never sent over plain http except to
+``TransportError`` subclass, which a caller may retry. A pack is read as it
+arrives (``PackStream``) and a download that breaks off resumes where it
+stopped, with ``Range``. A token is never sent over plain http except to
 localhost, 127.0.0.1 or ::1.
 """
 from __future__ import annotations
@@ -13,15 +14,14 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import msgpack
 
-from mpack.client.layout import file_digest
 from mpack.format import ids
 from mpack.format.errors import MuseError
 
@@ -32,9 +32,10 @@ MAX_RESPONSE = 64 << 20  # the Muse CLI reads at most this much of a wire respon
 PUSH_CHUNK_OBJECTS = 400
 PUSH_CHUNK_BYTES = 32 << 20  # keeps a chunk of large blobs well under the hub's body limit
 DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_ATTEMPTS = 3  # connections in a row that bring no byte before a download gives up
+RETRY_PAUSE = 0.2  # seconds, times the number of failures so far
 EMPTY_BLOB = ids.object_digest(b"")  # never transferred: every hub holds it
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-_UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 Progress = Callable[[int, int | None], None]
@@ -184,64 +185,9 @@ class HubClient:
             raise ClientError("the hub answered fetch/mpack without an mpack_id and mpack_url")
         return answer
 
-    def download(self, url: str, dest_path: str | Path, expected_id: str, progress: Progress | None = None,
-                 *, verify: bool = True) -> bool:
-        """Download a signed pack URL into ``dest_path``, resuming a partial file; True if it resumed.
-
-        An existing ``dest_path`` is continued with ``Range: bytes=<size>-`` (206
-        appends, 200 starts over, 416 with a matching size means complete). The
-        finished file's sha256 must equal the hex of ``expected_id``; otherwise
-        it is deleted and ``ClientError`` raised. A connection that breaks off
-        raises ``TransportError`` and keeps the partial file for the next try.
-        No token is sent: the URL carries its own signature. ``verify=False``
-        skips that hash for a caller whose reader computes it anyway (``apply_pack``
-        checks the pack's id while it reads it: one pass over the file, not two).
-        """
-        dest = Path(dest_path)
-        offset = dest.stat().st_size if dest.is_file() else 0
-        resumed, total = self._download_from(urljoin(self.url + "/", url), dest, offset, progress)
-        size = dest.stat().st_size
-        if total is not None and size < total:
-            raise TransportError(f"download from {self.host} stopped at {size} of {total} bytes")
-        if not verify:
-            return resumed
-        actual = file_digest(dest)
-        if actual != ids.hex_of(expected_id):
-            dest.unlink()
-            raise ClientError(f"downloaded pack does not match its id {expected_id} (sha256 {actual}); deleted it")
-        return resumed
-
-    def _download_from(self, url: str, dest: Path, offset: int, progress: Progress | None) -> tuple[bool, int | None]:
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            response = self._open(urllib.request.Request(url, headers=headers))
-        except ClientError as exc:
-            if exc.status != 416 or not offset:
-                raise
-            match = _UNSATISFIED_RANGE.fullmatch(exc.headers.get("content-range", ""))
-            if match and int(match.group(1)) == offset:
-                return True, offset  # the partial file is already the whole pack
-            dest.unlink()
-            return self._download_from(url, dest, 0, progress)
-        with response:
-            start, total = _window(response, offset)
-            if start is None:  # a 206 for another range than asked: start over
-                dest.unlink()
-                return self._download_from(url, dest, 0, progress)
-            self._copy(response, dest, start, total, progress)
-        return response.status == 206, total
-
-    def _copy(self, response, dest: Path, start: int, total: int | None, progress: Progress | None) -> None:
-        done = start
-        with open(dest, "ab" if start else "wb") as out:
-            try:
-                while chunk := response.read(DOWNLOAD_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-            except NETWORK_ERRORS as exc:
-                raise TransportError(f"download from {self.host} broke off at {done} bytes: {exc}") from None
+    def open_pack(self, url: str, *, attempts: int = DOWNLOAD_ATTEMPTS) -> PackStream:
+        """A signed pack URL opened for reading as it arrives (``PackStream``); no token is sent."""
+        return PackStream(self, urljoin(self.url + "/", url), attempts=attempts)
 
     # -- pushing ----------------------------------------------------------------------
 
@@ -273,6 +219,99 @@ class HubClient:
         if answer.get("ok") is not True:
             raise ClientError(f"push refused: {answer.get('message') or 'no reason given'}")
         return answer
+
+
+class PackStream:
+    """A pack download read as a file, for the verifying reader to consume as it arrives.
+
+    ``read(n)`` returns up to ``n`` bytes (``b""`` only at the end of the pack).
+    A connection that breaks off, or ends before its ``Content-Length``, is
+    reopened with ``Range: bytes=<offset>-`` and the read goes on where it
+    stopped: the reader's state (hashes, the record under way) is untouched.
+    ``attempts`` connections in a row that bring nothing raise
+    ``TransportError``. A hub that ignores the range (200) has the bytes
+    already read skipped; one that answers another range, or a pack of another
+    size, raises ``ClientError``. Nothing here checks the bytes: the reader
+    checks every record and the pack's id, so a resumed stream that differs
+    fails there and nothing is applied.
+    """
+
+    def __init__(self, client: HubClient, url: str, *, attempts: int = DOWNLOAD_ATTEMPTS,
+                 pause: float = RETRY_PAUSE) -> None:
+        self._client, self._url, self._attempts, self._pause = client, url, attempts, pause
+        self._response = None
+        self.offset, self.total, self.resumes = 0, None, 0
+
+    def __enter__(self) -> PackStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def open(self) -> PackStream:
+        """Connect now (``read`` connects on its own): the total size is then known."""
+        self._with_retries(None)
+        return self
+
+    def read(self, n: int = -1) -> bytes:
+        return self._with_retries(lambda: self._response.read(n if n >= 0 else None))
+
+    def _with_retries(self, read: Callable[[], bytes] | None) -> bytes:
+        failures = 0
+        while True:
+            try:
+                if self._response is None:
+                    self._connect()
+                if read is None:  # open(): connected
+                    return b""
+                data = read()
+            except TransportError as exc:
+                problem = str(exc)
+            except NETWORK_ERRORS as exc:
+                problem = f"download from {self._client.host} broke off at {self.offset} bytes: {exc}"
+            else:
+                if data or self.total is None or self.offset >= self.total:
+                    self.offset += len(data)
+                    return data
+                problem = f"download from {self._client.host} stopped at {self.offset} of {self.total} bytes"
+            self.close()
+            failures += 1
+            if failures >= self._attempts:
+                raise TransportError(problem)
+            time.sleep(self._pause * failures)
+
+    def _connect(self) -> None:
+        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
+        response = self._client._open(urllib.request.Request(self._url, headers=headers))
+        try:
+            start, total = _window(response, self.offset)
+            if start is None or (self.total is not None and total is not None and total != self.total):
+                raise ClientError(f"the pack at {self._client.host} changed while it was downloaded "
+                                  f"(asked from byte {self.offset}, answered {response.headers.get('Content-Range')!r})")
+            if start < self.offset:
+                self.resumes += 1
+                _skip(response, self.offset - start)
+            elif self.offset:
+                self.resumes += 1
+        except BaseException:
+            response.close()
+            raise
+        self.total = total if total is not None else self.total
+        self._response = response
+
+
+def _skip(response, count: int) -> None:
+    """Read and drop ``count`` bytes of a response (a 200 to a ranged request)."""
+    while count:
+        data = response.read(min(count, DOWNLOAD_CHUNK))
+        if not data:
+            raise TransportError("the pack ended before the bytes already read")
+        count -= len(data)
 
 
 def _window(response, offset: int) -> tuple[int | None, int | None]:

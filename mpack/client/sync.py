@@ -18,27 +18,25 @@ remote branch. Guarantees:
       a local branch or the checked-out one.
     * pull fast-forwards only, refuses to overwrite local changes, and moves
       the branch ref after the work tree.
-    * A pack download that breaks off is retried in place and resumes
-      (``Range``); a fetch that gives up keeps the partial file under
-      ``.muse/tmp`` so that the next fetch resumes it.
+    * A pack is applied as it downloads (never written whole to disk first);
+      a connection that breaks off is reopened and resumes where the reader
+      stopped (``Range``). A fetch that gives up applies nothing and keeps
+      nothing: the next one starts over (docs/decisions.md).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpack.client.apply import apply_pack
+from mpack.client.apply import apply_stream
 from mpack.client.files import dir_mode
-from mpack.client.hub_client import ClientError, HubClient, TransportError
+from mpack.client.hub_client import ClientError, HubClient
 from mpack.client.layout import MuseRepo
 from mpack.client.progress import QUIET, Bars
 from mpack.format import ids, rules
-
-DOWNLOAD_ATTEMPTS = 3
 
 
 @dataclass
@@ -56,35 +54,21 @@ class Fetched:
     new_branches: list[str]  # local branches created for new remote branches
 
 
-def download_pack(client: HubClient, answer: dict, part: Path, label: str, bars: Bars = QUIET) -> bool:
-    """Download ``answer['mpack_url']`` to ``part``, retrying broken connections (each retry resumes)."""
-    bar = bars(f"{label}: download")
-    try:
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                # apply_pack checks the pack's id as it reads it: no separate hashing pass here
-                return client.download(answer["mpack_url"], part, answer["mpack_id"], bar, verify=False)
-            except TransportError:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-                time.sleep(0.2 * attempt)
-        return False  # not reached
-    finally:
-        if bar:
-            bar.close()
-
-
 def fetch_pack(client: HubClient, repo: MuseRepo, want: list[str], have: list[str], label: str,
                bars: Bars = QUIET) -> dict:
-    """Ask the hub for a pack of ``want`` minus ``have``, download it and apply it to ``repo``."""
+    """Ask the hub for a pack of ``want`` minus ``have`` and apply it to ``repo`` as it downloads.
+
+    The pack is never written whole to disk: the verifying reader consumes the
+    download (``PackStream``, which resumes a broken connection with ``Range``)
+    and stages its objects and records; they move into ``repo`` only once the
+    pack's id has checked out (docs/decisions.md).
+    """
     answer = client.fetch_mpack(want, have)
-    part = repo.tmp_dir / f"{ids.hex_of(answer['mpack_id'])}.mpack.part"
-    download_pack(client, answer, part, label, bars)
-    bar = bars(f"{label}: apply")
+    bar = bars(f"{label}: download and apply")
     try:
-        apply_pack(part, repo, bar, expected_id=answer["mpack_id"])
+        with client.open_pack(answer["mpack_url"]) as stream:
+            apply_stream(stream.open(), repo, bar, total=stream.total, expected_id=answer["mpack_id"])
     finally:
-        part.unlink(missing_ok=True)
         if bar:
             bar.close()
     return answer

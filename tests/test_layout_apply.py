@@ -130,7 +130,7 @@ def test_stage_pack_streams_blobs_to_files_and_applies_nothing(tmp_path):
     assert staged.trailer is not None and staged.trailer.blob_count == 1
     (blob_file,) = map(Path, staged.blobs.values())
     (content,) = history.blobs.values()
-    assert blob_file.parent == tmp_path / "stage" and blob_file.read_bytes() == content
+    assert blob_file.is_relative_to(tmp_path / "stage") and blob_file.read_bytes() == content
     staged.discard()
     assert not (tmp_path / "stage").exists()
 

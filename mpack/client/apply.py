@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import shutil
 import tempfile
-from collections import deque
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -38,7 +38,9 @@ from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Traile
 
 EMPTY_BLOB = ids.object_digest(b"")
 WRITER_THREADS = 4
-MAX_QUEUED_BYTES = 16 << 20  # staged bytes handed to the writer threads and not yet written
+MAX_QUEUED_BYTES = 16 << 20  # staged bytes handed to the writer threads and not yet written (about)
+BATCH_BYTES = 1 << 20  # a batch of stage files goes to one writer thread at a time
+BATCH_FILES = 64
 
 
 class IncompletePack(MuseError):
@@ -111,9 +113,9 @@ class StagedPack:
         finally:
             self.discard()
 
-    def stage_path(self, kind: str) -> str:
+    def stage_name(self, kind: str) -> str:
         """A fresh file name in the stage (one per record: a pack may repeat an id)."""
-        return os.path.join(self.stage_dir, f"{kind}-{next(self._names)}")
+        return f"{kind}-{next(self._names)}"
 
     def discard(self) -> None:
         """Delete the stage directory and everything in it."""
@@ -122,45 +124,100 @@ class StagedPack:
 
 class StageWriter:
     """Writes stage files on a few threads: creating one file per object and record is most of an
-    apply's cost, and threads overlap the file system's latency (the GIL is released in I/O).
+    apply's cost, and threads overlap it with the reader's parsing and hashing (the GIL is released
+    in the system calls).
 
-    At most ``MAX_QUEUED_BYTES`` wait in memory; the first failure is raised by
-    ``write`` or ``finish``.
+    Files go to the threads in batches (``BATCH_BYTES`` or ``BATCH_FILES``, whichever comes
+    first), round robin, through bounded queues: one hand-over per batch, not per file, and at
+    most ``MAX_QUEUED_BYTES`` (about) waiting in memory. Each thread creates its files in a
+    directory of its own under ``stage_dir``: creations in one directory serialise on its lock
+    (threads sharing one spent their time spinning on it). Each file is created with ``os.open``
+    (``O_EXCL``: nothing there is replaced or followed), written and closed: three system calls.
+    The first failure is raised by ``write`` or ``finish``.
     """
 
-    def __init__(self, threads: int = WRITER_THREADS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mpack-stage")
-        self._queued: deque[tuple[Future, int]] = deque()
-        self._bytes = 0
+    def __init__(self, stage_dir: str | os.PathLike, threads: int = WRITER_THREADS) -> None:
+        self._dirs = [os.path.join(stage_dir, f"w{n}") for n in range(threads)]
+        for folder in self._dirs:
+            os.mkdir(folder)
+        slots = max(1, MAX_QUEUED_BYTES // BATCH_BYTES // threads - 1)
+        self._queues: list[queue.Queue[list[tuple[str, bytes]] | None]] = [queue.Queue(slots) for _ in range(threads)]
+        self._next = 0  # the thread the batch being filled goes to
+        self._batch: list[tuple[str, bytes]] = []
+        self._batch_bytes = 0
+        self._errors: list[BaseException] = []
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._run, args=(q,), name=f"mpack-stage-{n}", daemon=True)
+                         for n, q in enumerate(self._queues)]
+        for thread in self._threads:
+            thread.start()
 
-    def write(self, path: str, data: bytes) -> str:
-        self._queued.append((self._pool.submit(_write_file, path, data), len(data)))
-        self._bytes += len(data)
-        while self._bytes > MAX_QUEUED_BYTES or len(self._queued) > 1024:
-            self._settle_one()
+    def write(self, name: str, data: bytes) -> str:
+        """Queue ``data`` for a new stage file called ``name`` (unique in the stage); returns its path."""
+        path = os.path.join(self._dirs[self._next], name)
+        self._batch.append((path, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._hand_over()
         return path
 
-    def _settle_one(self) -> None:
-        future, size = self._queued.popleft()
-        self._bytes -= size
-        future.result()
+    def own_path(self, name: str) -> str:
+        """A path for a stage file the caller writes itself."""
+        return os.path.join(self._dirs[0], name)
+
+    def _hand_over(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+        if self._batch:
+            self._queues[self._next].put(self._batch)
+            self._batch, self._batch_bytes = [], 0
+            self._next = (self._next + 1) % len(self._queues)
+
+    def _run(self, batches: queue.Queue) -> None:
+        while (batch := batches.get()) is not None:
+            if self._errors or self._stopping:
+                continue  # keep draining so that the producer never blocks; write nothing more
+            try:
+                for path, data in batch:
+                    _write_file(path, data)
+            except BaseException as exc:  # noqa: BLE001 — handed to the producer
+                self._errors.append(exc)
 
     def finish(self) -> None:
         """Wait for every write; raises the first failure."""
         try:
-            while self._queued:
-                self._settle_one()
-        finally:
+            self._hand_over()
+        except BaseException:
             self.close()
+            raise
+        self._stop()
+        if self._errors:
+            raise self._errors[0]
 
     def close(self) -> None:
-        """Stop, letting writes under way end (the caller may then delete the stage)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop without writing what is still queued, letting writes under way end (the caller may then delete the stage)."""
+        self._stopping = True
+        self._stop()
+
+    def _stop(self) -> None:
+        for batches in self._queues:
+            batches.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads, self._queues = [], []
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def _write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
+    fd = os.open(path, _CREATE, 0o666)  # the umask decides the mode: the file is renamed into the clone
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
@@ -175,7 +232,7 @@ def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
     """
     stage = Path(stage_dir)
     stage.mkdir(parents=True, exist_ok=True)
-    staged = StagedPack(stage, files=StageWriter())
+    staged = StagedPack(stage, files=StageWriter(stage))
     try:
         for record in iter_mpack(pack_file, snapshot_base=snapshot_base):
             _stage_record(staged, record)
@@ -190,29 +247,30 @@ def stage_pack(pack_file: BinaryIO, stage_dir: str | os.PathLike,
 def _stage_record(staged: StagedPack, record: BlobRecord | SnapshotRecord | CommitRecord | Trailer) -> None:
     if isinstance(record, BlobRecord):
         digest = ids.hex_of(record.object_id)
-        staged.blobs[digest] = _stage_blob(staged, staged.stage_path("b"), record)
+        staged.blobs[digest] = _stage_blob(staged, staged.stage_name("b"), record)
     elif isinstance(record, SnapshotRecord):
         snapshot_id = record.data["snapshot_id"]
         digest = ids.hex_of(snapshot_id)
         for object_id in record.changed.values():  # the entries new to a receiver holding the base
             staged.objects_named.setdefault(object_id[-64:], object_id)
         staged.snapshots[digest] = (snapshot_id, staged.files.write(
-            staged.stage_path("s"), staged.snapshot_json.render(record)))
+            staged.stage_name("s"), staged.snapshot_json.render(record)))
     elif isinstance(record, CommitRecord):
         data = record.data
         digest = ids.hex_of(data["commit_id"])
         parents = [p for p in (data.get("parent_commit_id"), data.get("parent2_commit_id")) if p]
-        path = staged.files.write(staged.stage_path("c"), record_json("commits", data))
+        path = staged.files.write(staged.stage_name("c"), record_json("commits", data))
         staged.commits[digest] = StagedCommit(data["commit_id"], data["snapshot_id"], parents, path)
     else:
         staged.trailer = record
 
 
-def _stage_blob(staged: StagedPack, path: str, record: BlobRecord) -> str:
+def _stage_blob(staged: StagedPack, name: str, record: BlobRecord) -> str:
     # Stage files are created with the umask's mode (open, not mkstemp): they are renamed into the clone.
     if record.size <= MAX_QUEUED_BYTES // 8:  # small: read it whole (one chunk or two), write it on a thread
-        return staged.files.write(path, b"".join(record.chunks))  # the reader checks the id as the chunks run out
-    with open(path, "wb") as out:
+        return staged.files.write(name, b"".join(record.chunks))  # the reader checks the id as the chunks run out
+    path = staged.files.own_path(name)
+    with open(path, "xb") as out:
         for chunk in record.chunks:
             out.write(chunk)
     return path

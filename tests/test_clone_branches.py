@@ -262,7 +262,7 @@ def test_the_cli_draws_download_and_apply_progress_on_a_terminal_only(server, tm
     url = f"{server.url}/gus/tune"
     code, _, shown = run_on_a_terminal(["clone", url, str(tmp_path / "a")], tmp_path)
     assert code == 0
-    for label in ("clone main: download", "clone main: apply", "clone dev: download", "clone feature/x: apply"):
+    for label in ("clone main: download and apply", "clone dev: download and apply", "clone feature/x: download and apply"):
         assert label in shown
     assert "100%" in shown and "B/s" in shown
     code, _, shown = run_on_a_terminal(["clone", "--quiet", url, str(tmp_path / "b")], tmp_path)

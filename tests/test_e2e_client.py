@@ -289,6 +289,21 @@ def test_a_clone_whose_pack_download_breaks_off_resumes_mid_pack_and_is_complete
     assert not (tmp_path / "cut" / ".muse" / "tmp").exists()
 
 
+def test_a_clone_moves_refs_only_once_its_history_is_durable(server, tmp_path, monkeypatch):
+    token = server.create_user("dora")
+    server.create_repo(token, "durable")
+    history = History().linear(6)
+    push_like_cli(server, token, "/dora/durable", history, history.commits)
+    events = []
+    real_durable, real_write_ref = sync.make_durable, MuseRepo._write_ref
+    monkeypatch.setattr(sync, "make_durable", lambda paths: (real_durable(paths), events.append(("durable", len(paths)))))
+    monkeypatch.setattr(MuseRepo, "_write_ref", lambda self, *a: (events.append(("ref", a[1])), real_write_ref(self, *a)))
+    url = f"{server.url}/dora/durable"
+    sync.clone(url, tmp_path / "durable", HubClient(url))
+    assert events[0][0] == "durable" and events[0][1] >= 6 + 6 + 6  # objects, snapshots, commits of the pack
+    assert [kind for kind, _ in events[1:]] == ["ref", "ref"]
+
+
 def test_a_pack_download_that_keeps_breaking_off_gives_up_and_leaves_nothing(server, tmp_path):
     token = server.create_user("gail")
     server.create_repo(token, "gone")

@@ -93,8 +93,12 @@ class StagedPack:
             return IncompletePack("parent commits", parents)
         return None
 
-    def commit_into(self, repo: MuseRepo) -> None:
+    def commit_into(self, repo: MuseRepo, pending: list[Path] | None = None) -> None:
         """Check completeness, move objects, snapshots and commits into ``repo``, make them durable; drop the stage.
+
+        With ``pending``, the files moved in are added to it instead of made durable
+        here: the caller makes them durable (``files.make_durable``) before it moves
+        any ref (a clone does it while it writes the work tree).
 
         Raises:
             IncompletePack: A reference is unsatisfied; nothing was moved.
@@ -109,7 +113,11 @@ class StagedPack:
                 written.append(repo.object_path(EMPTY_BLOB))
             written += [repo.install_record_file("snapshots", sid, path) for sid, path in self.snapshots.values()]
             written += [repo.install_record_file("commits", c.commit_id, c.path) for c in self.commits.values()]
-            make_durable([path for path in written if path is not None])
+            written = [path for path in written if path is not None]
+            if pending is None:
+                make_durable(written)
+            else:
+                pending += written
         finally:
             self.discard()
 
@@ -284,12 +292,13 @@ def apply_pack(pack_path: str | os.PathLike, repo: MuseRepo, bar: Bar | None = N
 
 
 def apply_stream(source: BinaryIO, repo: MuseRepo, bar: Bar | None = None, *, total: int | None = None,
-                 expected_id: str | None = None) -> StagedPack:
+                 expected_id: str | None = None, pending: list[Path] | None = None) -> StagedPack:
     """Stage the pack read from ``source`` (a file, or a download as it arrives), then apply it to ``repo``.
 
     Returns the (discarded) stage for its counts. The stage lives in ``.muse/tmp`` so
     that objects and records move in by rename; nothing moves before the whole pack
     has been read and verified. ``bar`` shows the bytes read and verified so far, of ``total``.
+    ``pending``: as in ``StagedPack.commit_into``.
 
     Raises:
         IdMismatch: ``expected_id`` is given and the pack's sha256 differs (nothing applied).
@@ -303,5 +312,5 @@ def apply_stream(source: BinaryIO, repo: MuseRepo, bar: Bar | None = None, *, to
     except BaseException:
         shutil.rmtree(stage_dir, ignore_errors=True)
         raise
-    staged.commit_into(repo)
+    staged.commit_into(repo, pending)
     return staged

@@ -9,6 +9,8 @@ remote branch. Guarantees:
     * clone builds the whole repository in a hidden sibling temp directory and
       renames it to its target at the end; any failure deletes the temp
       directory, so the target is either complete or absent.
+    * clone makes the history durable (one pass, ``files.make_durable``) while
+      it writes the work tree, and writes the refs after both.
     * clone asks for one pack per branch: the checked-out branch's whole
       history (the pack every push prebuilds: a cache hit), then each other
       branch as a delta over the heads already there (docs/decisions.md).
@@ -28,11 +30,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpack.client.apply import apply_stream
-from mpack.client.files import dir_mode
+from mpack.client.files import dir_mode, make_durable
 from mpack.client.hub_client import ClientError, HubClient
 from mpack.client.layout import MuseRepo
 from mpack.client.progress import QUIET, Bars
@@ -55,19 +58,20 @@ class Fetched:
 
 
 def fetch_pack(client: HubClient, repo: MuseRepo, want: list[str], have: list[str], label: str,
-               bars: Bars = QUIET) -> dict:
+               bars: Bars = QUIET, pending: list[Path] | None = None) -> dict:
     """Ask the hub for a pack of ``want`` minus ``have`` and apply it to ``repo`` as it downloads.
 
     The pack is never written whole to disk: the verifying reader consumes the
     download (``PackStream``, which resumes a broken connection with ``Range``)
     and stages its objects and records; they move into ``repo`` only once the
-    pack's id has checked out (docs/decisions.md).
+    pack's id has checked out (docs/decisions.md). ``pending``: see ``StagedPack.commit_into``.
     """
     answer = client.fetch_mpack(want, have)
     bar = bars(f"{label}: download and apply")
     try:
         with client.open_pack(answer["mpack_url"]) as stream:
-            apply_stream(stream.open(), repo, bar, total=stream.total, expected_id=answer["mpack_id"])
+            apply_stream(stream.open(), repo, bar, total=stream.total, expected_id=answer["mpack_id"],
+                         pending=pending)
     finally:
         if bar:
             bar.close()
@@ -126,12 +130,17 @@ def clone(url: str, target: Path, client: HubClient, branch: str | None = None, 
     temp = Path(tempfile.mkdtemp(prefix=f".{target.absolute().name}.clone-", dir=target.absolute().parent))
     try:
         repo = MuseRepo.init(temp, repo_id=str(refs.get("repo_id") or ""), domain=str(refs.get("domain") or "midi"))
-        count = fetch_branches(client, repo, heads, branch, bars)
+        pending: list[Path] = []
+        count = fetch_branches(client, repo, heads, branch, bars, pending)
+        # The history is made durable while the work tree is written; the refs wait for both.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpack-durable") as pool:
+            durable = pool.submit(make_durable, pending)
+            if branch in heads:  # else an empty remote: a clone with no commits, ready to push
+                repo.checkout(manifest_of(repo, heads[branch]), fresh=True)  # in the temp dir: created in place
+            durable.result()
         for name, head in heads.items():
             repo.set_branch_head(name, head)
             repo.set_remote_head(name, head)
-        if branch in heads:  # else an empty remote: a clone with no commits, ready to push
-            repo.checkout(manifest_of(repo, heads[branch]), fresh=True)  # in the temp dir: created in place
         repo.write_config(url, branch)
         repo.set_head_branch(branch)
         shutil.rmtree(repo.muse / "tmp", ignore_errors=True)
@@ -143,13 +152,14 @@ def clone(url: str, target: Path, client: HubClient, branch: str | None = None, 
     return Cloned(target, branch, heads.get(branch), count, sorted(heads))
 
 
-def fetch_branches(client: HubClient, repo: MuseRepo, heads: dict[str, str], first: str, bars: Bars = QUIET) -> int:
+def fetch_branches(client: HubClient, repo: MuseRepo, heads: dict[str, str], first: str, bars: Bars = QUIET,
+                   pending: list[Path] | None = None) -> int:
     """Bring in the history of every head: ``first``'s whole pack, then each other branch as a delta.
 
     The first pack is the one every push prebuilds (a cache hit); the others
     name the heads already fetched as haves, in a fixed order, so a second
     clone of the same tips hits the packs the first one had built. Returns
-    the number of commits received.
+    the number of commits received. ``pending``: see ``StagedPack.commit_into``.
     """
     order = sorted(heads, key=lambda name: (name != first, name))
     present: list[str] = []
@@ -157,7 +167,7 @@ def fetch_branches(client: HubClient, repo: MuseRepo, heads: dict[str, str], fir
     for name in order:
         head = heads[name]
         if not repo.has_commit(head):
-            answer = fetch_pack(client, repo, [head], present, f"clone {name}", bars)
+            answer = fetch_pack(client, repo, [head], present, f"clone {name}", bars, pending)
             _require_commit(repo, head)
             count += int(answer.get("commit_count") or 0)
         present.append(head)

@@ -7,9 +7,10 @@ only what changed between two snapshots.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,20 +60,23 @@ class WorkTree:
             unlink_quietly(targets[path])
             self._prune_dirs(targets[path].parent)
         made: set[Path] = set()
+        by_folder: dict[Path, list[tuple[str, Path]]] = {}
+        for path, oid in changed.items():
+            target = targets[path]
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
+                made.add(target.parent)
+            elif target.is_symlink():
+                raise UnsafePath(path, f"{target} is a symlink")
+            by_folder.setdefault(target.parent, []).append((oid, target))
+        write = self._create_file if fresh else self._copy_object
+        # Creating files dominates a checkout: threads overlap the file system's latency, each with
+        # whole directories of its own (creations in one directory serialise on its lock).
+        shares = _shares(list(by_folder.values()), COPY_THREADS)
         with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="mpack-checkout") as pool:
-            copies = []
-            for path, oid in changed.items():
-                target = targets[path]
-                if target.parent not in made:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._refuse_symlinks(path, target)  # mkdir followed nothing: re-check what now exists
-                    made.add(target.parent)
-                elif target.is_symlink():
-                    raise UnsafePath(path, f"{target} is a symlink")
-                # Creating files dominates a checkout: threads overlap the file system's latency.
-                copies.append(pool.submit(self._create_file if fresh else self._copy_object, oid, target))
-            for copy in copies:
-                copy.result()
+            for done in [pool.submit(_write_all, write, share) for share in shares]:
+                done.result()
 
     def modified_paths(self, checked_out: Mapping[str, str], incoming: Mapping[str, str]) -> list[str]:
         """Work-tree paths a move from ``checked_out`` to ``incoming`` would overwrite or delete unsaved.
@@ -115,11 +119,56 @@ class WorkTree:
             raise
 
     def _create_file(self, object_id: str, target: Path) -> None:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
-        with os.fdopen(fd, "wb") as out, open(self.object_path(object_id), "rb") as source:
-            shutil.copyfileobj(source, out, READ_CHUNK)
+        fd = os.open(target, _CREATE, 0o666)  # the umask decides the mode
+        try:
+            _copy_into(fd, self.object_path(object_id))
+        finally:
+            os.close(fd)
 
     def _prune_dirs(self, folder: Path) -> None:
         while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _copy_into(fd: int, source: Path) -> None:
+    """Copy the file ``source`` into the open file ``fd`` (in the kernel where it can)."""
+    src = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if hasattr(os, "copy_file_range"):
+            try:
+                while os.copy_file_range(src, fd, READ_CHUNK << 4):
+                    pass
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                os.lseek(src, 0, os.SEEK_SET)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+        while block := os.read(src, READ_CHUNK):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(src)
+
+
+def _write_all(write: Callable[[str, Path], None], share: list[list[tuple[str, Path]]]) -> None:
+    for folder in share:
+        for object_id, target in folder:
+            write(object_id, target)
+
+
+def _shares(folders: list[list[tuple[str, Path]]], count: int) -> list[list[list[tuple[str, Path]]]]:
+    """``folders`` dealt to ``count`` workers, biggest first, each to the least loaded one."""
+    shares: list[list[list[tuple[str, Path]]]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for folder in sorted(folders, key=len, reverse=True):
+        least = loads.index(min(loads))
+        shares[least].append(folder)
+        loads[least] += len(folder)
+    return [share for share in shares if share]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from typing import BinaryIO, TextIO
 
-from tqdm import tqdm
-
 REPORT_EVERY = 256 << 10  # bytes between two callbacks while reading a pack
 
 
@@ -20,6 +18,8 @@ class Bar:
     """One tqdm bar in bytes; call it with (bytes done, total or None), then ``close()``."""
 
     def __init__(self, label: str, stream: TextIO) -> None:
+        from tqdm import tqdm  # only on a terminal: a piped or quiet command does not pay for the import
+
         self._bar = tqdm(desc=label, total=None, unit="B", unit_scale=True, unit_divisor=1024,
                          file=stream, mininterval=0.1, dynamic_ncols=True, leave=True)
         self._first = True

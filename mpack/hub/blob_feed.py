@@ -1,0 +1,197 @@
+"""The blobs of a pack being built, read and verified on a helper thread ahead of the writer.
+
+A build checks every stored blob as it reads it (a damaged blob fails the
+build instead of shipping) and hashes the pack as it writes it (its sha256 is
+the mpack id). The check is the CRC-32 recorded at push, when the same bytes
+were hashed against their id: zlib's crc32 runs at ~3x sha256's speed here
+(6.9 vs 2.0 GB/s), and with the length it catches damage on disk as surely.
+Rows older than schema 7 have no CRC: their blobs are checked by sha256.
+Both zlib and hashlib release the GIL, so on two cores this thread opens,
+reads and checks blobs in pack order while the caller's thread hashes and
+writes the pack. At most ``AHEAD`` chunks of at most ``CHUNK`` bytes wait
+between them, whatever the size of a blob.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, NamedTuple
+
+from mpack.format.writer import CHUNK_SIZE
+from mpack.hub.errors import CorruptStoredBlob
+
+CHUNK = CHUNK_SIZE  # the writer's chunk: a large blob is handed over in the pieces the pack stores
+AHEAD = 24  # chunks read ahead of the writer, at most (24 MiB)
+_PUT_WAIT = 0.1  # seconds between checks of a cancelled build while the queue is full
+_END = object()
+
+
+class StoredBlob(NamedTuple):
+    """A blob of the pack: its digest, its id as the snapshot spells it, its size and CRC-32 (None: unknown)."""
+
+    digest: str
+    object_id: str
+    size: int
+    crc32: int | None
+
+
+class _Crc32:
+    """A running CRC-32 with hashlib's ``update``."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+
+class FeedCancelled(Exception):
+    """The writer stopped taking blobs (it failed); the reading thread ends."""
+
+
+class BlobFeed:
+    """Yields ``(object_id, source, size)`` for each blob; ``source`` is bytes or a file-like reader.
+
+    Args:
+        blobs: The pack's blobs, in pack order.
+        open_blob: Opens a stored blob by digest (raises the store's error if it is gone).
+
+    A blob whose bytes do not match its CRC-32 (without one, its digest) or
+    whose length is not its recorded size raises ``CorruptStoredBlob`` from
+    the feed (from the source's ``read`` for a large blob, once its last chunk
+    has been read and before the writer takes the record as complete). Leaving the ``with``
+    block stops the reading thread.
+    """
+
+    def __init__(self, blobs: list[StoredBlob], open_blob: Callable[[str], BinaryIO]) -> None:
+        self._blobs, self._open = blobs, open_blob
+        self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mpack-blob-feed", daemon=True)
+
+    def __enter__(self) -> BlobFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # let a thread waiting on a full queue see the stop
+            self._drain()
+            self._thread.join(_PUT_WAIT)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes | BinaryIO, int]]:
+        for _ in self._blobs:
+            item = self._take()
+            object_id, size, first = item
+            if size <= CHUNK:
+                yield object_id, first, size
+            else:
+                yield object_id, _QueuedSource(self, first), size
+
+    # -- the reading thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            for blob in self._blobs:
+                self._feed_one(blob)
+        except FeedCancelled:
+            return
+        except BaseException as exc:  # noqa: BLE001 — handed to the writer's thread and raised there
+            self._put(exc)
+
+    def _feed_one(self, blob: StoredBlob) -> None:
+        digest, object_id, size = blob.digest, blob.object_id, blob.size
+        checksum, done = (hashlib.sha256() if blob.crc32 is None else _Crc32()), 0
+        if size == 0:
+            _check(checksum, blob, 0)
+            self._put((object_id, 0, b""))
+            return
+        with self._open(digest) as source:
+            if size <= CHUNK:
+                data = _read_upto(source, size + 1)  # one byte more: a longer file is damaged too
+                checksum.update(data)
+                _check(checksum, blob, len(data))
+                self._put((object_id, size, data))
+                return
+            first = True
+            while chunk := _read_upto(source, min(CHUNK, size + 1 - done)):
+                checksum.update(chunk)
+                done += len(chunk)
+                if done > size:
+                    break
+                self._put((object_id, size, chunk) if first else chunk)
+                first = False
+        _check(checksum, blob, done)
+        self._put(_END)
+
+    def _put(self, item: object) -> None:
+        while True:
+            if self._stop.is_set():
+                raise FeedCancelled
+            try:
+                self._queue.put(item, timeout=_PUT_WAIT)
+                return
+            except queue.Full:
+                continue
+
+    # -- the writer's thread -------------------------------------------------------------
+
+    def _take(self) -> object:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+
+class _QueuedSource:
+    """A large blob's chunks as a file-like object, for ``MPackWriter.add_blob``."""
+
+    def __init__(self, feed: BlobFeed, first: bytes) -> None:
+        self._feed, self._next = feed, first
+
+    def read(self, n: int = -1) -> bytes:
+        if self._next is None:
+            return b""
+        data = self._next
+        if n != -1 and n < len(data):  # the writer asks for whole chunks: split only if it does not
+            self._next = data[n:]
+            return data[:n]
+        item = self._feed._take()
+        self._next = None if item is _END else item
+        return data
+
+
+def _read_upto(source: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end of the file (a bucket's stream may return short reads)."""
+    data = source.read(n)
+    if len(data) in (0, n):
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := source.read(n - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _check(checksum: hashlib._Hash | _Crc32, blob: StoredBlob, length: int) -> None:
+    if length != blob.size:
+        held = f"more than {blob.size}" if length > blob.size else str(length)
+        raise CorruptStoredBlob(blob.digest, f"the file holds {held} bytes where {blob.size} were stored")
+    if isinstance(checksum, _Crc32):
+        if checksum.value != blob.crc32:
+            raise CorruptStoredBlob(blob.digest, f"its CRC-32 is {checksum.value:08x}, {blob.crc32:08x} when pushed")
+        return
+    actual = checksum.hexdigest()
+    if actual != blob.digest:
+        raise CorruptStoredBlob(blob.digest, f"its bytes hash to {actual}")

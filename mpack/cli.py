@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 # it, not here: a client command (clone, fetch, pull, push) would pay ~0.25 s of imports at every start.
 
 
+def configure_logging(level: str) -> None:
+    """``mpack.http.logs.configure_logging``, imported when a server-side command needs it."""
+    from mpack.http.logs import configure_logging as configure
+
+    configure(level)
+
+
 class UsageError(MuseError):
     code = "usage"
 
@@ -113,7 +120,6 @@ def admin_target(args: argparse.Namespace) -> LocalAdmin | AdminClient:
         raise UsageError("--home and --url name two hubs: give one")
     if url is not None:
         return AdminClient(url, getattr(args, "admin_token", None) or os.environ.get(ADMIN_TOKEN_ENV))
-    from mpack.http.logs import configure_logging
     from mpack.hub.bootstrap import build_hub, existing_settings
 
     environ = dict(os.environ)

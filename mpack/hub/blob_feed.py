@@ -86,11 +86,18 @@ class BlobFeed:
             self._thread.join(_PUT_WAIT)
 
     def __iter__(self) -> Iterator[tuple[str, bytes | BinaryIO, int]]:
+        """``(object_id, source, size)`` per blob, in order."""
+        for group in self.groups():
+            yield from group if isinstance(group, list) else (group,)
+
+    def groups(self) -> Iterator[list[tuple[str, bytes, int]] | tuple[str, BinaryIO, int]]:
+        """The blobs as they travel: lists of whole blobs (``bytes`` sources, at most ``CHUNK`` each),
+        or one large blob whose source must be read to its end before the next group."""
         remaining = len(self._blobs)
         while remaining:
             item = self._take()
-            if isinstance(item, list):  # small blobs, whole
-                yield from item
+            if isinstance(item, list):
+                yield item
                 remaining -= len(item)
                 continue
             object_id, size, first = item  # a large blob: its first chunk, the rest through the source

@@ -24,7 +24,8 @@ from mpack.format.writer import CHUNK_SIZE
 from mpack.hub.errors import CorruptStoredBlob
 
 CHUNK = CHUNK_SIZE  # the writer's chunk: a large blob is handed over in the pieces the pack stores
-AHEAD = 24  # chunks read ahead of the writer, at most (24 MiB)
+AHEAD = 24  # chunks (or batches of small blobs) read ahead of the writer, at most (24 MiB)
+BATCH_BYTES = CHUNK  # small blobs travel in batches of up to this many bytes: one hand-over each, not one per blob
 _PUT_WAIT = 0.1  # seconds between checks of a cancelled build while the queue is full
 _END = object()
 
@@ -71,6 +72,8 @@ class BlobFeed:
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpack-blob-feed", daemon=True)
+        self._batch: list[tuple[str, bytes, int]] = []
+        self._batch_bytes = 0
 
     def __enter__(self) -> BlobFeed:
         self._thread.start()
@@ -83,20 +86,33 @@ class BlobFeed:
             self._thread.join(_PUT_WAIT)
 
     def __iter__(self) -> Iterator[tuple[str, bytes | BinaryIO, int]]:
-        for _ in self._blobs:
+        """``(object_id, source, size)`` per blob, in order."""
+        for group in self.groups():
+            yield from group if isinstance(group, list) else (group,)
+
+    def groups(self) -> Iterator[list[tuple[str, bytes, int]] | tuple[str, BinaryIO, int]]:
+        """The blobs as they travel: lists of whole blobs (``bytes`` sources, at most ``CHUNK`` each),
+        or one large blob whose source must be read to its end before the next group."""
+        remaining = len(self._blobs)
+        while remaining:
             item = self._take()
-            object_id, size, first = item
-            if size <= CHUNK:
-                yield object_id, first, size
-            else:
-                yield object_id, _QueuedSource(self, first), size
+            if isinstance(item, list):
+                yield item
+                remaining -= len(item)
+                continue
+            object_id, size, first = item  # a large blob: its first chunk, the rest through the source
+            yield object_id, _QueuedSource(self, first), size
+            remaining -= 1
 
     # -- the reading thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            for blob in self._blobs:
-                self._feed_one(blob)
+            try:
+                for blob in self._blobs:
+                    self._feed_one(blob)
+            finally:
+                self._send_batch()  # what was read before a failure goes first, in order
         except FeedCancelled:
             return
         except BaseException as exc:  # noqa: BLE001 — handed to the writer's thread and raised there
@@ -107,15 +123,16 @@ class BlobFeed:
         checksum, done = (hashlib.sha256() if blob.crc32 is None else _Crc32()), 0
         if size == 0:
             _check(checksum, blob, 0)
-            self._put((object_id, 0, b""))
+            self._batched(object_id, b"")
             return
         with self._open(digest) as source:
             if size <= CHUNK:
                 data = _read_upto(source, size + 1)  # one byte more: a longer file is damaged too
                 checksum.update(data)
                 _check(checksum, blob, len(data))
-                self._put((object_id, size, data))
+                self._batched(object_id, data)
                 return
+            self._send_batch()
             first = True
             while chunk := _read_upto(source, min(CHUNK, size + 1 - done)):
                 checksum.update(chunk)
@@ -126,6 +143,17 @@ class BlobFeed:
                 first = False
         _check(checksum, blob, done)
         self._put(_END)
+
+    def _batched(self, object_id: str, data: bytes) -> None:
+        self._batch.append((object_id, data, len(data)))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._put(batch)
 
     def _put(self, item: object) -> None:
         while True:

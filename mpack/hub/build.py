@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
-from mpack.format.writer import MPackWriter
+from mpack.format.writer import SMALL_BLOB, MPackWriter
 from mpack.hub import deltas
 from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.cache import PackStats
@@ -142,8 +142,21 @@ def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str],
     order = [StoredBlob(digest, blobs[digest], *facts[digest]) if digest != EMPTY_BLOB
              else StoredBlob(digest, blobs[digest], 0, None) for digest in sorted(blobs)]
     with BlobFeed(order, lambda digest: _open_blob(hub, digest)) as feed:
-        for object_id, source, size in feed:
-            writer.add_blob(object_id, source, size)
+        for group in feed.groups():
+            if not isinstance(group, list):
+                writer.add_blob(*group)
+                continue
+            run: list[tuple[str, bytes]] = []  # consecutive small blobs go to the writer in one call
+            for object_id, data, size in group:
+                if size <= SMALL_BLOB:
+                    run.append((object_id, data))
+                    continue
+                if run:
+                    writer.add_small_blobs(run)
+                    run = []
+                writer.add_blob(object_id, data, size)
+            if run:
+                writer.add_small_blobs(run)
 
 
 def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict]:

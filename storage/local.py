@@ -60,6 +60,7 @@ from storage.base import (
 )
 from storage.errors import StorageError, StorageFull, StoredObjectMissing
 from storage.signing import UrlSigner
+from storage.writeback import Writeback
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -330,10 +331,13 @@ class _LocalPending(PendingFile):
         self._store = store
         self._path = path
         self._handle = handle
+        self._writeback = Writeback()
 
     def _write(self, data: memoryview) -> None:
         try:
             self._handle.write(data)
+            if self._store.fsync:  # a large pending file (a pack) is fsynced at commit: start early
+                self._writeback.written(self._handle.fileno(), self.size + data.nbytes, self._handle.flush)
         except OSError as exc:
             raise _storage_error(f"cannot write a {self.namespace} object", exc) from exc
 

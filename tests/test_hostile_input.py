@@ -18,7 +18,7 @@ import pytest
 from mpack.format import ids
 from mpack.http.media import decode, large_limits, small_limits
 from mpack.hub import fetch
-from mpack.hub.errors import BodyTooLarge, MalformedBody
+from mpack.hub.errors import BadRequest, BodyTooLarge, MalformedBody
 from mpack.hub.models import Commit, FetchMPackCache, Snapshot
 from mpack.hub.settings import Settings
 from tests.factories import MSGPACK, History, error_of, push_history, refuse_nul_like_postgresql, unpack, wire
@@ -98,6 +98,14 @@ def test_a_fetch_naming_100000_haves_still_decodes(limits, content_type):
     raw = msgpack.packb(body) if content_type == MSGPACK else json.dumps(body).encode()
     assert len(raw) <= limits[0].max_bytes
     assert decode(raw, content_type, limits[0]) == body
+
+
+def test_haves_past_the_limit_are_ignored_not_refused(monkeypatch):
+    monkeypatch.setattr(fetch, "MAX_HAVES", 3)
+    want, have = fetch.parse_want_have({"want": ["main"], "have": _haves(5)})
+    assert want == ["main"] and have == _haves(3)
+    with pytest.raises(BadRequest):
+        fetch.parse_want_have({"want": _haves(fetch.MAX_WANTS + 1), "have": []})
 
 
 @pytest.mark.parametrize("content_type", [MSGPACK, JSON])

@@ -5,27 +5,27 @@ One pass over the delta's commit graph and the stored snapshot deltas
 snapshot records that no stored delta joins (a branch switch in pack order,
 or history older than the deltas). The pack streams into a temp file in the
 store while being hashed and is committed under its sha256; every blob is
-hashed while it is copied, and a stored blob that does not match its id fails
-the build (``CorruptStoredBlob``) instead of shipping. Memory holds the commit
+read and hashed on a helper thread ahead of the writer (``mpack.hub.blob_feed``),
+and a stored blob that does not match its id fails the build
+(``CorruptStoredBlob``) instead of shipping. Memory holds the commit
 graph, the deltas (what changed, not whole manifests) and one chunk of blob
 bytes. Blobs are sorted by digest, snapshots follow first-parent chains,
 commits are in canonical topological order: one delta, one set of bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from mpack.format import ids
 from mpack.format.writer import MPackWriter
 from mpack.hub import deltas
+from mpack.hub.blob_feed import BlobFeed
 from mpack.hub.cache import PackStats
 from mpack.hub.deltas import Delta
-from mpack.hub.errors import CorruptStoredBlob, ObjectUnavailable
+from mpack.hub.errors import ObjectUnavailable
 from mpack.hub.history import CommitNode, iter_records, load_commits, topological
 from mpack.hub.models import Object, Repo
 from storage.base import BLOBS, MPACKS
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 BATCH = 500
-PARALLEL_HASH_MIN = 256 << 10  # smaller reads are hashed inline: a hand-off costs more than it saves
 MPACK_PREFIX = "sha256:"
 EMPTY_BLOB = ids.object_digest(b"")
 
@@ -135,56 +134,11 @@ def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
     return sizes
 
 
-class _Verifying:
-    """Reads a stored blob for the writer, hashing it; ``check`` compares with its digest.
-
-    A large chunk is hashed on a helper thread (hashlib releases the GIL) while
-    the writer copies it into the pack and the pack's own hash runs here.
-    """
-
-    def __init__(self, source: BinaryIO, digest: str, helper: ThreadPoolExecutor) -> None:
-        self._source, self._digest, self._sha, self._helper = source, digest, hashlib.sha256(), helper
-        self._hashing: Future | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        self._wait()
-        data = self._source.read(n)
-        if len(data) >= PARALLEL_HASH_MIN:
-            self._hashing = self._helper.submit(self._sha.update, data)
-        else:
-            self._sha.update(data)
-        return data
-
-    def _wait(self) -> None:
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
-
-    def check(self) -> None:
-        self._wait()
-        actual = self._sha.hexdigest()
-        if actual != self._digest:
-            raise CorruptStoredBlob(self._digest, actual)
-
-
 def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str], sizes: dict[str, int]) -> None:
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpack-verify") as helper:
-        for digest in sorted(blobs):
-            _write_blob(hub, writer, digest, blobs[digest], sizes, helper)
-
-
-def _write_blob(hub: Hub, writer: MPackWriter, digest: str, object_id: str, sizes: dict[str, int],
-                helper: ThreadPoolExecutor) -> None:
-    if digest == EMPTY_BLOB:  # never uploaded by the CLI, always known
-        writer.add_blob(object_id, b"", 0)
-        return
-    with _open_blob(hub, digest) as source:
-        verifying = _Verifying(source, digest, helper)
-        try:
-            writer.add_blob(object_id, verifying, sizes[digest])
-        except ValueError as exc:  # the stored file is shorter or longer than its recorded size
-            raise CorruptStoredBlob(digest, f"size differs ({exc})") from None
-        verifying.check()
+    order = [(digest, blobs[digest], 0 if digest == EMPTY_BLOB else sizes[digest]) for digest in sorted(blobs)]
+    with BlobFeed(order, lambda digest: _open_blob(hub, digest)) as feed:
+        for object_id, source, size in feed:
+            writer.add_blob(object_id, source, size)
 
 
 def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict]:

@@ -171,9 +171,9 @@ class ObjectUnavailable(MuseError):
 class CorruptStoredBlob(ObjectUnavailable):
     """A stored blob does not hash to its digest: the build stops instead of shipping it (503, as quarantined)."""
 
-    def __init__(self, digest: str, actual: str) -> None:
-        super().__init__(digest, f"corrupt (its bytes hash to {actual})")
-        self.digest, self.actual = digest, actual
+    def __init__(self, digest: str, why: str) -> None:
+        super().__init__(digest, f"corrupt ({why})")
+        self.digest, self.why = digest, why
 
 
 # -- 507: no space left -----------------------------------------------------------------

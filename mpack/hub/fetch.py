@@ -25,14 +25,19 @@ if TYPE_CHECKING:
     from mpack.hub.services import Hub
 
 MAX_WANTS = 10_000
-MAX_HAVES = 100_000  # a fetch names every local commit; 100,000 ids fit the 8 MiB read-route body limit
+MAX_HAVES = 100_000  # haves beyond these are ignored (a client may name every local commit; PROTOCOL.md)
 
 # Module-level so that a test can observe that a cache hit never walks (FMC_13).
 _walk_commit_delta = walk_commit_delta
 
 
 def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
-    """``{"want": [...], "have": [...]}`` → (wants, haves), type-checked and bounded."""
+    """``{"want": [...], "have": [...]}`` → (wants, haves), type-checked and bounded.
+
+    More than ``MAX_WANTS`` wants is refused; haves past the first ``MAX_HAVES``
+    are ignored, as haves the hub never saw are: the pack may then carry
+    commits the client holds already, which it applies as no-ops.
+    """
     want, have = body.get("want"), body.get("have", [])
     if not isinstance(want, list) or not all(isinstance(w, str) for w in want):
         raise InvalidField("want", "must be a list of branch names or commit ids")
@@ -40,9 +45,9 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
         raise InvalidField("have", "must be a list of commit ids")
     if not want:
         raise BadRequest("want is empty: name at least one branch or commit")
-    if len(want) > MAX_WANTS or len(have) > MAX_HAVES:
-        raise BadRequest(f"at most {MAX_WANTS} wants and {MAX_HAVES} haves")
-    return want, have
+    if len(want) > MAX_WANTS:
+        raise BadRequest(f"at most {MAX_WANTS} wants")
+    return want, have[:MAX_HAVES]
 
 
 def _branch_like(name: str) -> bool:

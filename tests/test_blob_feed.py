@@ -1,0 +1,92 @@
+"""The build's blob feed: blobs read and verified on a helper thread, in order, bounded, stopped on failure."""
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from mpack.format import ids
+from mpack.hub import blob_feed
+from mpack.hub.blob_feed import BlobFeed
+from mpack.hub.errors import CorruptStoredBlob
+
+BIG = blob_feed.CHUNK * 2 + 12345  # three chunks
+
+
+def stored(*contents: bytes) -> tuple[list[tuple[str, str, int]], dict[str, bytes]]:
+    files = {ids.object_digest(c): c for c in contents}
+    return [(d, "sha256:" + d, len(c)) for d, c in files.items()], files
+
+
+def read_all(source) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    parts = []
+    while chunk := source.read(blob_feed.CHUNK):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def test_blobs_come_out_in_order_with_their_bytes_small_large_and_empty():
+    order, files = stored(b"small", bytes(range(256)) * (BIG // 256), b"")
+    with BlobFeed(order, lambda d: io.BytesIO(files[d])) as feed:
+        got = [(object_id, read_all(source), size) for object_id, source, size in feed]
+    assert got == [(oid, files[d], size) for d, oid, size in order]
+
+
+@pytest.mark.parametrize("size", [5, BIG])
+def test_a_blob_whose_bytes_do_not_match_its_digest_raises(size):
+    order, files = stored(b"x" * size)
+    with BlobFeed(order, lambda d: io.BytesIO(b"y" * size)) as feed, pytest.raises(CorruptStoredBlob):
+        for _, source, _ in feed:
+            read_all(source)
+
+
+@pytest.mark.parametrize("size", [5, BIG])
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_stored_file_shorter_or_longer_than_its_record_raises(size, delta):
+    order, files = stored(b"z" * size)
+    with BlobFeed(order, lambda d: io.BytesIO(b"z" * (size + delta))) as feed, pytest.raises(CorruptStoredBlob) as info:
+        for _, source, _ in feed:
+            read_all(source)
+    assert "bytes where" in str(info.value)
+
+
+def test_an_error_opening_a_blob_reaches_the_writer():
+    order, _ = stored(b"gone")
+
+    def missing(digest):
+        raise FileNotFoundError(digest)
+
+    with BlobFeed(order, missing) as feed, pytest.raises(FileNotFoundError):
+        list(feed)
+
+
+def test_a_writer_that_stops_early_stops_the_reading_thread_and_closes_files():
+    contents = [bytes([n]) * blob_feed.CHUNK for n in range(blob_feed.AHEAD * 3)]  # more than the queue holds
+    order, files = stored(*contents)
+    opened: list[io.BytesIO] = []
+
+    def open_blob(digest):
+        opened.append(io.BytesIO(files[digest]))
+        return opened[-1]
+
+    with pytest.raises(RuntimeError), BlobFeed(order, open_blob) as feed:
+        for _ in feed:
+            raise RuntimeError("the pack's disk is full")
+    assert not any(t.name == "mpack-blob-feed" for t in threading.enumerate())
+    assert len(opened) < len(order) and all(f.closed for f in opened)
+
+
+class Dribble(io.BytesIO):
+    """A stream that returns at most 1,000 bytes a read, as a bucket's HTTP body may."""
+
+    def read(self, n=-1):
+        return super().read(1000 if n < 0 else min(n, 1000))
+
+
+def test_short_reads_from_a_stream_are_not_mistaken_for_a_short_file():
+    order, files = stored(b"s" * 5000, bytes(range(256)) * (BIG // 256))
+    with BlobFeed(order, lambda d: Dribble(files[d])) as feed:
+        assert [read_all(source) for _, source, _ in feed] == [files[d] for d, _, _ in order]

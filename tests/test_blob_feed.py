@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import io
 import threading
+import zlib
 
 import pytest
 
 from mpack.format import ids
 from mpack.hub import blob_feed
-from mpack.hub.blob_feed import BlobFeed
+from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.errors import CorruptStoredBlob
 
 BIG = blob_feed.CHUNK * 2 + 12345  # three chunks
 
 
-def stored(*contents: bytes) -> tuple[list[tuple[str, str, int]], dict[str, bytes]]:
+def stored(*contents: bytes, crc: bool = False) -> tuple[list[StoredBlob], dict[str, bytes]]:
+    """Blobs as a build lists them (with the CRC-32 a push records, or none as on older rows), and their bytes."""
     files = {ids.object_digest(c): c for c in contents}
-    return [(d, "sha256:" + d, len(c)) for d, c in files.items()], files
+    return [StoredBlob(d, "sha256:" + d, len(c), zlib.crc32(c) if crc else None) for d, c in files.items()], files
 
 
 def read_all(source) -> bytes:
@@ -28,19 +30,29 @@ def read_all(source) -> bytes:
     return b"".join(parts)
 
 
-def test_blobs_come_out_in_order_with_their_bytes_small_large_and_empty():
-    order, files = stored(b"small", bytes(range(256)) * (BIG // 256), b"")
+@pytest.mark.parametrize("crc", [False, True])
+def test_blobs_come_out_in_order_with_their_bytes_small_large_and_empty(crc):
+    order, files = stored(b"small", bytes(range(256)) * (BIG // 256), b"", crc=crc)
     with BlobFeed(order, lambda d: io.BytesIO(files[d])) as feed:
         got = [(object_id, read_all(source), size) for object_id, source, size in feed]
-    assert got == [(oid, files[d], size) for d, oid, size in order]
+    assert got == [(b.object_id, files[b.digest], b.size) for b in order]
 
 
+@pytest.mark.parametrize("crc", [False, True])
 @pytest.mark.parametrize("size", [5, BIG])
-def test_a_blob_whose_bytes_do_not_match_its_digest_raises(size):
-    order, files = stored(b"x" * size)
-    with BlobFeed(order, lambda d: io.BytesIO(b"y" * size)) as feed, pytest.raises(CorruptStoredBlob):
+def test_a_blob_whose_bytes_do_not_match_its_checksum_raises(size, crc):
+    order, files = stored(b"x" * size, crc=crc)
+    with BlobFeed(order, lambda d: io.BytesIO(b"y" * size)) as feed, pytest.raises(CorruptStoredBlob) as info:
         for _, source, _ in feed:
             read_all(source)
+    assert ("CRC-32" if crc else "hash to") in str(info.value)
+
+
+def test_the_recorded_crc_is_what_a_blob_is_checked_against():
+    [blob], files = stored(b"the notes", crc=True)
+    wrong = blob._replace(crc32=blob.crc32 ^ 1)  # a row whose CRC disagrees with intact bytes
+    with BlobFeed([wrong], lambda d: io.BytesIO(files[d])) as feed, pytest.raises(CorruptStoredBlob):
+        list(feed)
 
 
 @pytest.mark.parametrize("size", [5, BIG])
@@ -89,4 +101,4 @@ class Dribble(io.BytesIO):
 def test_short_reads_from_a_stream_are_not_mistaken_for_a_short_file():
     order, files = stored(b"s" * 5000, bytes(range(256)) * (BIG // 256))
     with BlobFeed(order, lambda d: Dribble(files[d])) as feed:
-        assert [read_all(source) for _, source, _ in feed] == [files[d] for d, _, _ in order]
+        assert [read_all(source) for _, source, _ in feed] == [files[b.digest] for b in order]

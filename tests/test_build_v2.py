@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pytest
 
@@ -9,7 +10,7 @@ from mpack.format.reader import iter_mpack
 from mpack.format.writer import SnapshotRecord
 from mpack.hub import build, cache, db, deltas, fetch, fsck, gc
 from mpack.hub.errors import CorruptStoredBlob
-from mpack.hub.models import FetchMPackCache, SchemaVersion, SnapshotDelta
+from mpack.hub.models import FetchMPackCache, Object, SchemaVersion, SnapshotDelta
 from storage.base import BLOBS, MPACKS
 from tests.factories import History, push_history
 from tests.test_format import v1_example_pack
@@ -111,7 +112,7 @@ def test_a_corrupt_stored_blob_fails_the_build_and_ships_nothing(hub, app, owner
         damaged.write(b"THE")
     with pytest.raises(CorruptStoredBlob) as info:
         fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
-    assert info.value.digest == digest and "corrupt" in str(info.value)
+    assert info.value.digest == digest and "corrupt (its CRC-32" in str(info.value)
     assert FetchMPackCache.select().count() == 0 and list(hub.store.iter_digests(MPACKS)) == []
 
 
@@ -163,6 +164,28 @@ def test_the_deltas_migration_versions_old_rows_and_backfills_deltas(hub, app, o
     assert [r.format_version for r in FetchMPackCache.select()] == [1]
     assert deltas.load(repo, [s[-64:] for s in h.snapshots]) == expected
     assert fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])["cached"] is False
+
+
+def test_push_records_each_blobs_crc32_and_rows_from_before_it_are_checked_by_sha256(hub, app, owner, repo):
+    h = History()
+    h.commit({"song.mid": b"the real notes", "empty": b""})
+    push_history(app, owner[1], PATH, h)
+    assert {o.digest: o.crc32 for o in Object.select()} == {h.files["song.mid"][-64:]: zlib.crc32(b"the real notes")}
+    first = fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
+    # Back to the schema before checksums: the column goes, the migration brings it back empty.
+    hub.db.execute_sql("ALTER TABLE object DROP COLUMN crc32")
+    SchemaVersion.delete().where(SchemaVersion.version >= db.MIGRATIONS.index(db._v7_blob_checksums) + 1).execute()
+    db.migrate(hub.db)
+    hub.db.connect(reuse_if_open=True)
+    assert {o.crc32 for o in Object.select()} == {None}
+    FetchMPackCache.delete().execute()
+    hub.store.delete(MPACKS, first["mpack_id"][-64:])
+    assert fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])["mpack_id"] == first["mpack_id"]
+    with open(hub.store.local_path(BLOBS, h.files["song.mid"][-64:]), "r+b") as damaged:
+        damaged.write(b"THE")
+    FetchMPackCache.delete().execute()
+    with pytest.raises(CorruptStoredBlob, match="hash to"):  # no CRC on the row: its sha256 caught it
+        fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
 
 
 def test_snapshot_order_follows_first_parent_chains():

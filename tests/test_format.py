@@ -32,6 +32,7 @@ from mpack.format.writer import (
     CODEC_ZSTD,
     MAX_META_RECORD,
     MAX_STORED_CHUNK,
+    SMALL_BLOB,
     BlobRecord,
     CommitRecord,
     MPackWriter,
@@ -853,3 +854,37 @@ def test_a_delta_entry_breaking_the_path_rules_is_refused_where_it_is_added():
               "set": {"x/../../y": RAW_BLOB[0]}}
     with pytest.raises(MalformedRecord, match="x/../../y"):
         verify(snapshot_pack(first, second))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_small_blobs_added_together_are_the_same_bytes_as_added_one_by_one(compress):
+    rng = random.Random(7)
+    contents = [b"", b"a", rng.randbytes(SMALL_BLOB), b"la " * 3000, rng.randbytes(100), b"\0" * 70]
+    blobs = [make_blob(c, prefixed=n % 2 == 0) for n, c in enumerate(contents)]
+
+    def pack(together: bool) -> bytes:
+        out = io.BytesIO()
+        writer = MPackWriter(out, compress_blobs=compress)
+        if together:
+            writer.add_small_blobs(blobs[:3])
+            writer.add_small_blobs(blobs[3:])
+        else:
+            for object_id, content in blobs:
+                writer.add_blob(object_id, content, len(content))
+        writer.finish()
+        return out.getvalue()
+
+    assert pack(True) == pack(False)
+    assert [r for r in read_records(pack(True)) if isinstance(r, tuple)] == blobs
+
+
+@pytest.mark.parametrize("bad", [("not-an-id", b"x"), make_blob(b"y" * (SMALL_BLOB + 1))])
+def test_a_bad_blob_in_a_batch_writes_none_of_it(bad):
+    out = io.BytesIO()
+    writer = MPackWriter(out)
+    start = out.getvalue()
+    with pytest.raises(ValueError):
+        writer.add_small_blobs([make_blob(b"fine"), bad])
+    assert out.getvalue() == start
+    writer.add_blob(*make_blob(b"fine"), 4)  # the writer is still usable
+    writer.finish()

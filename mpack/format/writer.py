@@ -219,6 +219,33 @@ class MPackWriter:
         self._added(REC_BLOB)
         self._blob_bytes += size
 
+    def add_small_blobs(self, blobs: list[tuple[str, bytes]]) -> None:
+        """Append several blobs of at most ``SMALL_BLOB`` bytes each: the same bytes as ``add_blob``
+        for each in turn, written in one piece (each write costs a call and a hash update).
+
+        Args:
+            blobs: (object id, content) pairs, in pack order.
+        """
+        self._enter(REC_BLOB)
+        pieces: list[bytes] = []
+        for object_id, content in blobs:
+            size = len(content)
+            if not ids.is_id(object_id):
+                raise ValueError(f"malformed object id {object_id!r}")
+            if size > SMALL_BLOB:
+                raise ValueError(f"a blob of {size} bytes is not small (at most {SMALL_BLOB}): use add_blob")
+            codec, frame = self._blob_codec(content)
+            oid = object_id.encode("ascii")
+            pieces.append(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
+            if codec == CODEC_ZSTD:
+                pieces += (_U32.pack(len(frame)), _U32.pack(size), frame, _U32.pack(0))
+            else:
+                pieces += (_U32.pack(size), content, _U32.pack(0)) if size else (_U32.pack(0),)
+        self._out.write(b"".join(pieces))
+        self._counts[REC_BLOB] += len(blobs)
+        self._stage = REC_BLOB
+        self._blob_bytes += sum(len(content) for _, content in blobs)
+
     def _blob_codec(self, first: bytes | memoryview) -> tuple[int, bytes | None]:
         """(codec, the first chunk's frame if already made) from a probe of the blob's first bytes."""
         if not first or not self._compress_blobs:

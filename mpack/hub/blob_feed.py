@@ -1,28 +1,52 @@
 """The blobs of a pack being built, read and verified on a helper thread ahead of the writer.
 
-A cold build does two sha256 passes over the same bytes: each stored blob
-is hashed against its id as it is read (a damaged blob fails the build
-instead of shipping), and the pack is hashed as it is written (its digest is
-the mpack id). hashlib releases the GIL, so on two cores the passes run side
-by side: this thread opens, reads and verifies blobs in pack order while the
-caller's thread hashes and writes the pack. At most ``AHEAD`` chunks of at
-most ``CHUNK`` bytes wait between them, whatever the size of a blob.
+A build checks every stored blob as it reads it (a damaged blob fails the
+build instead of shipping) and hashes the pack as it writes it (its sha256 is
+the mpack id). The check is the CRC-32 recorded at push, when the same bytes
+were hashed against their id: zlib's crc32 runs at ~3x sha256's speed here
+(6.9 vs 2.0 GB/s), and with the length it catches damage on disk as surely.
+Rows older than schema 7 have no CRC: their blobs are checked by sha256.
+Both zlib and hashlib release the GIL, so on two cores this thread opens,
+reads and checks blobs in pack order while the caller's thread hashes and
+writes the pack. At most ``AHEAD`` chunks of at most ``CHUNK`` bytes wait
+between them, whatever the size of a blob.
 """
 from __future__ import annotations
 
 import hashlib
 import queue
 import threading
+import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from mpack.format.writer import CHUNK_SIZE
 from mpack.hub.errors import CorruptStoredBlob
 
 CHUNK = CHUNK_SIZE  # the writer's chunk: a large blob is handed over in the pieces the pack stores
-AHEAD = 24  # chunks read ahead of the writer, at most (24 MiB)
+AHEAD = 24  # chunks (or batches of small blobs) read ahead of the writer, at most (24 MiB)
+BATCH_BYTES = CHUNK  # small blobs travel in batches of up to this many bytes: one hand-over each, not one per blob
 _PUT_WAIT = 0.1  # seconds between checks of a cancelled build while the queue is full
 _END = object()
+
+
+class StoredBlob(NamedTuple):
+    """A blob of the pack: its digest, its id as the snapshot spells it, its size and CRC-32 (None: unknown)."""
+
+    digest: str
+    object_id: str
+    size: int
+    crc32: int | None
+
+
+class _Crc32:
+    """A running CRC-32 with hashlib's ``update``."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
 
 
 class FeedCancelled(Exception):
@@ -33,21 +57,23 @@ class BlobFeed:
     """Yields ``(object_id, source, size)`` for each blob; ``source`` is bytes or a file-like reader.
 
     Args:
-        blobs: (digest, object id as spelled, size) in pack order.
+        blobs: The pack's blobs, in pack order.
         open_blob: Opens a stored blob by digest (raises the store's error if it is gone).
 
-    A blob whose bytes do not hash to its digest, or whose length is not its
-    recorded size, raises ``CorruptStoredBlob`` from the feed (from the
-    source's ``read`` for a large blob, once its last chunk has been read and
-    before the writer takes the record as complete). Leaving the ``with``
+    A blob whose bytes do not match its CRC-32 (without one, its digest) or
+    whose length is not its recorded size raises ``CorruptStoredBlob`` from
+    the feed (from the source's ``read`` for a large blob, once its last chunk
+    has been read and before the writer takes the record as complete). Leaving the ``with``
     block stops the reading thread.
     """
 
-    def __init__(self, blobs: list[tuple[str, str, int]], open_blob: Callable[[str], BinaryIO]) -> None:
+    def __init__(self, blobs: list[StoredBlob], open_blob: Callable[[str], BinaryIO]) -> None:
         self._blobs, self._open = blobs, open_blob
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpack-blob-feed", daemon=True)
+        self._batch: list[tuple[str, bytes, int]] = []
+        self._batch_bytes = 0
 
     def __enter__(self) -> BlobFeed:
         self._thread.start()
@@ -60,48 +86,74 @@ class BlobFeed:
             self._thread.join(_PUT_WAIT)
 
     def __iter__(self) -> Iterator[tuple[str, bytes | BinaryIO, int]]:
-        for _ in self._blobs:
+        """``(object_id, source, size)`` per blob, in order."""
+        for group in self.groups():
+            yield from group if isinstance(group, list) else (group,)
+
+    def groups(self) -> Iterator[list[tuple[str, bytes, int]] | tuple[str, BinaryIO, int]]:
+        """The blobs as they travel: lists of whole blobs (``bytes`` sources, at most ``CHUNK`` each),
+        or one large blob whose source must be read to its end before the next group."""
+        remaining = len(self._blobs)
+        while remaining:
             item = self._take()
-            object_id, size, first = item
-            if size <= CHUNK:
-                yield object_id, first, size
-            else:
-                yield object_id, _QueuedSource(self, first), size
+            if isinstance(item, list):
+                yield item
+                remaining -= len(item)
+                continue
+            object_id, size, first = item  # a large blob: its first chunk, the rest through the source
+            yield object_id, _QueuedSource(self, first), size
+            remaining -= 1
 
     # -- the reading thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            for digest, object_id, size in self._blobs:
-                self._feed_one(digest, object_id, size)
+            try:
+                for blob in self._blobs:
+                    self._feed_one(blob)
+            finally:
+                self._send_batch()  # what was read before a failure goes first, in order
         except FeedCancelled:
             return
         except BaseException as exc:  # noqa: BLE001 — handed to the writer's thread and raised there
             self._put(exc)
 
-    def _feed_one(self, digest: str, object_id: str, size: int) -> None:
+    def _feed_one(self, blob: StoredBlob) -> None:
+        digest, object_id, size = blob.digest, blob.object_id, blob.size
+        checksum, done = (hashlib.sha256() if blob.crc32 is None else _Crc32()), 0
         if size == 0:
-            _check(hashlib.sha256(), digest, 0, 0)
-            self._put((object_id, 0, b""))
+            _check(checksum, blob, 0)
+            self._batched(object_id, b"")
             return
-        sha, done = hashlib.sha256(), 0
         with self._open(digest) as source:
             if size <= CHUNK:
                 data = _read_upto(source, size + 1)  # one byte more: a longer file is damaged too
-                sha.update(data)
-                _check(sha, digest, len(data), size)
-                self._put((object_id, size, data))
+                checksum.update(data)
+                _check(checksum, blob, len(data))
+                self._batched(object_id, data)
                 return
+            self._send_batch()
             first = True
             while chunk := _read_upto(source, min(CHUNK, size + 1 - done)):
-                sha.update(chunk)
+                checksum.update(chunk)
                 done += len(chunk)
                 if done > size:
                     break
                 self._put((object_id, size, chunk) if first else chunk)
                 first = False
-        _check(sha, digest, done, size)
+        _check(checksum, blob, done)
         self._put(_END)
+
+    def _batched(self, object_id: str, data: bytes) -> None:
+        self._batch.append((object_id, data, len(data)))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._put(batch)
 
     def _put(self, item: object) -> None:
         while True:
@@ -160,10 +212,14 @@ def _read_upto(source: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _check(sha: hashlib._Hash, digest: str, length: int, size: int) -> None:
-    if length != size:
-        held = f"more than {size}" if length > size else str(length)
-        raise CorruptStoredBlob(digest, f"the file holds {held} bytes where {size} were stored")
-    actual = sha.hexdigest()
-    if actual != digest:
-        raise CorruptStoredBlob(digest, f"its bytes hash to {actual}")
+def _check(checksum: hashlib._Hash | _Crc32, blob: StoredBlob, length: int) -> None:
+    if length != blob.size:
+        held = f"more than {blob.size}" if length > blob.size else str(length)
+        raise CorruptStoredBlob(blob.digest, f"the file holds {held} bytes where {blob.size} were stored")
+    if isinstance(checksum, _Crc32):
+        if checksum.value != blob.crc32:
+            raise CorruptStoredBlob(blob.digest, f"its CRC-32 is {checksum.value:08x}, {blob.crc32:08x} when pushed")
+        return
+    actual = checksum.hexdigest()
+    if actual != blob.digest:
+        raise CorruptStoredBlob(blob.digest, f"its bytes hash to {actual}")

@@ -5,9 +5,10 @@ One pass over the delta's commit graph and the stored snapshot deltas
 snapshot records that no stored delta joins (a branch switch in pack order,
 or history older than the deltas). The pack streams into a temp file in the
 store while being hashed and is committed under its sha256; every blob is
-read and hashed on a helper thread ahead of the writer (``mpack.hub.blob_feed``),
-and a stored blob that does not match its id fails the build
-(``CorruptStoredBlob``) instead of shipping. Memory holds the commit
+read on a helper thread ahead of the writer and checked against the CRC-32
+recorded when its bytes were pushed and hashed (or its sha256, for rows older
+than that) (``mpack.hub.blob_feed``); a stored blob that does not match fails
+the build (``CorruptStoredBlob``) instead of shipping. Memory holds the commit
 graph, the deltas (what changed, not whole manifests) and one chunk of blob
 bytes. Blobs are sorted by digest, snapshots follow first-parent chains,
 commits are in canonical topological order: one delta, one set of bytes.
@@ -20,9 +21,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
-from mpack.format.writer import MPackWriter
+from mpack.format.writer import SMALL_BLOB, MPackWriter
 from mpack.hub import deltas
-from mpack.hub.blob_feed import BlobFeed
+from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.cache import PackStats
 from mpack.hub.deltas import Delta
 from mpack.hub.errors import ObjectUnavailable
@@ -125,20 +126,37 @@ def blobs_for(repo: Repo, commits: dict[str, CommitNode]) -> dict[str, str]:
     return blobs_of(plan_snapshots(repo, commits))
 
 
-def _blob_sizes(repo: Repo, digests: list[str]) -> dict[str, int]:
-    sizes: dict[str, int] = {}
+def _blob_facts(repo: Repo, digests: list[str]) -> dict[str, tuple[int, int | None]]:
+    """digest → (size, CRC-32 recorded at push or None) of the repo's blobs."""
+    facts: dict[str, tuple[int, int | None]] = {}
     for start in range(0, len(digests), BATCH):
         chunk = digests[start:start + BATCH]
-        sizes.update(Object.select(Object.digest, Object.size)
+        facts.update((digest, (size, crc)) for digest, size, crc in
+                     Object.select(Object.digest, Object.size, Object.crc32)
                      .where((Object.repo == repo) & Object.digest.in_(chunk)).tuples())
-    return sizes
+    return facts
 
 
-def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str], sizes: dict[str, int]) -> None:
-    order = [(digest, blobs[digest], 0 if digest == EMPTY_BLOB else sizes[digest]) for digest in sorted(blobs)]
+def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str],
+                 facts: dict[str, tuple[int, int | None]]) -> None:
+    order = [StoredBlob(digest, blobs[digest], *facts[digest]) if digest != EMPTY_BLOB
+             else StoredBlob(digest, blobs[digest], 0, None) for digest in sorted(blobs)]
     with BlobFeed(order, lambda digest: _open_blob(hub, digest)) as feed:
-        for object_id, source, size in feed:
-            writer.add_blob(object_id, source, size)
+        for group in feed.groups():
+            if not isinstance(group, list):
+                writer.add_blob(*group)
+                continue
+            run: list[tuple[str, bytes]] = []  # consecutive small blobs go to the writer in one call
+            for object_id, data, size in group:
+                if size <= SMALL_BLOB:
+                    run.append((object_id, data))
+                    continue
+                if run:
+                    writer.add_small_blobs(run)
+                    run = []
+                writer.add_blob(object_id, data, size)
+            if run:
+                writer.add_small_blobs(run)
 
 
 def _commit_records(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[dict]:
@@ -157,13 +175,13 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
     started = time.perf_counter()
     records = plan_snapshots(repo, commits)
     blobs = blobs_of(records)
-    sizes = _blob_sizes(repo, sorted(blobs))
+    facts = _blob_facts(repo, sorted(blobs))
     with hub.store.new_file(MPACKS) as pending:
         level = hub.settings.pack_blob_zstd_level
         # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
         writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,
                              running_sha256=lambda: pending.sha256_hex)
-        _write_blobs(hub, writer, blobs, sizes)
+        _write_blobs(hub, writer, blobs, facts)
         for delta in records:
             writer.add_snapshot_delta(delta.snapshot_id, delta.fields, delta.base_id or None, delta.changed,
                                       list(delta.removed))

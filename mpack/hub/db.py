@@ -311,10 +311,17 @@ def _v6_snapshot_deltas_and_pack_versions(db: pw.Database) -> None:
     deltas.backfill(db)
 
 
+def _v7_blob_checksums(db: pw.Database) -> None:
+    """A CRC-32 per blob row, recorded at push; rows from before keep NULL (builds verify those by sha256)."""
+    columns = {column.name for column in db.get_columns("object")}
+    if "crc32" not in columns:
+        db.execute_sql("ALTER TABLE object ADD COLUMN crc32 BIGINT")
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
 MIGRATIONS: list[Callable[[pw.Database], None]] = [
     _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_gc_runs, _v5_double_timestamps,
-    _v6_snapshot_deltas_and_pack_versions,
+    _v6_snapshot_deltas_and_pack_versions, _v7_blob_checksums,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

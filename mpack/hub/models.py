@@ -129,6 +129,9 @@ class Object(BaseModel):
     repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
     digest = pw.CharField(max_length=64)
     size = pw.BigIntegerField()
+    # CRC-32 of the bytes, taken at push where their sha256 was checked: a build verifies the stored
+    # file against it (3x faster than sha256 here). None for rows older than schema 7: sha256 then.
+    crc32 = pw.BigIntegerField(null=True)
 
     class Meta:
         primary_key = pw.CompositeKey("repo", "digest")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -226,10 +227,13 @@ def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
     fresh = {b.digest: b for b in blobs if b.digest not in already}
     if fresh:
         with hub.db.atomic():
-            Object.insert_many(
-                [{"repo": repo, "digest": d, "size": len(b.content)} for d, b in fresh.items()]
-            ).on_conflict_ignore().execute()
+            Object.insert_many([_object_row(repo, b) for b in fresh.values()]).on_conflict_ignore().execute()
     return {"stored": len(fresh), "skipped": len(blobs) - len(fresh)}
+
+
+def _object_row(repo: Repo, blob: Blob) -> dict:
+    """A blob's row: its size, and the CRC-32 that builds check the stored file against (``blob_feed``)."""
+    return {"repo": repo, "digest": blob.digest, "size": len(blob.content), "crc32": zlib.crc32(blob.content)}
 
 
 def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
@@ -288,8 +292,7 @@ def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
 
 def _insert_history(repo: Repo, bundle: Bundle, generations: dict[str, int]) -> None:
     if bundle.blobs:
-        Object.insert_many([{"repo": repo, "digest": b.digest, "size": len(b.content)} for b in bundle.blobs]
-                           ).on_conflict_ignore().execute()
+        Object.insert_many([_object_row(repo, b) for b in bundle.blobs]).on_conflict_ignore().execute()
     rows = [{"repo": repo, "digest": d, "record": r} for d, r in bundle.snapshots.items()]
     for start in range(0, len(rows), 200):
         Snapshot.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()

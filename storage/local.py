@@ -26,14 +26,13 @@ file, its bytes are verified; a damaged one is atomically replaced. A failed wri
 a crash may leave one, which GC sweeps through ``iter_temp``/``remove_temp``.
 Any ``OSError`` (a full disk, an I/O error) becomes ``StorageError``.
 
-``put_many`` writes a chunk of objects with batched durability (issue 8): each
-object is hashed once (``verify_all``) and written to its temp file, the temps
-are fsynced in parallel (concurrent fsyncs share the filesystem's journal
-commits), then linked into place, and then every directory that gained an
-entry — new shard directories included — is fsynced once per chunk, not once
-per object. It returns only after all of that, so the guarantees above hold:
-no partial file at a final path, every object durable before the caller
-answers.
+``put_many`` writes a chunk of objects with batched durability (issue 8;
+``storage/local_batch.py``): each object hashed once, written to an unnamed
+``O_TMPFILE`` in its shard directory (a named temp where that is not
+possible), all fsynced concurrently, then linked into place, then every
+directory that gained an entry fsynced once per chunk. It returns only after
+all of that, so the guarantees above hold: no partial file at a final path,
+every object durable before the caller answers.
 """
 from __future__ import annotations
 
@@ -45,10 +44,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, BinaryIO
 
+from storage import local_batch
 from storage.base import (
     VERIFY_CHUNK,
     PendingFile,
@@ -58,7 +57,6 @@ from storage.base import (
     check_temp_name,
     is_temp_name,
     new_temp_name,
-    verify_all,
 )
 from storage.errors import StorageError, StorageFull, StoredObjectMissing
 from storage.signing import UrlSigner
@@ -69,10 +67,6 @@ PRIVATE_FILE = 0o600
 PROBE_BYTES = 4096  # one page: enough to hit a full disk, small enough to do on every health check
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# Threads that fsync a chunk's files (and directories) concurrently.
-SYNC_THREADS = 8
-# link() errors meaning "this filesystem has no hard links": fall back to rename.
-_NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -95,8 +89,9 @@ class LocalStore(Store):
         *,
         fsync: bool = True,
         fopen: Callable[..., IO[bytes]] = io.open,
-        link: Callable[[str, str], None] = os.link,
+        link: Callable[[str, str], None] = local_batch.link_following,
         quarantine_root: str | os.PathLike[str] | None = None,
+        unnamed_temps: bool = True,
     ) -> None:
         """Open (lazily create) a store rooted at ``root``.
 
@@ -106,15 +101,20 @@ class LocalStore(Store):
             fsync: fsync files and directories (turn off only for throwaway
                 stores: a crash may then lose acknowledged writes).
             fopen: opens files, as ``io.open``; injected by tests.
-            link: hard-links a file, as ``os.link``; injected by tests.
+            link: hard-links a file, as ``os.link`` but following a symbolic
+                link at the source (``local_batch.link_following``: an
+                unnamed file is named through ``/proc/self/fd/N``); injected by tests.
             quarantine_root: where ``quarantine`` moves damaged objects
                 (default ``<root>/quarantine``; best on the same filesystem).
+            unnamed_temps: let ``put_many`` write ``O_TMPFILE`` files where the
+                system allows it (False: always named temps in ``<root>/tmp``).
         """
         super().__init__(signer)
         self.root = os.path.abspath(os.fspath(root))
         self.fsync = fsync
         self._fopen = fopen
         self._link = link
+        self.unnamed_temps = unnamed_temps and local_batch.tmpfile_supported()
         self._tmp = os.path.join(self.root, "tmp")
         self.quarantine_root = os.path.abspath(os.fspath(quarantine_root or os.path.join(self.root, "quarantine")))
 
@@ -255,71 +255,11 @@ class LocalStore(Store):
         return _LocalPending(self, namespace, name, path, handle)
 
     def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """As ``Store.put_many``, with one fsync pass per chunk (see the module docstring)."""
-        check_namespace(namespace)
-        keys = verify_all(items)
-        created = [False] * len(items)
-        todo: dict[str, int] = {}
-        for index, key in enumerate(keys):
-            # A stored object is kept if it is intact; a damaged one is written again (replaced).
-            if key not in todo and not self.intact(namespace, key):
-                todo[key] = index
-        if not todo:
-            return created
-        temps: list[tuple[str, str]] = []  # (key, temp path)
-        dirs: set[str] = set()  # directories that gained an entry, synced once at the end
+        """As ``Store.put_many``, one chunk written, synced and published together (``storage.local_batch``)."""
         try:
-            for key in todo:  # the shard directories first: metadata before any fsync (see _write_temps)
-                self._make_dirs(os.path.dirname(self._locate(namespace, key)[1]), dirs)
-            self._write_temps([(key, items[index][1]) for key, index in todo.items()], temps, dirs)
-            for key, temp in temps:
-                final = self._locate(namespace, key)[1]
-                if self._link_into_place(temp, final, dirs):
-                    created[todo[key]] = True
-            self._sync_all(dirs, self._sync_dir)
+            return local_batch.put_many(self, namespace, items)
         except OSError as exc:
-            raise _storage_error(f"cannot store {len(todo)} {namespace} objects", exc) from exc
-        finally:
-            for _, temp in temps:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-        return created
-
-    def _write_temps(self, items: list[tuple[str, bytes]], temps: list[tuple[str, str]], dirs: set[str]) -> None:
-        """Write each object to a new temp file (appended to ``temps`` as it is created), then fsync them all.
-
-        Every metadata change (directories, temp files) is made before the
-        first fsync: metadata operations that wait behind concurrent fsyncs
-        for the filesystem journal cost more than the writes themselves.
-        """
-        self._make_dirs(self._tmp, dirs)
-        handles: list[IO[bytes]] = []
-        try:
-            for key, data in items:
-                path = os.path.join(self._tmp, new_temp_name())
-                handle = self._fopen(path, "xb", opener=_private_opener)
-                temps.append((key, path))
-                handles.append(handle)
-                handle.write(data)
-                handle.flush()
-            if self.fsync:
-                self._sync_all(handles, lambda h: os.fsync(h.fileno()))
-        finally:
-            for handle in handles:
-                with contextlib.suppress(OSError):
-                    handle.close()
-
-    @staticmethod
-    def _sync_all(targets: Iterable, sync: Callable) -> None:
-        """``sync`` every target, concurrently when there are several; the first error is raised."""
-        targets = list(targets)
-        if len(targets) <= 1:
-            for target in targets:
-                sync(target)
-            return
-        with ThreadPoolExecutor(min(SYNC_THREADS, len(targets))) as pool:
-            for _ in pool.map(sync, targets):
-                pass
+            raise _storage_error(f"cannot store {len(items)} {check_namespace(namespace)} objects", exc) from exc
 
     def _make_dirs(self, path: str, unsynced: set[str] | None = None) -> None:
         """Create ``path`` and missing parents; each parent that gains an entry is synced now,
@@ -358,7 +298,7 @@ class LocalStore(Store):
                 return False
             os.replace(temp, final)  # damaged: the new bytes take its place atomically
         except OSError as exc:
-            if exc.errno not in _NO_HARDLINKS:
+            if exc.errno not in local_batch.NO_HARDLINKS:
                 raise
             if os.path.exists(final) and self._keep_existing(final):
                 return False

@@ -127,3 +127,20 @@ def test_safe_branch_names_pass(branch):
 def test_lone_surrogates_are_refused_in_paths_and_branch_names():
     assert rules.path_problem("lone\ud800") is not None
     assert rules.branch_problem("lone\udfff") is not None
+
+
+GOOD_ID = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("bad_key, bad_value, problem", [
+    ("../up", GOOD_ID, "path has an empty"), ("", GOOD_ID, "path must be a non-empty"), (b"bytes", GOOD_ID, "path must be"),
+    ("fine.txt", "sha256:" + "AB" * 32, "not a well-formed id"), ("fine.txt", 7, "not a well-formed id"),
+    ("fine.txt", "ab" * 31, "not a well-formed id"), ("fine.txt", ["x"], "not a well-formed id"),
+])
+def test_a_manifest_of_many_good_entries_and_one_bad_is_refused_naming_it(bad_key, bad_value, problem):
+    manifest = {f"dir/file{n}.txt": ("ab" * 32 if n % 2 else GOOD_ID) for n in range(300)}
+    assert rules.check_manifest(manifest) is manifest  # the fast path (issue 8) accepts the good ones
+    manifest[bad_key] = bad_value
+    with pytest.raises(InvalidRecord, match=problem) as info:
+        rules.check_manifest(manifest)
+    assert repr(bad_key)[:20] in str(info.value.detail) + str(getattr(info.value, "field", ""))

@@ -32,6 +32,12 @@ def _is_id_text(value: str) -> bool:
     return len(value) == 64 and _HEX64.fullmatch(value) is not None
 
 
+def all_ids(values: Iterable[object]) -> bool:
+    """True when every value is a well-formed id (a manifest's values: no Python frame per value)."""
+    values = list(values)
+    return set(map(type, values)) <= {str} and all(map(_is_id_text, values))
+
+
 def check_id(value: object, what: str = "id") -> str:
     """Return ``value`` unchanged if it is a well-formed id, else raise InvalidId."""
     if not is_id(value):

@@ -168,7 +168,8 @@ def adopt_uploads(hub: Hub, repo: Repo, digests: set[str]) -> set[str]:
 
 def check_references(hub: Hub, repo: Repo, bundle: Bundle) -> None:
     pushed_blobs = {b.digest for b in bundle.blobs}
-    wanted_blobs = {ids.hex_of(o) for s in bundle.snapshots.values() for o in s["manifest"].values()}
+    # Each distinct id once: consecutive snapshots name almost the same objects.
+    wanted_blobs = set(map(ids.hex_of, {o for s in bundle.snapshots.values() for o in s["manifest"].values()}))
     lacking = wanted_blobs - pushed_blobs - {EMPTY_BLOB}
     lacking -= _present(Object, repo, lacking)
     lacking -= adopt_uploads(hub, repo, lacking)

@@ -1,0 +1,231 @@
+"""``LocalStore.put_many``: a chunk of objects written, synced and published together (issue 8).
+
+For one chunk, in this order:
+
+1. every object is hashed once and checked against its id (``verify_all``):
+   one mismatch and nothing is written;
+2. objects already stored intact are skipped (a damaged one is written again);
+3. the shard directories still missing are created — every metadata change
+   before the first fsync (metadata operations that wait behind concurrent
+   fsyncs for the journal cost more than the writes);
+4. each object is written to a file **without a name**: ``O_TMPFILE`` in its
+   shard directory (Linux 3.11+; ext4, xfs, btrfs, tmpfs). Where the
+   filesystem or ``/proc`` does not allow that, a named temp file in
+   ``<root>/tmp`` as ``put_bytes`` uses;
+5. every file is fsynced, concurrently (concurrent fsyncs share the
+   filesystem's journal commits);
+6. only then does each file get its final name: ``linkat`` of
+   ``/proc/self/fd/N`` (``link_following``) for an unnamed one — one
+   directory entry per object, where a named temp costs three operations
+   (create in ``tmp``, link, unlink) — or a hard link for a named one;
+7. every directory that gained an entry is fsynced once (not once per object).
+
+``put_many`` returns after step 7, so everything is durable before the hub
+answers. A final path never holds a partial or unsynced file, and a failure at
+any step leaves no temp behind: an unnamed file vanishes when it is closed (a
+crash cannot leave one either), a named one is unlinked. An unnamed file
+linked to its final name is durable once its directory is synced on a
+journalled filesystem (the link and the file's link count commit together).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Protocol
+
+from storage.base import check_namespace, new_temp_name, verify_all
+
+# Threads that fsync a chunk's files (and directories) concurrently.
+SYNC_THREADS = 8
+PROC_FD = "/proc/self/fd"
+O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+# open(O_TMPFILE) errors meaning "not here": use named temp files.
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
+# link() errors meaning "this filesystem has no hard links" (LocalStore falls back to rename).
+NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+class _Layout(Protocol):
+    """What the batch needs of its ``LocalStore`` (paths, directories, hooks)."""
+
+    fsync: bool
+    unnamed_temps: bool
+    _tmp: str
+    _fopen: Callable[..., IO[bytes]]
+    _link: Callable[[str, str], None]
+
+    def intact(self, namespace: str, digest: str) -> bool: ...
+    def _locate(self, namespace: str, digest: str) -> tuple[str, str]: ...
+    def _make_dirs(self, path: str, unsynced: set[str] | None = None) -> None: ...
+    def _sync_dir(self, path: str) -> None: ...
+    def _link_into_place(self, temp: str, final: str, unsynced: set[str] | None = None) -> bool: ...
+    def _keep_existing(self, final: str) -> bool: ...
+
+
+def link_following(src: str, dst: str) -> None:
+    """``link(src, dst)`` that follows a symbolic link at ``src`` (``linkat`` with ``AT_SYMLINK_FOLLOW``).
+
+    Naming an unnamed file through ``/proc/self/fd/N`` needs that. ``os.link``
+    calls plain ``link(2)``, which would link the symlink itself (and fail
+    with EXDEV), unless a directory fd is passed: the destination's is.
+    """
+    parent = os.open(os.path.dirname(dst), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.link(src, os.path.basename(dst), dst_dir_fd=parent, follow_symlinks=True)
+    finally:
+        os.close(parent)
+
+
+def tmpfile_supported() -> bool:
+    """Whether unnamed files can be created and named here at all (``O_TMPFILE`` and ``/proc``)."""
+    return bool(O_TMPFILE) and os.path.isdir(PROC_FD)
+
+
+def put_many(store: _Layout, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+    """Write a chunk of objects (see the module docstring) → one flag per item: True where this call wrote it."""
+    check_namespace(namespace)
+    keys = verify_all(items)
+    created = [False] * len(items)
+    todo: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        # A stored object is kept if it is intact; a damaged one is written again (replaced).
+        if key not in todo and not store.intact(namespace, key):
+            todo[key] = index
+    if not todo:
+        return created
+    dirs: set[str] = set()  # directories that gained an entry, synced once at the end
+    finals = {key: store._locate(namespace, key)[1] for key in todo}
+    for final in finals.values():
+        store._make_dirs(os.path.dirname(final), dirs)
+    writes = [(key, finals[key], items[index][1]) for key, index in todo.items()]
+    published = _Unnamed(store).write(writes, dirs) if store.unnamed_temps else None
+    if published is None:  # unnamed files are not possible here: named temps
+        published = _Named(store).write(writes, dirs)
+    for key in published:
+        created[todo[key]] = True
+    sync_all(dirs, store._sync_dir)
+    return created
+
+
+def sync_all(targets: Iterable, sync: Callable) -> None:
+    """``sync`` every target, concurrently when there are several; the first error is raised."""
+    targets = list(targets)
+    if len(targets) <= 1:
+        for target in targets:
+            sync(target)
+        return
+    with ThreadPoolExecutor(min(SYNC_THREADS, len(targets))) as pool:
+        for _ in pool.map(sync, targets):
+            pass
+
+
+class _Unnamed:
+    """Objects written to O_TMPFILE files in their shard directories, then linked to their names."""
+
+    def __init__(self, store: _Layout) -> None:
+        self.store = store
+        self.handles: list[tuple[str, str, IO[bytes]]] = []  # (key, final path, open unnamed file)
+
+    def write(self, writes: list[tuple[str, str, bytes]], dirs: set[str]) -> list[str] | None:
+        """Write, sync and name every object → the keys this call published; None if unnamed files cannot be made here."""
+        try:
+            for key, final, data in writes:
+                handle = self._open(os.path.dirname(final))
+                if handle is None:
+                    return None
+                self.handles.append((key, final, handle))
+                handle.write(data)
+                handle.flush()
+            if self.store.fsync:
+                sync_all([h for _, _, h in self.handles], lambda h: os.fsync(h.fileno()))
+            published = []
+            for key, final, handle in self.handles:
+                try:
+                    if self._name(handle, final, dirs):
+                        published.append(key)
+                except OSError as exc:
+                    if exc.errno in NO_HARDLINKS and not published:  # nothing named yet: named temps instead
+                        self.store.unnamed_temps = False
+                        return None
+                    raise
+            return published
+        finally:
+            for _, _, handle in self.handles:
+                with contextlib.suppress(OSError):
+                    handle.close()  # an unnamed file that was not linked vanishes here
+
+    def _open(self, directory: str) -> IO[bytes] | None:
+        try:
+            fd = os.open(directory, O_TMPFILE | os.O_WRONLY, 0o600)
+        except OSError as exc:
+            if exc.errno in _NO_TMPFILE and not self.handles:
+                self.store.unnamed_temps = False  # the filesystem says no: named temps from now on
+                return None
+            raise
+        try:
+            return self.store._fopen(fd, "xb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _name(self, handle: IO[bytes], final: str, dirs: set[str]) -> bool:
+        """Link the synced unnamed file to ``final`` → whether it was published (an intact object there is kept)."""
+        source = f"{PROC_FD}/{handle.fileno()}"
+        try:
+            self.store._link(source, final)
+        except FileExistsError:
+            if self.store._keep_existing(final):
+                return False
+            # Damaged: name the new bytes in tmp, then let them replace it atomically.
+            self.store._make_dirs(self.store._tmp, dirs)
+            temp = os.path.join(self.store._tmp, new_temp_name())
+            self.store._link(source, temp)
+            try:
+                os.replace(temp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+        dirs.add(os.path.dirname(final))
+        return True
+
+
+class _Named:
+    """Objects written to named temp files in ``<root>/tmp``, then hard-linked into place (the fallback)."""
+
+    def __init__(self, store: _Layout) -> None:
+        self.store = store
+        self.temps: list[tuple[str, str, str]] = []  # (key, final path, temp path)
+
+    def write(self, writes: list[tuple[str, str, bytes]], dirs: set[str]) -> list[str]:
+        """Write, sync and link every object → the keys this call published; every temp is removed."""
+        store = self.store
+        try:
+            store._make_dirs(store._tmp, dirs)
+            handles: list[IO[bytes]] = []
+            try:
+                for key, final, data in writes:
+                    path = os.path.join(store._tmp, new_temp_name())
+                    handle = store._fopen(path, "xb", opener=_private_opener)
+                    self.temps.append((key, final, path))
+                    handles.append(handle)
+                    handle.write(data)
+                    handle.flush()
+                if store.fsync:
+                    sync_all(handles, lambda h: os.fsync(h.fileno()))
+            finally:
+                for handle in handles:
+                    with contextlib.suppress(OSError):
+                        handle.close()
+            return [key for key, final, temp in self.temps if store._link_into_place(temp, final, dirs)]
+        finally:
+            for _, _, temp in self.temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)

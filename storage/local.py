@@ -91,7 +91,7 @@ class LocalStore(Store):
         fopen: Callable[..., IO[bytes]] = io.open,
         link: Callable[[str, str], None] = local_batch.link_following,
         quarantine_root: str | os.PathLike[str] | None = None,
-        unnamed_temps: bool = True,
+        unnamed_temps: bool = False,
     ) -> None:
         """Open (lazily create) a store rooted at ``root``.
 
@@ -107,7 +107,13 @@ class LocalStore(Store):
             quarantine_root: where ``quarantine`` moves damaged objects
                 (default ``<root>/quarantine``; best on the same filesystem).
             unnamed_temps: let ``put_many`` write ``O_TMPFILE`` files where the
-                system allows it (False: always named temps in ``<root>/tmp``).
+                system allows it (default False: named temps in ``<root>/tmp``).
+                Off by default: a linked ``O_TMPFILE``'s link count reaches
+                the disk only with the file's next inode write, which neither
+                the file's fsync (before the link) nor the directory's makes
+                on an ext4 without a journal, so a crash there could leave a
+                name pointing at an inode recorded with no links; and it was
+                measured no faster (docs/decisions.md).
         """
         super().__init__(signer)
         self.root = os.path.abspath(os.fspath(root))

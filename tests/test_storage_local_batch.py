@@ -33,6 +33,10 @@ def stored_whole(store):
     return sorted(store.iter_digests(BLOBS))
 
 
+def test_a_store_writes_named_temps_unless_asked_otherwise(root):
+    assert LocalStore(root, make_signer()).unnamed_temps is False
+
+
 @needs_tmpfile
 def test_put_many_names_no_temp_file_and_writes_private_single_link_files(root, monkeypatch):
     created = []
@@ -44,7 +48,7 @@ def test_put_many_names_no_temp_file_and_writes_private_single_link_files(root, 
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(local_batch.os, "open", spy_open)
-    store = LocalStore(root, make_signer())
+    store = LocalStore(root, make_signer(), unnamed_temps=True)  # opt-in (off by default, docs/decisions.md)
     items = many_blobs(50)
     assert all(store.put_many(BLOBS, items))
     assert created == []  # not one named temp: each file was created without a name
@@ -64,7 +68,7 @@ def test_put_many_without_o_tmpfile_falls_back_to_named_temps(root, monkeypatch)
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(local_batch.os, "open", no_tmpfile)
-    store = LocalStore(root, make_signer())
+    store = LocalStore(root, make_signer(), unnamed_temps=True)
     items = many_blobs(20)
     assert all(store.put_many(BLOBS, items))
     assert store.unnamed_temps is False  # remembered: the next chunk does not try again
@@ -79,7 +83,7 @@ def test_put_many_where_unnamed_files_cannot_be_linked_uses_named_temps(root):
             raise PermissionError(errno.EPERM, "Operation not permitted")
         local_batch.link_following(src, dst)
 
-    store = LocalStore(root, make_signer(), link=link)
+    store = LocalStore(root, make_signer(), link=link, unnamed_temps=True)
     items = many_blobs(10)
     assert all(store.put_many(BLOBS, items))
     assert store.unnamed_temps is False

@@ -8,10 +8,12 @@ For one chunk, in this order:
 3. the shard directories still missing are created — every metadata change
    before the first fsync (metadata operations that wait behind concurrent
    fsyncs for the journal cost more than the writes);
-4. each object is written to a file **without a name**: ``O_TMPFILE`` in its
-   shard directory (Linux 3.11+; ext4, xfs, btrfs, tmpfs). Where the
-   filesystem or ``/proc`` does not allow that, a named temp file in
-   ``<root>/tmp`` as ``put_bytes`` uses;
+4. each object is written to a named temp file in ``<root>/tmp``, as
+   ``put_bytes`` uses; or, for a store made with ``unnamed_temps=True``, to a
+   file **without a name**: ``O_TMPFILE`` in its shard directory (Linux
+   3.11+; ext4, xfs, btrfs, tmpfs), named temps where the filesystem or
+   ``/proc`` does not allow that. Unnamed temps are off by default: no faster
+   here, and weaker on an ext4 without a journal (see below);
 5. every file is fsynced, concurrently (concurrent fsyncs share the
    filesystem's journal commits);
 6. only then does each file get its final name: ``linkat`` of
@@ -25,7 +27,8 @@ answers. A final path never holds a partial or unsynced file, and a failure at
 any step leaves no temp behind: an unnamed file vanishes when it is closed (a
 crash cannot leave one either), a named one is unlinked. An unnamed file
 linked to its final name is durable once its directory is synced on a
-journalled filesystem (the link and the file's link count commit together).
+journalled filesystem (the link and the file's link count commit together);
+without a journal the link count waits for the inode's next write.
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Protocol
 
+from storage import syncfs
 from storage.base import check_namespace, new_temp_name, verify_all
 
 # Threads that fsync a chunk's files (and directories) concurrently.
@@ -51,10 +52,17 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errn
 NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
+# How a chunk is made durable (``LocalStore(batch_sync=...)``, MPACKHUB_STORE_SYNC).
+SYNCFS, FSYNC = "syncfs", "fsync"
+BATCH_SYNCS = (SYNCFS, FSYNC)
+
+
 class _Layout(Protocol):
     """What the batch needs of its ``LocalStore`` (paths, directories, hooks)."""
 
+    root: str
     fsync: bool
+    batch_sync: str
     unnamed_temps: bool
     _tmp: str
     _fopen: Callable[..., IO[bytes]]
@@ -104,13 +112,73 @@ def put_many(store: _Layout, namespace: str, items: Sequence[tuple[str, bytes]])
     for final in finals.values():
         store._make_dirs(os.path.dirname(final), dirs)
     writes = [(key, finals[key], items[index][1]) for key, index in todo.items()]
-    published = _Unnamed(store).write(writes, dirs) if store.unnamed_temps else None
+    durability = _durability(store)
+    published = _Unnamed(store, durability).write(writes, dirs) if store.unnamed_temps else None
     if published is None:  # unnamed files are not possible here: named temps
-        published = _Named(store).write(writes, dirs)
+        published = _Named(store, durability).write(writes, dirs)
     for key in published:
         created[todo[key]] = True
-    sync_all(dirs, store._sync_dir)
+    durability.directories(dirs)
     return created
+
+
+class _Durability(Protocol):
+    def files(self, handles: list[IO[bytes]]) -> None:
+        """Make the chunk's written (flushed) files durable, before any gets its final name."""
+
+    def directories(self, dirs: set[str]) -> None:
+        """Make the names given since (and the directories created) durable."""
+
+
+def _durability(store: _Layout) -> _Durability:
+    if not store.fsync:
+        return _NoSync()
+    if store.batch_sync == SYNCFS and syncfs.AVAILABLE:
+        return _WholeFilesystem(store.root)
+    return _PerFile(store)
+
+
+class _NoSync:
+    """A throwaway store (``fsync=False``): nothing is synced."""
+
+    def files(self, handles: list[IO[bytes]]) -> None:
+        pass
+
+    def directories(self, dirs: set[str]) -> None:
+        pass
+
+
+class _PerFile:
+    """Each file fsynced, concurrently; then each directory that gained an entry, once."""
+
+    def __init__(self, store: _Layout) -> None:
+        self.store = store
+
+    def files(self, handles: list[IO[bytes]]) -> None:
+        sync_all(handles, lambda handle: os.fsync(handle.fileno()))
+
+    def directories(self, dirs: set[str]) -> None:
+        sync_all(dirs, self.store._sync_dir)
+
+
+class _WholeFilesystem:
+    """One ``syncfs`` before the files get their names and one after: two flushes per chunk, not one per file.
+
+    The first makes every temp's bytes and inode durable, so a final name
+    never points at unsynced data; the second makes the names (and new shard
+    directories) durable before ``put_many`` returns.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def files(self, handles: list[IO[bytes]]) -> None:
+        if handles:
+            syncfs.syncfs(self.root)
+
+    def directories(self, dirs: set[str]) -> None:
+        if dirs:
+            syncfs.syncfs(self.root)
 
 
 def sync_all(targets: Iterable, sync: Callable) -> None:
@@ -128,8 +196,9 @@ def sync_all(targets: Iterable, sync: Callable) -> None:
 class _Unnamed:
     """Objects written to O_TMPFILE files in their shard directories, then linked to their names."""
 
-    def __init__(self, store: _Layout) -> None:
+    def __init__(self, store: _Layout, durability: _Durability) -> None:
         self.store = store
+        self.durability = durability
         self.handles: list[tuple[str, str, IO[bytes]]] = []  # (key, final path, open unnamed file)
 
     def write(self, writes: list[tuple[str, str, bytes]], dirs: set[str]) -> list[str] | None:
@@ -142,8 +211,7 @@ class _Unnamed:
                 self.handles.append((key, final, handle))
                 handle.write(data)
                 handle.flush()
-            if self.store.fsync:
-                sync_all([h for _, _, h in self.handles], lambda h: os.fsync(h.fileno()))
+            self.durability.files([h for _, _, h in self.handles])
             published = []
             for key, final, handle in self.handles:
                 try:
@@ -199,8 +267,9 @@ class _Unnamed:
 class _Named:
     """Objects written to named temp files in ``<root>/tmp``, then hard-linked into place (the fallback)."""
 
-    def __init__(self, store: _Layout) -> None:
+    def __init__(self, store: _Layout, durability: _Durability) -> None:
         self.store = store
+        self.durability = durability
         self.temps: list[tuple[str, str, str]] = []  # (key, final path, temp path)
 
     def write(self, writes: list[tuple[str, str, bytes]], dirs: set[str]) -> list[str]:
@@ -217,8 +286,7 @@ class _Named:
                     handles.append(handle)
                     handle.write(data)
                     handle.flush()
-                if store.fsync:
-                    sync_all(handles, lambda h: os.fsync(h.fileno()))
+                self.durability.files(handles)
             finally:
                 for handle in handles:
                     with contextlib.suppress(OSError):

@@ -5,7 +5,9 @@ import stat
 
 import pytest
 
+from mpack.hub.bootstrap import open_store
 from mpack.hub.settings import Settings, SettingsError, secrets_path
+from tests.test_storage_local import make_signer
 
 
 def test_defaults_live_under_home(tmp_path):
@@ -45,7 +47,7 @@ def test_signing_keys_rotate_oldest_to_newest(tmp_path):
 @pytest.mark.parametrize("name, value", [
     ("MPACKHUB_CACHE_TTL", "soon"), ("MPACKHUB_JOB_THREADS", "-1"), ("MPACKHUB_URL_TTL", "999999999"),
     ("MPACKHUB_URL_TTL_MAX", "99999999"), ("MPACKHUB_SIGNING_KEYS", "nokey"), ("MPACKHUB_ADMIN_TOKEN", "short"),
-    ("MPACKHUB_JOB_POLL_SECONDS", "fast"),
+    ("MPACKHUB_JOB_POLL_SECONDS", "fast"), ("MPACKHUB_STORE_SYNC", "never"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(tmp_path, name, value):
     with pytest.raises(SettingsError, match=name):
@@ -55,6 +57,14 @@ def test_bad_values_are_refused_with_the_variable_named(tmp_path, name, value):
 def test_the_store_defaults_to_the_local_directory_under_home(tmp_path):
     settings = Settings.from_env({"MPACKHUB_HOME": str(tmp_path)})
     assert (settings.store_kind, settings.store_root) == ("file", tmp_path / "store")
+
+
+@pytest.mark.parametrize("value, expected", [(None, "syncfs"), ("fsync", "fsync"), ("SYNCFS", "syncfs")])
+def test_store_sync_picks_how_the_local_store_makes_pushed_blobs_durable(tmp_path, value, expected):
+    env = {"MPACKHUB_HOME": str(tmp_path), **({"MPACKHUB_STORE_SYNC": value} if value else {})}
+    settings = Settings.from_env(env)
+    assert settings.store_sync == expected
+    assert open_store(settings, make_signer()).batch_sync == expected
 
 
 def test_store_url_picks_a_directory_or_a_bucket(tmp_path):

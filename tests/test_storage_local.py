@@ -235,8 +235,8 @@ def fsyncs(monkeypatch):
     return events
 
 
-def test_put_many_syncs_each_directory_once_per_chunk_not_once_per_object(root, fsyncs):
-    store = LocalStore(root, make_signer(), link=lambda a, b: local_batch.link_following(a, b))
+def test_put_many_per_file_syncs_each_directory_once_per_chunk_not_once_per_object(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: local_batch.link_following(a, b), batch_sync="fsync")
     items = many_blobs(300)
     assert all(store.put_many(BLOBS, items))
     files = [path for kind, path in fsyncs if kind == "file"]
@@ -252,8 +252,8 @@ def test_put_many_syncs_each_directory_once_per_chunk_not_once_per_object(root, 
     assert len([1 for kind, path in fsyncs if kind == "dir" and path in leaves]) == 300
 
 
-def test_put_many_links_only_after_every_file_is_synced_and_answers_after_the_directories(root, fsyncs):
-    store = LocalStore(root, make_signer(), link=lambda a, b: local_batch.link_following(a, b))
+def test_put_many_per_file_links_only_after_every_file_is_synced_and_answers_after_the_directories(root, fsyncs):
+    store = LocalStore(root, make_signer(), link=lambda a, b: local_batch.link_following(a, b), batch_sync="fsync")
     store.put_many(BLOBS, many_blobs(40))
     kinds = [kind for kind, _ in fsyncs]
     assert kinds.index("link") > max(i for i, k in enumerate(kinds) if k == "file")  # no unsynced file is ever published

@@ -53,6 +53,7 @@ class Settings:
     store_url: str = ""  # "" → file://$MPACKHUB_HOME/store; s3://bucket/prefix → the S3 store
     s3_endpoint_url: str = ""  # "" → AWS; R2, MinIO or a test server otherwise
     s3_region: str = ""
+    store_sync: str = "syncfs"  # how a local store makes a chunk of pushed blobs durable: syncfs | fsync
     metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: set under gunicorn (one file per worker)
 
     @property
@@ -110,6 +111,7 @@ class Settings:
             store_url=env.str("MPACKHUB_STORE_URL", ""),
             s3_endpoint_url=env.str("MPACKHUB_S3_ENDPOINT_URL", ""),
             s3_region=env.str("MPACKHUB_S3_REGION", ""),
+            store_sync=env.str("MPACKHUB_STORE_SYNC", "syncfs").lower(),
             metrics_dir=Path(env.str(METRICS_DIR_VAR, "")).resolve() if env.str(METRICS_DIR_VAR, "") else None,
         )
         values["url_ttl"] = env.int("MPACKHUB_URL_TTL", 3600, minimum=10, maximum=int(values["url_ttl_max"]))
@@ -126,6 +128,8 @@ class Settings:
         if self.url_ttl > self.url_ttl_max:
             raise SettingsError("MPACKHUB_URL_TTL exceeds MPACKHUB_URL_TTL_MAX")
         _check_store_url(self.store_url)
+        if self.store_sync not in ("syncfs", "fsync"):
+            raise SettingsError("MPACKHUB_STORE_SYNC must be syncfs or fsync")
 
     def describe(self) -> dict[str, object]:
         """The settings as shown in logs and ``mpackhub serve``: secrets masked."""

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import peewee as pw
 
+from mpack.hub import bulk
 from mpack.hub.models import Commit, Snapshot, SnapshotDelta
 
 BATCH = 500
@@ -33,8 +34,9 @@ class Delta(NamedTuple):
 
 def diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[dict, dict]:
     """(entries added or changed, entries removed with their old id) from ``old`` to ``new``."""
-    changed = {path: oid for path, oid in new.items() if old.get(path) != oid}
-    removed = {path: oid for path, oid in old.items() if path not in new}
+    # Set operations on the item views run in C: most of two consecutive manifests is equal.
+    changed = dict(new.items() - old.items())
+    removed = {path: old[path] for path in old.keys() - new.keys()}
     return changed, removed
 
 
@@ -72,9 +74,8 @@ def snapshot_record(repo, digest: str) -> dict:
 
 
 def insert(repo, deltas: Iterable[Delta]) -> None:
-    rows = [row_of(repo, d) for d in deltas]
-    for start in range(0, len(rows), 200):
-        SnapshotDelta.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
+    repo_id = getattr(repo, "repo_id", repo)
+    bulk.insert_ignoring_duplicates(SnapshotDelta, ("repo", *Delta._fields), [(repo_id, *d) for d in deltas])
 
 
 def backfill(db: pw.Database) -> int:

@@ -17,11 +17,19 @@ from mpack.hub.errors import InvalidRecord
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def check_json_like(value: object, name: str) -> None:
-    """Raise InvalidRecord naming the first field of ``value`` JSON cannot store."""
+class JsonText(str):
+    """A JSON document already serialised as the hub's JSON columns store it (``models.JSONField`` keeps it as is)."""
+
+
+def json_text(value: object, name: str) -> JsonText:
+    """``value`` as stored JSON text (compact, keys sorted), serialised once while it is checked.
+
+    Raises InvalidRecord naming the first field of ``value`` JSON cannot store.
+    """
     try:  # the common case at C speed; the walk below only names the culprit
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        return
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True)
+        text.encode("utf-8")  # a lone surrogate fails here
+        return JsonText(text)
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
         pass
     _find_culprit(value, name)

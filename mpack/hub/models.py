@@ -14,6 +14,7 @@ import json
 import peewee as pw
 
 from mpack.format.writer import VERSION as FORMAT_VERSION
+from mpack.hub.jsonlike import JsonText
 
 database = pw.DatabaseProxy()
 
@@ -22,6 +23,8 @@ class JSONField(pw.TextField):
     """A JSON document stored as compact text."""
 
     def db_value(self, value):
+        if isinstance(value, JsonText):  # serialised once, when it was checked (jsonlike.json_text)
+            return str(value)
         return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
 
     def python_value(self, value):

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids, rules
-from mpack.hub import deltas, prebuild
+from mpack.hub import bulk, deltas, prebuild
 from mpack.hub.db import for_update
 from mpack.hub.errors import BadRequest, InvalidField, MissingReference, MuseError, NonFastForward
 from mpack.hub.history import is_ancestor, load_commits
-from mpack.hub.jsonlike import check_json_like
+from mpack.hub.jsonlike import JsonText, json_text
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
@@ -51,12 +51,14 @@ class ParsedCommit:
     digest: str
     parents: list[str]  # digests
     snapshot: str  # digest
+    text: JsonText  # the record as stored
 
 
 @dataclass
 class Bundle:
     blobs: list[Blob] = field(default_factory=list)
     snapshots: dict[str, dict] = field(default_factory=dict)  # digest -> record
+    snapshot_texts: dict[str, JsonText] = field(default_factory=dict)  # digest -> the record as stored
     commits: list[ParsedCommit] = field(default_factory=list)
 
 
@@ -103,33 +105,35 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
     return blobs
 
 
-def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
+def parse_snapshot(record: object, name: str) -> tuple[str, dict, JsonText]:
+    """A verified snapshot record → (digest, record, the record as stored)."""
     record = rules.check_snapshot_record(_map(record, name), name)
-    check_json_like(record, name)
+    text = json_text(record, name)
     snapshot_id = record["snapshot_id"]
     digest = ids.snapshot_digest(record["manifest"])
     if not ids.same_digest(snapshot_id, digest):
         raise ContentMismatch("snapshot", snapshot_id, digest)
-    return digest, record
+    return digest, record, text
 
 
 def parse_commit(record: object, name: str) -> ParsedCommit:
     record = rules.check_commit_record(_map(record, name), name)
-    check_json_like(record, name)
+    text = json_text(record, name)
     commit_id, snapshot_id = record["commit_id"], record["snapshot_id"]
     parents = rules.commit_parents(record, name)
     digest = ids.commit_digest(parents, snapshot_id, record["message"], record["committed_at"])
     if not ids.same_digest(commit_id, digest):
         raise ContentMismatch("commit", commit_id, digest)
-    return ParsedCommit(record, digest, [ids.hex_of(p) for p in parents], ids.hex_of(snapshot_id))
+    return ParsedCommit(record, digest, [ids.hex_of(p) for p in parents], ids.hex_of(snapshot_id), text)
 
 
 def parse_bundle(bundle: object) -> Bundle:
     bundle = _map(bundle, "bundle")
     parsed = Bundle(blobs=parse_objects(bundle.get("objects"), "bundle.objects"))
     for index, record in enumerate(_list(bundle.get("snapshots"), "bundle.snapshots")):
-        digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]")
+        digest, record, text = parse_snapshot(record, f"bundle.snapshots[{index}]")
         parsed.snapshots[digest] = record
+        parsed.snapshot_texts[digest] = text
     commits = _list(bundle.get("commits"), "bundle.commits")
     parsed.commits = [parse_commit(record, f"bundle.commits[{i}]") for i, record in enumerate(commits)]
     return parsed
@@ -138,12 +142,7 @@ def parse_bundle(bundle: object) -> Bundle:
 # -- references -------------------------------------------------------------------
 
 def _present(model, repo: Repo, digests: Iterable[str]) -> set[str]:
-    wanted = sorted(set(digests))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start:start + 500]
-        found.update(r.digest for r in model.select(model.digest).where((model.repo == repo) & model.digest.in_(chunk)))
-    return found
+    return bulk.present(model, repo.repo_id, digests)
 
 
 def missing_objects(repo: Repo, object_ids: Iterable[str]) -> list[str]:
@@ -161,8 +160,8 @@ def adopt_uploads(hub: Hub, repo: Repo, digests: set[str]) -> set[str]:
     adopted = {d: size for d, size in sizes.items() if size is not None}
     if adopted:
         with hub.db.atomic():
-            Object.insert_many([{"repo": repo, "digest": d, "size": size} for d, size in adopted.items()]
-                               ).on_conflict_ignore().execute()
+            bulk.insert_ignoring_duplicates(Object, ("repo", "digest", "size"),
+                                            [(repo.repo_id, d, size) for d, size in adopted.items()])
     return set(adopted)
 
 
@@ -227,13 +226,14 @@ def receive_objects(hub: Hub, repo: Repo, body: dict) -> dict:
     fresh = {b.digest: b for b in blobs if b.digest not in already}
     if fresh:
         with hub.db.atomic():
-            Object.insert_many([_object_row(repo, b) for b in fresh.values()]).on_conflict_ignore().execute()
+            _insert_objects(repo, fresh.values())
     return {"stored": len(fresh), "skipped": len(blobs) - len(fresh)}
 
 
-def _object_row(repo: Repo, blob: Blob) -> dict:
-    """A blob's row: its size, and the CRC-32 that builds check the stored file against (``blob_feed``)."""
-    return {"repo": repo, "digest": blob.digest, "size": len(blob.content), "crc32": zlib.crc32(blob.content)}
+def _insert_objects(repo: Repo, blobs: Iterable[Blob]) -> None:
+    """The blobs' rows: size, and the CRC-32 that builds check the stored file against (``blob_feed``)."""
+    bulk.insert_ignoring_duplicates(Object, ("repo", "digest", "size", "crc32"), [
+        (repo.repo_id, blob.digest, len(blob.content), zlib.crc32(blob.content)) for blob in blobs])
 
 
 def _tip_of(body: dict, bundle: Bundle) -> ParsedCommit | str:
@@ -291,15 +291,13 @@ def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
 
 
 def _insert_history(repo: Repo, bundle: Bundle, generations: dict[str, int]) -> None:
-    if bundle.blobs:
-        Object.insert_many([_object_row(repo, b) for b in bundle.blobs]).on_conflict_ignore().execute()
-    rows = [{"repo": repo, "digest": d, "record": r} for d, r in bundle.snapshots.items()]
-    for start in range(0, len(rows), 200):
-        Snapshot.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
-    rows = [{"repo": repo, "digest": c.digest, "commit_id": c.record["commit_id"], "parents": c.parents,
-             "snapshot": c.snapshot, "generation": generations[c.digest], "record": c.record} for c in bundle.commits]
-    for start in range(0, len(rows), 200):
-        Commit.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
+    _insert_objects(repo, bundle.blobs)
+    bulk.insert_ignoring_duplicates(Snapshot, ("repo", "digest", "record"),
+                                    [(repo.repo_id, d, text) for d, text in bundle.snapshot_texts.items()])
+    bulk.insert_ignoring_duplicates(
+        Commit, ("repo", "digest", "commit_id", "parents", "snapshot", "generation", "record"),
+        [(repo.repo_id, c.digest, c.record["commit_id"], c.parents, c.snapshot, generations[c.digest], c.text)
+         for c in bundle.commits])
 
 
 def _resolve_tip(repo: Repo, tip: ParsedCommit | str) -> tuple[str, str]:

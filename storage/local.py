@@ -49,6 +49,7 @@ from typing import IO, BinaryIO
 
 from storage import local_batch
 from storage.base import (
+    NAMESPACES,
     VERIFY_CHUNK,
     PendingFile,
     Store,
@@ -266,6 +267,24 @@ class LocalStore(Store):
         except OSError as exc:
             raise _storage_error(f"cannot create a temp file for a {namespace} object", exc) from exc
         return _LocalPending(self, namespace, name, path, handle)
+
+    def create_layout(self) -> None:
+        """Create ``tmp`` and every shard directory now, each synced once (the hub calls this at start).
+
+        A first push would otherwise create up to 512 directories while the
+        client waits: on ext4 each directory is placed in a block group of its
+        own, and creating one cost ~0.8 ms here against ~0.3 ms for a file.
+        Directories already there cost a ``stat`` each.
+        """
+        created: set[str] = set()
+        try:
+            self._make_dirs(self._tmp, created)
+            for namespace in NAMESPACES:
+                for shard in range(256):
+                    self._make_dirs(os.path.join(self.root, namespace, f"{shard:02x}"), created)
+            local_batch.sync_all(created, self._sync_dir)
+        except OSError as exc:
+            raise _storage_error("cannot create the store's directories", exc) from exc
 
     def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """As ``Store.put_many``, one chunk written, synced and published together (``storage.local_batch``)."""

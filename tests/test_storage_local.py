@@ -333,3 +333,27 @@ def test_a_damaged_object_in_the_old_layout_is_rewritten_in_the_new_one(store, r
     assert store.verify(MPACKS, old)
     assert store.delete(MPACKS, old) and not os.path.exists(old_path)  # both copies gone
     assert list(store.iter_digests(MPACKS)) == []
+
+
+def test_create_layout_makes_tmp_and_every_shard_directory_private_and_is_idempotent(root):
+    store = LocalStore(root, make_signer())
+    store.create_layout()
+    for namespace in ("blobs", "mpacks"):
+        shards = sorted(p.name for p in (root / namespace).iterdir())
+        assert shards == [f"{n:02x}" for n in range(256)]
+    assert oct((root / "blobs" / "a7").stat().st_mode & 0o777) == "0o700" and (root / "tmp").is_dir()
+    store.create_layout()  # a restart: nothing to do, nothing lost
+    items = many_blobs(3)
+    assert all(store.put_many(BLOBS, items))
+    store.create_layout()
+    assert sorted(store.iter_digests(BLOBS)) == sorted(d for d, _ in items)
+
+
+def test_a_first_put_many_after_create_layout_creates_no_directory(root, monkeypatch):
+    store = LocalStore(root, make_signer())
+    store.create_layout()
+    made = []
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: (made.append(path), real_mkdir(path, *a, **k)))
+    assert all(store.put_many(BLOBS, many_blobs(100)))
+    assert made == []

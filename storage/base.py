@@ -213,6 +213,9 @@ class Store(abc.ABC):
             pending.commit(digest)
             return pending.created
 
+    def create_layout(self) -> None:
+        """Make what the backend keeps its objects in, before the hub serves (nothing, unless overridden)."""
+
     def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Store several objects: every one is verified before any is written.
 

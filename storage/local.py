@@ -27,12 +27,12 @@ a crash may leave one, which GC sweeps through ``iter_temp``/``remove_temp``.
 Any ``OSError`` (a full disk, an I/O error) becomes ``StorageError``.
 
 ``put_many`` writes a chunk of objects with batched durability (issue 8;
-``storage/local_batch.py``): each object hashed once, written to an unnamed
-``O_TMPFILE`` in its shard directory (a named temp where that is not
-possible), all fsynced concurrently, then linked into place, then every
-directory that gained an entry fsynced once per chunk. It returns only after
-all of that, so the guarantees above hold: no partial file at a final path,
-every object durable before the caller answers.
+``storage/local_batch.py``): each object hashed once, written to a temp
+file, the whole chunk made durable (two ``syncfs`` by default, or each file
+and then each directory fsynced), then linked into place. It returns only
+after all of that, so the guarantees above hold: no partial file at a final
+path, every object durable before the caller answers. ``create_layout``
+makes ``tmp`` and every shard directory up front (the hub calls it at start).
 """
 from __future__ import annotations
 
@@ -269,7 +269,7 @@ class LocalStore(Store):
         return _LocalPending(self, namespace, name, path, handle)
 
     def create_layout(self) -> None:
-        """Create ``tmp`` and every shard directory now, each synced once (the hub calls this at start).
+        """Create ``tmp`` and every shard directory now, each synced once (each gunicorn worker calls this at start).
 
         A first push would otherwise create up to 512 directories while the
         client waits: on ext4 each directory is placed in a block group of its

@@ -14,21 +14,24 @@ For one chunk, in this order:
    3.11+; ext4, xfs, btrfs, tmpfs), named temps where the filesystem or
    ``/proc`` does not allow that. Unnamed temps are off by default: no faster
    here, and weaker on an ext4 without a journal (see below);
-5. every file is fsynced, concurrently (concurrent fsyncs share the
-   filesystem's journal commits);
+5. the chunk is made durable: one ``syncfs`` of the store's filesystem
+   (``batch_sync="syncfs"``, the default), or every file fsynced
+   concurrently (``"fsync"``: concurrent fsyncs share journal commits);
 6. only then does each file get its final name: ``linkat`` of
    ``/proc/self/fd/N`` (``link_following``) for an unnamed one — one
    directory entry per object, where a named temp costs three operations
    (create in ``tmp``, link, unlink) — or a hard link for a named one;
-7. every directory that gained an entry is fsynced once (not once per object).
+7. the names are made durable: one more ``syncfs``, or every directory that
+   gained an entry fsynced once (not once per object).
 
 ``put_many`` returns after step 7, so everything is durable before the hub
 answers. A final path never holds a partial or unsynced file, and a failure at
 any step leaves no temp behind: an unnamed file vanishes when it is closed (a
-crash cannot leave one either), a named one is unlinked. An unnamed file
-linked to its final name is durable once its directory is synced on a
-journalled filesystem (the link and the file's link count commit together);
-without a journal the link count waits for the inode's next write.
+crash cannot leave one either), a named one is unlinked. With per-file fsync,
+an unnamed file linked to its final name is durable once its directory is
+synced on a journalled filesystem (the link and the file's link count commit
+together); without a journal the link count waits for the inode's next write,
+which the second ``syncfs`` makes.
 """
 from __future__ import annotations
 

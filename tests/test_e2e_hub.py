@@ -74,3 +74,10 @@ def test_signed_download_streams_and_ranges_through_gunicorn(hub_server):
     part = hub_server.call("GET", answer["mpack_url"], headers={"Range": "bytes=100-"})
     assert part.status == 206 and part.body == full.body[100:]
     assert hub_server.call("GET", answer["mpack_url"].replace("sig=", "sig=A")).status == 403
+
+
+def test_each_worker_makes_the_stores_shard_directories_before_serving(hub_server):
+    store = hub_server.home / "store"
+    for namespace in ("blobs", "mpacks"):
+        assert sorted(p.name for p in (store / namespace).iterdir()) == [f"{n:02x}" for n in range(256)]
+    assert (store / "tmp").is_dir()

@@ -89,8 +89,11 @@ def child_exit(server, worker) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Load the app in the new worker (gunicorn caches it for the worker) and start its job pool."""
-    worker.app.wsgi().hub.start_pool()
+    """Load the app in the new worker (gunicorn caches it for the worker), make the store's
+    directories (``Store.create_layout``: a stat each once made) and start its job pool."""
+    hub = worker.app.wsgi().hub
+    hub.store.create_layout()
+    hub.start_pool()
 
 
 def worker_exit(server, worker) -> None:

@@ -38,10 +38,8 @@ def open_store(settings: Settings, signer: UrlSigner, *, clock: Callable[[], flo
                              pool_size=max(10, settings.job_threads * 4 + 16))
         return S3Store(client, parse_store_url(settings.store_url), signer, clock=clock)
     private_dir(settings.store_root)
-    store = LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine",
-                       batch_sync=settings.store_sync)
-    store.create_layout()
-    return store
+    return LocalStore(settings.store_root, signer, quarantine_root=settings.home / "quarantine",
+                      batch_sync=settings.store_sync)
 
 
 def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> Hub:

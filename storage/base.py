@@ -213,7 +213,7 @@ class Store(abc.ABC):
             pending.commit(digest)
             return pending.created
 
-    def create_layout(self) -> None:
+    def create_layout(self) -> None:  # noqa: B027 — a hook: most backends need nothing
         """Make what the backend keeps its objects in, before the hub serves (nothing, unless overridden)."""
 
     def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:

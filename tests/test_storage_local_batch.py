@@ -1,4 +1,4 @@
-"""LocalStore.put_many (storage/local_batch.py): syncfs or per-file fsync, unnamed O_TMPFILE files, the named-temp fallback, failures."""
+"""LocalStore.put_many (storage/local_batch.py): syncfs or per-file fsync, unnamed temps, the named-temp fallback, failures."""
 from __future__ import annotations
 
 import errno

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import urllib.request
 from types import SimpleNamespace
@@ -143,3 +144,20 @@ def test_app_lines_on_a_real_gunicorn_carry_the_request_id_of_their_request(tmp_
     built = [e for e in entries if e["msg"] == "mpack built"]
     assert [e["request_id"] for e in built] == ["build-7"]
     assert any(e.get("request_id") == "build-7" and e["logger"] == "gunicorn.access" for e in entries)
+
+
+def test_fresh_request_ids_are_unique_and_a_forked_worker_draws_its_own_prefix():
+    from mpack.http.logs import sane_request_id
+
+    ids = [sane_request_id(None) for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(re.fullmatch(r"[0-9a-f]{24}", rid) for rid in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a gunicorn worker is a fork of the master
+        os.write(write, sane_request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert re.fullmatch(r"[0-9a-f]{24}", child) and child[:12] != ids[0][:12]

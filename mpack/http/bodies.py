@@ -117,6 +117,36 @@ class Watchdog:
                 self._cond.wait(max(self._next_wake - now, 0.01))
 
 
+class _Reading:
+    """One body read under a reader slot and a watched deadline (a class, not a generator-based
+    context manager: this runs for every request with a body, the cache hit's included)."""
+
+    __slots__ = ("intake", "req", "watch")
+
+    def __init__(self, intake: Intake, req: falcon.Request) -> None:
+        self.intake, self.req = intake, req
+
+    def __enter__(self) -> _Watch:
+        intake, req = self.intake, self.req
+        if not intake._acquire():
+            intake._quick_drain(req)
+            raise ServerBusy("every body reader of this worker is busy with a slow client; retry shortly")
+        req.context.body_done = True  # whatever happens next, nobody reads this body again
+        sock = req.env.get("gunicorn.socket")
+        settings = intake.settings
+        self.watch = watch = _Watch(sock, intake.clock(), settings.body_timeout, settings.body_min_rate)
+        intake._active.add(watch)
+        if sock is not None:
+            intake._watchdog.add(watch)
+        return watch
+
+    def __exit__(self, *exc_info: object) -> None:
+        intake, watch = self.intake, self.watch
+        intake._watchdog.discard(watch)
+        intake._active.discard(watch)
+        intake._slots.release()
+
+
 class Intake:
     """Reads and drains request bodies under the guarantees in this module's docstring."""
 
@@ -178,23 +208,9 @@ class Intake:
         # Without wsgi.input_terminated a chunked stream may not end at the body's end: never read it.
         return bool(req.content_length) or bool(chunked and req.env.get("wsgi.input_terminated"))
 
-    @contextlib.contextmanager
-    def _reading(self, req: falcon.Request) -> Iterator[_Watch]:
-        if not self._acquire():
-            self._quick_drain(req)
-            raise ServerBusy("every body reader of this worker is busy with a slow client; retry shortly")
-        req.context.body_done = True  # whatever happens next, nobody reads this body again
-        sock = req.env.get("gunicorn.socket")
-        watch = _Watch(sock, self.clock(), self.settings.body_timeout, self.settings.body_min_rate)
-        self._active.add(watch)
-        if sock is not None:
-            self._watchdog.add(watch)
-        try:
-            yield watch
-        finally:
-            self._watchdog.discard(watch)
-            self._active.discard(watch)
-            self._slots.release()
+    def _reading(self, req: falcon.Request) -> _Reading:
+        """``with self._reading(req) as watch``: a reader slot and a deadline for one body."""
+        return _Reading(self, req)
 
     def _acquire(self) -> bool:
         """A reader: at once if one is free; else wait (briefly) only while some reader moves data.

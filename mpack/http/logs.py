@@ -7,7 +7,7 @@ passed through ``extra=`` become keys.
 
 Request ids: ``with_request_id`` wraps the WSGI app. Each request gets an id —
 the client's ``X-Request-Id`` when it is sane (1-128 of ``A-Z a-z 0-9 . _ :
--``), a fresh random one otherwise — which is sent back in ``X-Request-Id``,
+-``), a fresh one otherwise (a random per-process prefix and a counter) — which is sent back in ``X-Request-Id``,
 added to every log line emitted while the app handles the request (a
 contextvar read by ``RequestIdFilter``) and to the access line.
 
@@ -19,6 +19,7 @@ does not count).
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -95,11 +96,32 @@ def configure_logging(level: str = "INFO") -> None:
     logging.captureWarnings(True)
 
 
+class _FreshIds:
+    """Request ids: 12 random hex digits per process, then a counter (24 in all, unique per process).
+
+    One ``os.urandom`` per request cost more than the rest of the access line;
+    the prefix is drawn again in a forked child (a new pid), so workers never share one.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix, self._counter = os.getpid(), os.urandom(6).hex(), itertools.count()
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_fresh_ids = _FreshIds()
+
+
 def sane_request_id(value: str | None) -> str:
-    """The client's id if it is sane, else a fresh random one."""
+    """The client's id if it is sane, else a fresh one."""
     if value and _SANE_ID.fullmatch(value):
         return value
-    return os.urandom(12).hex()
+    return _fresh_ids.next()
 
 
 def with_request_id(app: Callable, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 class Resource:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self._limits = {False: small_limits(hub.settings), True: large_limits(hub.settings)}  # settings never change
 
     def body(self, req: falcon.Request, *, optional: bool = False, large: bool = False) -> dict:
         """The decoded body under this route's limits: ``large`` for push and push/objects only."""
-        limits = large_limits(self.hub.settings) if large else small_limits(self.hub.settings)
-        return read_body(req, limits, optional=optional)
+        return read_body(req, self._limits[large], optional=optional)
 
     @staticmethod
     def user(req: falcon.Request):

@@ -8,6 +8,7 @@ recorded in the cache (FMC_14), keyed by the commits that bound the delta.
 """
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,11 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
     return want, have[:MAX_HAVES]
 
 
+@functools.lru_cache(maxsize=1024)
 def _branch_like(name: str) -> bool:
-    """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query)."""
+    """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query).
+
+    Remembered: clones ask for the same few branch names over and over."""
     return rules.branch_problem(name) is None
 
 
@@ -97,7 +101,13 @@ def _answer(hub: Hub, stats: cache.PackStats, *, cached: bool, row=None) -> dict
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat()
+    return _iso_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=8)
+def _iso_second(epoch: int) -> str:
+    """Every hit within one second answers the same expiry text: format it once."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 def _stats_of(row) -> cache.PackStats:

@@ -59,6 +59,7 @@ class HubMetrics:
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         own = None if multiprocess_dir else self.registry
+        self._fetch_children: dict[str, object] = {}
         self.fetch_requests = Counter(f"{PREFIX}_fetch_requests", "fetch/mpack requests by result",
                                       ["result"], registry=own)
         self.download_bytes = Counter(f"{PREFIX}_download_bytes", "bytes sent by the signed download route",
@@ -89,7 +90,10 @@ class HubMetrics:
     # -- recording (called by the domain) ---------------------------------------------
 
     def fetch(self, result: str) -> None:
-        self.fetch_requests.labels(result=result).inc()
+        child = self._fetch_children.get(result)
+        if child is None:  # labels() validates and locks on every call: look each result up once
+            child = self._fetch_children[result] = self.fetch_requests.labels(result=result)
+        child.inc()
 
     def download(self, length: int, *, partial: bool) -> None:
         self.downloads.labels(kind="range" if partial else "full").inc()

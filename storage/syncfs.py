@@ -9,24 +9,11 @@ the filesystem, not only the caller's (docs/decisions.md). Elsewhere
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
 
+from storage.libc import linux_call
 
-def _load():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int]
-    return call
-
-
-_CALL = _load()
+_CALL = linux_call("syncfs", [ctypes.c_int])
 AVAILABLE = _CALL is not None
 
 

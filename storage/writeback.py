@@ -11,26 +11,12 @@ Elsewhere (no such call) this is a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import sys
+
+from storage.libc import linux_call
 
 STEP = 16 << 20  # bytes written between two starts of write-back
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
-
-
-def _sync_file_range():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    return call
-
-
-_CALL = _sync_file_range()
+_CALL = linux_call("sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint])
 
 
 class Writeback:

@@ -102,3 +102,42 @@ def test_short_reads_from_a_stream_are_not_mistaken_for_a_short_file():
     order, files = stored(b"s" * 5000, bytes(range(256)) * (BIG // 256))
     with BlobFeed(order, lambda d: Dribble(files[d])) as feed:
         assert [read_all(source) for _, source, _ in feed] == [files[b.digest] for b in order]
+
+
+def test_blobs_are_opened_ahead_but_never_more_than_the_lookahead_at_once():
+    contents = [b"blob %d" % n for n in range(blob_feed.LOOKAHEAD * 3)]
+    order, files = stored(*contents)
+    open_now, most = set(), [0]
+
+    class Tracked(io.BytesIO):
+        def close(self):
+            open_now.discard(id(self))
+            super().close()
+
+    def open_blob(digest):
+        source = Tracked(files[digest])
+        open_now.add(id(source))
+        most[0] = max(most[0], len(open_now))
+        return source
+
+    with BlobFeed(order, open_blob) as feed:
+        got = [read_all(source) for _, source, _ in feed]
+    assert got == [files[b.digest] for b in order]
+    assert 1 < most[0] <= blob_feed.LOOKAHEAD + 1 and not open_now
+
+
+def test_a_blob_that_cannot_be_opened_fails_at_its_turn_after_the_blobs_before_it(tmp_path):
+    order, files = stored(*(b"file %d" % n for n in range(6)))
+    gone = order[3].digest
+    for digest, content in files.items():
+        if digest != gone:
+            (tmp_path / digest).write_bytes(content)  # real files: the read-ahead hint is given for them
+
+    def open_blob(digest):
+        return open(tmp_path / digest, "rb")  # noqa: SIM115 — the feed closes it
+
+    received = []
+    with BlobFeed(order, open_blob) as feed, pytest.raises(FileNotFoundError):
+        for object_id, source, _ in feed:
+            received.append((object_id, read_all(source)))
+    assert received == [(b.object_id, files[b.digest]) for b in order[:3]]

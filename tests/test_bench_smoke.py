@@ -69,7 +69,7 @@ def test_the_issue_8_table_has_every_row_with_target_and_verdict():
     history.steps = []
     pushed = push.PushResults(history, push.HttpRun(push.PushTimes(0.1, 0.5, 0.1), 1, 0.1), 0.4, 0.5, 1)
     pushed.history = type("H", (), {"blob_bytes": 50_000_000})()
-    hits = {"bare": (3000.0, 3000.0), "id": (3000.0, 2400.0), "branch": (3000.0, 1800.0)}
+    hits = {"bare": (3000.0, 3000.0, 1.0), "id": (3000.0, 2400.0, 0.8), "branch": (3000.0, 1800.0, 0.6)}
     summary = table.summary(fetch, hits, pushed)
     rows = {row[0]: row for row in summary.rows}
     verdicts = [row[-1] for row in summary.rows]
@@ -124,3 +124,13 @@ def test_unknown_benchmarks_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["nope", "--no-doc"])
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_a_hit_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
+    def runs(*rates):
+        return [hit.WrkResult(rate, 1.0, 2.0) for rate in rates]
+
+    # The machine slowed down in round 2: a ratio of medians (2000 / 3000) would say 0.67.
+    results = {"bare": runs(3000, 1000, 3000), "id": runs(2400, 800, 2000), "branch": runs(2400, 800, 2400)}
+    assert hit.paired_ratio(results, "id") == pytest.approx(0.8)
+    assert hit.ratios(results)["id"] == (3000, 2000, pytest.approx(0.8))

@@ -126,7 +126,6 @@ _HIT_COLUMNS = ("r.repo_id, r.owner, r.visibility, c.cache_id, c.mpack_id, c.siz
 
 
 @lru_cache(maxsize=8)
-@lru_cache(maxsize=8)
 def _hit_sql(param: str, by_branch: bool) -> str:
     p = param
     tip = "b.head_commit_id" if by_branch else p

@@ -53,10 +53,6 @@ def delta_of(digest: str, record: dict, base: str = "", base_record: dict | None
                  fields_of(record), changed, removed)
 
 
-def row_of(repo, delta: Delta) -> dict:
-    return {"repo": repo, **delta._asdict()}
-
-
 def load(repo, digests: Iterable[str]) -> dict[str, Delta]:
     """The stored deltas of these snapshots (absent ones are missing from the result)."""
     wanted = sorted(set(digests))

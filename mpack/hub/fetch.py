@@ -51,11 +51,10 @@ def parse_want_have(body: dict) -> tuple[list[str], list[str]]:
     return want, have[:MAX_HAVES]
 
 
-@functools.lru_cache(maxsize=1024)
 def _branch_like(name: str) -> bool:
     """Only names a branch could have are looked up (PostgreSQL refuses NUL in a query).
 
-    Remembered: clones ask for the same few branch names over and over."""
+    Not memoised: an anonymous body may name strings of up to 64 KiB, and a cache of them is memory for the taking."""
     return rules.branch_problem(name) is None
 
 

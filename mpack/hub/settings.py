@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mpack.format.errors import MuseError
+from storage.local_batch import BATCH_SYNCS
 
 DAY = 24 * 3600
 
@@ -128,8 +129,8 @@ class Settings:
         if self.url_ttl > self.url_ttl_max:
             raise SettingsError("MPACKHUB_URL_TTL exceeds MPACKHUB_URL_TTL_MAX")
         _check_store_url(self.store_url)
-        if self.store_sync not in ("syncfs", "fsync"):
-            raise SettingsError("MPACKHUB_STORE_SYNC must be syncfs or fsync")
+        if self.store_sync not in BATCH_SYNCS:
+            raise SettingsError(f"MPACKHUB_STORE_SYNC must be one of {', '.join(BATCH_SYNCS)}")
 
     def describe(self) -> dict[str, object]:
         """The settings as shown in logs and ``mpackhub serve``: secrets masked."""

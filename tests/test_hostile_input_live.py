@@ -178,9 +178,10 @@ def test_refused_push_by_a_stranger_still_delivers_the_json_error(public_repo_hu
     assert json.loads(reply)["error"] == "forbidden"
 
 
-def paced_push_objects(url: str, path: str, token: str, pieces: int = 8, pause: float = 0.03):
-    """One push/objects of 2 MiB sent in 256 KiB pieces with pauses: an upload that moves, slowly."""
-    blob = os.urandom(pieces * 256 * 1024 - 200)
+def paced_push_objects(url: str, path: str, token: str, pieces: int = 8, pause: float = 0.03,
+                       piece_size: int = 256 * 1024):
+    """One push/objects of ``pieces`` × ``piece_size`` bytes sent with pauses: an upload that moves, slowly."""
+    blob = os.urandom(pieces * piece_size - 200)
     body = msgpack.packb({"objects": [{"object_id": hashlib.sha256(blob).hexdigest(), "content": blob}]},
                          use_bin_type=True)
     host, port = url.removeprefix("http://").split(":")
@@ -191,8 +192,8 @@ def paced_push_objects(url: str, path: str, token: str, pieces: int = 8, pause: 
                             "Authorization": f"Bearer {token}", "Content-Length": str(len(body))}.items():
             conn.putheader(name, value)
         conn.endheaders()
-        for start in range(0, len(body), 256 * 1024):
-            conn.send(body[start:start + 256 * 1024])
+        for start in range(0, len(body), piece_size):
+            conn.send(body[start:start + piece_size])
             time.sleep(pause)
         response = conn.getresponse()
         return response.status, response.read()
@@ -209,6 +210,18 @@ def test_uploads_that_move_wait_for_a_reader_instead_of_a_503(tmp_path):
             results = list(pool.map(lambda _: paced_push_objects(server.url, "/alice/song/push/objects", token),
                                     range(4)))
         assert [status for status, _ in results] == [200] * 4, results
+
+
+def test_an_upload_at_twice_the_minimum_rate_outlasts_the_body_timeout(tmp_path):
+    """The deadline moves with the bytes received: 512 KiB at 128 KiB/s (4 s) against a 1 s timeout is
+    taken, however large the pieces the hub reads a fast body in (mpack/http/bodies.py)."""
+    env = {"MPACKHUB_BODY_TIMEOUT": "1", "MPACKHUB_BODY_MIN_RATE": str(64 * 1024), "MPACKHUB_JOB_THREADS": "0"}
+    with live_hub(tmp_path / "hub", workers=1, env=env) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        status, reply = paced_push_objects(server.url, "/alice/song/push/objects", token,
+                                           pieces=32, pause=0.125, piece_size=16 * 1024)
+        assert status == 200, reply
 
 
 def test_a_malformed_chunked_body_is_a_400_without_a_traceback(public_repo_hub):

@@ -36,7 +36,12 @@ import falcon
 from mpack.hub.errors import BodyTimeout, BodyTooLarge, MalformedBody, ServerBusy
 from mpack.hub.settings import Settings
 
-CHUNK = 32 * 1024  # small enough that progress shows within half a second at the minimum rate
+CHUNK = 32 * 1024  # a body's first read counts this much as progress (_Watch.moving)
+MIN_PIECE = 64  # the smallest read: what the slowest settings (1 KiB/s, 0.1 s) deliver in time
+# The largest piece: gunicorn (27) keeps what it read ahead in a BytesIO and copies all of
+# it on every read, so 32 KiB reads of a body cost ~16 copies of each byte (a push/objects
+# of 85 MB spent 0.14 s of its 0.47 s there); one read per MiB costs one copy.
+MAX_PIECE = 1024 * 1024
 SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 # A body refused for want of a reader is taken if it has already arrived (a fast client
 # then reads its 503 rather than a reset); a stalled one costs the thread this long.
@@ -53,6 +58,7 @@ class _Watch:
     timeout: float
     min_rate: float
     received: int = 0
+    piece: int = CHUNK  # the size of the read in progress
     expired: bool = False
 
     def deadline(self) -> float:
@@ -64,7 +70,15 @@ class _Watch:
         The piece being read counts as received: a reader is moving for its first
         ``CHUNK / min_rate`` seconds, then only if it keeps up.
         """
-        return self.received + CHUNK >= self.min_rate * (now - self.started)
+        return self.received + self.piece >= self.min_rate * (now - self.started)
+
+    def next_piece(self, now: float, wanted: int) -> int:
+        """How much to read next: as much as arrives at the minimum rate in half the time left
+        before the deadline (at most ``MAX_PIECE``), so that a client keeping the minimum rate
+        always finishes a piece, and its progress moves the deadline, in time. A fast client
+        gains time with every piece and is read a MiB at a time."""
+        self.piece = min(wanted, max(MIN_PIECE, min(MAX_PIECE, int(self.min_rate * (self.deadline() - now) / 2))))
+        return self.piece
 
     def expire(self) -> None:
         """Wake the thread blocked in recv(): with the read side shut, recv() returns b""."""
@@ -235,7 +249,7 @@ class Intake:
         stream = req.bounded_stream if length is not None else req.stream
         while length is None or watch.received < length:
             try:
-                piece = stream.read(min(CHUNK, at_most - watch.received))
+                piece = stream.read(watch.next_piece(self.clock(), at_most - watch.received))
             except Exception as exc:  # noqa: BLE001 — a reset (OSError), or the server's own parse error (gunicorn's ParseException for a malformed chunk)
                 if watch.expired:  # the watchdog shut the socket mid-chunk
                     raise BodyTimeout(f"the request body did not arrive within {self.settings.body_timeout:g} s") from None

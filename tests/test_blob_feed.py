@@ -76,7 +76,8 @@ def test_an_error_opening_a_blob_reaches_the_writer():
 
 
 def test_a_writer_that_stops_early_stops_the_reading_thread_and_closes_files():
-    contents = [bytes([n]) * blob_feed.CHUNK for n in range(blob_feed.AHEAD * 3)]  # more than the queue holds
+    # more than the queue and the opened-ahead window hold
+    contents = [bytes([n]) * blob_feed.CHUNK for n in range(2 * (blob_feed.AHEAD + blob_feed.LOOKAHEAD))]
     order, files = stored(*contents)
     opened: list[io.BytesIO] = []
 

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from mpack.format import ids
+from mpack.format import spill as spill_module
 from mpack.format.errors import (
     BadMagic,
     ChecksumMismatch,
@@ -26,6 +27,7 @@ from mpack.format.errors import (
 )
 from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack, verify_mpack
+from mpack.format.spill import SnapshotSpill
 from mpack.format.writer import (
     CHUNK_SIZE,
     CODEC_RAW,
@@ -812,6 +814,53 @@ def test_written_deltas_equal_the_writers_own_diff():
         previous = manifest
     writer.finish()
     assert out.getvalue() == build_mpack(snapshots=snapshots)
+
+
+def _deltas_of(snapshots: list[dict]) -> list[tuple]:
+    """add_snapshot_delta's arguments for each snapshot, against the one before."""
+    calls, previous = [], {}
+    for n, snapshot in enumerate(snapshots):
+        manifest = snapshot["manifest"]
+        calls.append((snapshot["snapshot_id"], {"created_at": snapshot["created_at"]},
+                      snapshots[n - 1]["snapshot_id"] if n else None,
+                      {p: o for p, o in manifest.items() if previous.get(p) != o},
+                      [p for p in previous if p not in manifest]))
+        previous = manifest
+    return calls
+
+
+@pytest.mark.parametrize("in_memory", [1 << 20, 16], ids=["in-memory", "on-disk"])
+def test_spilled_snapshot_records_give_the_same_pack_bytes(monkeypatch, in_memory):
+    """A build encodes its snapshot records before writing the blobs they follow (flat memory): same bytes."""
+    monkeypatch.setattr(spill_module, "IN_MEMORY", in_memory)
+    snapshots = evolving_snapshots()
+    blob = make_blob(b"a")
+    out = io.BytesIO()
+    writer = MPackWriter(out)
+    with SnapshotSpill() as spill:
+        for call in _deltas_of(snapshots):
+            spill.add_delta(*call)
+        writer.add_blob(*blob, 1)
+        writer.add_spilled_snapshots(spill)
+        assert spill._file._rolled == (in_memory == 16)
+    writer.finish()
+    assert out.getvalue() == build_mpack(blobs=[blob], snapshots=snapshots)
+
+
+def test_a_spill_checks_its_deltas_as_the_writer_does():
+    snapshots = evolving_snapshots()
+    with SnapshotSpill() as spill:
+        spill.add_delta(*_deltas_of(snapshots)[0])
+        with pytest.raises(ValueError, match="previous record"):
+            spill.add_delta(snapshots[2]["snapshot_id"], {}, snapshots[1]["snapshot_id"], {}, [])
+
+
+def test_spilled_records_after_commits_are_refused():
+    snapshots = evolving_snapshots()
+    writer = MPackWriter(io.BytesIO())
+    writer.add_commit(make_commit(snapshots[0]))
+    with SnapshotSpill() as spill, pytest.raises(ValueError, match="a pack holds blobs, then snapshots"):
+        writer.add_spilled_snapshots(spill)
 
 
 def test_writer_refuses_a_delta_against_anything_but_the_previous_record():

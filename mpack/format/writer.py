@@ -21,7 +21,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import msgpack
 import zstandard
@@ -53,6 +53,16 @@ _META_HEAD = struct.Struct(">BBI")  # type, codec, stored length
 _COUNTS = struct.Struct(">QQQQ")  # blobs, snapshots, commits, raw blob bytes
 _U64_MAX = (1 << 64) - 1
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
+
+
+class EncodedSnapshots(Protocol):
+    """Snapshot records encoded ahead of time (``mpack.format.spill.SnapshotSpill``)."""
+
+    count: int
+    first_base: str | None  # the first record's base id (None: in full)
+    last_id: str | None
+
+    def pieces(self) -> Iterator[bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -295,16 +305,28 @@ class MPackWriter:
             removed: Paths of the base that this snapshot drops.
         """
         self._enter(REC_SNAPSHOT)
-        if not ids.is_id(snapshot_id) or not (base_id is None or ids.is_id(base_id)):
-            raise ValueError(f"malformed snapshot or base id {snapshot_id!r} / {base_id!r}")
-        if base_id is not None and self._previous is not None and base_id[-64:] != self._previous[-64:]:
-            raise ValueError(f"snapshot {snapshot_id} must be a delta against the previous record, not {base_id}")
-        if not isinstance(fields, dict) or "snapshot_id" in fields or "manifest" in fields:
-            raise ValueError("snapshot fields must be a dict without snapshot_id or manifest")
-        record = {"base": base_id, "del": sorted(removed), "fields": fields, "set": changed,
-                  "snapshot_id": snapshot_id}
+        record = snapshot_delta_record(snapshot_id, fields, base_id, changed, removed, self._previous)
         self._add_meta(REC_SNAPSHOT, record)
         self._previous, self._previous_manifest = snapshot_id, None
+
+    def add_spilled_snapshots(self, spill: EncodedSnapshots) -> None:
+        """Append the snapshot records a ``SnapshotSpill`` encoded ahead of time, byte for byte.
+
+        The same records given to ``add_snapshot_delta`` in the same order give
+        the same bytes: a build encodes them while it plans the pack, before the
+        blobs that precede them are written, without holding them in memory.
+        """
+        self._enter(REC_SNAPSHOT)
+        if spill.count == 0:
+            return
+        if spill.first_base is not None and self._previous is not None \
+                and spill.first_base[-64:] != self._previous[-64:]:
+            raise ValueError(f"spilled snapshots start against {spill.first_base}, not the previous record")
+        for piece in spill.pieces():
+            self._out.write(piece)
+        self._stage = REC_SNAPSHOT
+        self._counts[REC_SNAPSHOT] += spill.count
+        self._previous, self._previous_manifest = spill.last_id, None
 
     def add_commit(self, commit: dict) -> None:
         """Append a commit record (the dict as given, keys sorted)."""
@@ -350,21 +372,46 @@ class MPackWriter:
 
     def _add_meta(self, kind: int, record: dict) -> None:
         self._enter(kind)
-        if not isinstance(record, dict):
-            raise TypeError(f"a {_NAMES[kind]} must be a dict, not {type(record).__name__}")
-        payload = encode_record(record)
-        if len(payload) > MAX_META_RECORD:
-            raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
-        if len(payload) >= MIN_META_COMPRESS:
-            frame = self._zstd.compress(payload)
-            if len(frame) * 10 <= len(payload) * 9:
-                self._out.write(_META_HEAD.pack(kind, CODEC_ZSTD, len(frame)) + _U32.pack(len(payload)))
-                self._out.write(frame)
-                self._added(kind)
-                return
-        self._out.write(_META_HEAD.pack(kind, CODEC_RAW, len(payload)))
-        self._out.write(payload)
+        self._out.write(meta_bytes(kind, record, self._zstd))
         self._added(kind)
+
+
+def snapshot_delta_record(snapshot_id: str, fields: dict, base_id: str | None, changed: dict,
+                          removed: list, previous: str | None) -> dict:
+    """The snapshot record of a delta (``MPackWriter.add_snapshot_delta``), checked; ``previous`` is
+    the id of the snapshot record before it in the pack (None for the first).
+
+    Raises:
+        ValueError: a malformed id, a base that is not the previous record, or bad fields.
+    """
+    if not ids.is_id(snapshot_id) or not (base_id is None or ids.is_id(base_id)):
+        raise ValueError(f"malformed snapshot or base id {snapshot_id!r} / {base_id!r}")
+    if base_id is not None and previous is not None and base_id[-64:] != previous[-64:]:
+        raise ValueError(f"snapshot {snapshot_id} must be a delta against the previous record, not {base_id}")
+    if not isinstance(fields, dict) or "snapshot_id" in fields or "manifest" in fields:
+        raise ValueError("snapshot fields must be a dict without snapshot_id or manifest")
+    return {"base": base_id, "del": sorted(removed), "fields": fields, "set": changed, "snapshot_id": snapshot_id}
+
+
+def meta_bytes(kind: int, record: dict, compressor: zstandard.ZstdCompressor) -> bytes:
+    """A snapshot or commit record as the pack stores it: head, then the msgpack payload, zstd
+    compressed when that saves 10 % (records under ``MIN_META_COMPRESS`` bytes stay raw).
+
+    Raises:
+        TypeError: ``record`` is not a dict.
+        ValueError: it cannot be encoded (``encode_record``).
+        OversizedRecord: it encodes to more than ``MAX_META_RECORD`` bytes.
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"a {_NAMES[kind]} must be a dict, not {type(record).__name__}")
+    payload = encode_record(record)
+    if len(payload) > MAX_META_RECORD:
+        raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
+    if len(payload) >= MIN_META_COMPRESS:
+        frame = compressor.compress(payload)
+        if len(frame) * 10 <= len(payload) * 9:
+            return _META_HEAD.pack(kind, CODEC_ZSTD, len(frame)) + _U32.pack(len(payload)) + frame
+    return _META_HEAD.pack(kind, CODEC_RAW, len(payload)) + payload
 
 
 def encode_record(record: dict) -> bytes:

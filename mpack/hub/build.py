@@ -9,8 +9,10 @@ read on a helper thread ahead of the writer and checked against the CRC-32
 recorded when its bytes were pushed and hashed (or its sha256, for rows older
 than that) (``mpack.hub.blob_feed``); a stored blob that does not match fails
 the build (``CorruptStoredBlob``) instead of shipping. Memory holds the commit
-graph, the deltas (what changed, not whole manifests) and one chunk of blob
-bytes. Blobs are sorted by digest, snapshots follow first-parent chains,
+graph, one batch of deltas (what changed, not whole manifests), the ids of
+the blobs to write and the read-ahead of blob bytes: the snapshot records are
+encoded while the deltas are read and wait in a spill file (``SnapshotSpill``)
+until the blobs are written. Blobs are sorted by digest, snapshots follow first-parent chains,
 commits are in canonical topological order: one delta, one set of bytes.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
+from mpack.format.spill import SnapshotSpill
 from mpack.format.writer import SMALL_BLOB, MPackWriter
 from mpack.hub import deltas
 from mpack.hub.blob_feed import BlobFeed, StoredBlob
@@ -72,27 +75,28 @@ def snapshot_order(commits: dict[str, CommitNode]) -> list[str]:
     return list(order)
 
 
-def plan_snapshots(repo: Repo, commits: dict[str, CommitNode]) -> list[Delta]:
-    """The snapshot records of the pack, each a delta against the record before it.
+def plan_snapshots(repo: Repo, commits: dict[str, CommitNode]) -> Iterator[Delta]:
+    """The snapshot records of the pack in order, each a delta against the record before it.
 
     The first is in full, or against the snapshot of a boundary commit (one the
     receiver has: a parent outside the delta) when its stored delta names one.
+    Deltas are read ``BATCH`` at a time: memory holds a batch, not the history.
     """
     order = snapshot_order(commits)
     boundary = {p for c in commits.values() for p in c.parents if p not in commits}
     held = {c.snapshot for c in load_commits(repo, boundary).values()} if boundary else set()
-    stored = deltas.load(repo, order)
-    records: list[Delta] = []
     previous: Delta | None = None
-    for digest in order:
-        delta = stored.get(digest)
-        if delta is None or not _joins(delta, previous, held):
-            delta = _bridge(repo, digest, previous)
-        elif previous is not None:
-            delta = delta._replace(base_id=previous.snapshot_id)  # the record before, as it spells its id
-        records.append(delta)
-        previous = delta
-    return records
+    for start in range(0, len(order), BATCH):
+        batch = order[start:start + BATCH]
+        stored = deltas.load(repo, batch)
+        for digest in batch:
+            delta = stored.pop(digest, None)
+            if delta is None or not _joins(delta, previous, held):
+                delta = _bridge(repo, digest, previous)
+            elif previous is not None:
+                delta = delta._replace(base_id=previous.snapshot_id)  # the record before, as it spells its id
+            yield delta
+            previous = delta
 
 
 def _joins(delta: Delta, previous: Delta | None, held: set[str]) -> bool:
@@ -109,38 +113,49 @@ def _bridge(repo: Repo, digest: str, previous: Delta | None) -> Delta:
     return deltas.delta_of(digest, record, previous.digest, deltas.snapshot_record(repo, previous.digest))
 
 
-def blobs_of(records: list[Delta]) -> dict[str, str]:
-    """digest → id spelling of the blobs the records add, less those a first delta's base already had."""
-    blobs: dict[str, str] = {}
-    for delta in records:
+class BlobsAdded:
+    """digest → id spelling of the blobs the records seen add, less those a first delta's base already had."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, str] = {}
+        self._first: Delta | None = None
+
+    def see(self, delta: Delta) -> None:
+        if self._first is None:
+            self._first = delta
         for object_id in delta.changed.values():
-            blobs.setdefault(object_id[-64:], object_id)  # ids were verified when pushed
-    if records and records[0].base:
-        for object_id in records[0].removed.values():  # a rename: the receiver has the blob
-            blobs.pop(object_id[-64:], None)
-    return blobs
+            self.blobs.setdefault(object_id[-64:], object_id)  # ids were verified when pushed
+
+    def result(self) -> dict[str, str]:
+        if self._first is not None and self._first.base:
+            for object_id in self._first.removed.values():  # a rename: the receiver has the blob
+                self.blobs.pop(object_id[-64:], None)
+        return self.blobs
 
 
 def blobs_for(repo: Repo, commits: dict[str, CommitNode]) -> dict[str, str]:
     """Blobs the delta's snapshots add (digest → id as spelled)."""
-    return blobs_of(plan_snapshots(repo, commits))
+    added = BlobsAdded()
+    for delta in plan_snapshots(repo, commits):
+        added.see(delta)
+    return added.result()
 
 
-def _blob_facts(repo: Repo, digests: list[str]) -> dict[str, tuple[int, int | None]]:
-    """digest → (size, CRC-32 recorded at push or None) of the repo's blobs."""
-    facts: dict[str, tuple[int, int | None]] = {}
+def stored_blobs(repo: Repo, blobs: dict[str, str]) -> list[StoredBlob]:
+    """The blobs to write, sorted by digest, with the size and CRC-32 (None: not recorded) of their rows."""
+    digests = sorted(blobs)
+    order: list[StoredBlob] = []
     for start in range(0, len(digests), BATCH):
         chunk = digests[start:start + BATCH]
-        facts.update((digest, (size, crc)) for digest, size, crc in
+        facts = dict((digest, (size, crc)) for digest, size, crc in
                      Object.select(Object.digest, Object.size, Object.crc32)
                      .where((Object.repo == repo) & Object.digest.in_(chunk)).tuples())
-    return facts
+        order.extend(StoredBlob(digest, blobs[digest], *facts[digest]) if digest != EMPTY_BLOB
+                     else StoredBlob(digest, blobs[digest], 0, None) for digest in chunk)
+    return order
 
 
-def _write_blobs(hub: Hub, writer: MPackWriter, blobs: dict[str, str],
-                 facts: dict[str, tuple[int, int | None]]) -> None:
-    order = [StoredBlob(digest, blobs[digest], *facts[digest]) if digest != EMPTY_BLOB
-             else StoredBlob(digest, blobs[digest], 0, None) for digest in sorted(blobs)]
+def _write_blobs(hub: Hub, writer: MPackWriter, order: list[StoredBlob]) -> None:
     with BlobFeed(order, lambda digest: _open_blob(hub, digest)) as feed:
         for group in feed.groups():
             if not isinstance(group, list):
@@ -173,22 +188,26 @@ def _open_blob(hub: Hub, digest: str):
 def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
     """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
     started = time.perf_counter()
-    records = plan_snapshots(repo, commits)
-    blobs = blobs_of(records)
-    facts = _blob_facts(repo, sorted(blobs))
-    with hub.store.new_file(MPACKS) as pending:
-        level = hub.settings.pack_blob_zstd_level
-        # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
-        writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,
-                             running_sha256=lambda: pending.sha256_hex)
-        _write_blobs(hub, writer, blobs, facts)
-        for delta in records:
-            writer.add_snapshot_delta(delta.snapshot_id, delta.fields, delta.base_id or None, delta.changed,
-                                      list(delta.removed))
-        for record in _commit_records(repo, commits):
-            writer.add_commit(record)
-        writer.finish()
-        size = pending.size
-        digest = pending.commit()
+    level = hub.settings.pack_blob_zstd_level
+    with SnapshotSpill(level or 3) as spill:
+        # One pass over the deltas: their records are encoded now (they follow the blobs in the pack).
+        added = BlobsAdded()
+        for delta in plan_snapshots(repo, commits):
+            added.see(delta)
+            spill.add_delta(delta.snapshot_id, delta.fields, delta.base_id or None, delta.changed,
+                            list(delta.removed))
+        order = stored_blobs(repo, added.result())
+        del added  # the blobs travel as ``order`` now: during the writes, memory holds only that
+        with hub.store.new_file(MPACKS) as pending:
+            # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
+            writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,
+                                 running_sha256=lambda: pending.sha256_hex)
+            _write_blobs(hub, writer, order)
+            writer.add_spilled_snapshots(spill)
+            for record in _commit_records(repo, commits):
+                writer.add_commit(record)
+            writer.finish()
+            size = pending.size
+            digest = pending.commit()
     hub.metrics.pack_built(time.perf_counter() - started, size)
-    return PackStats(MPACK_PREFIX + digest, size, len(commits), len(blobs))
+    return PackStats(MPACK_PREFIX + digest, size, len(commits), len(order))

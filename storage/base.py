@@ -220,7 +220,8 @@ class Store(abc.ABC):
         """Store several objects: every one is verified before any is written.
 
         Each ``(digest, data)`` must hash to its digest; a mismatch raises
-        ``ContentMismatch`` and nothing is written. Then the objects not yet
+        ``ContentMismatch`` and nothing is stored (LocalStore hashes while it
+        writes temp files, and removes them). Then the objects not yet
         stored are written (a digest named twice is written once). When this
         returns, every object is durable as with ``put_bytes``; backends may
         batch that durability (LocalStore syncs a chunk's files and

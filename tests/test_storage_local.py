@@ -211,8 +211,9 @@ def test_processes_putting_one_digest_store_one_intact_file(root):
 
 # -- put_many: batched durability ----------------------------------------------------
 
-def many_blobs(count):
-    contents = [b"blob %d\n" % n for n in range(count)]
+def many_blobs(count, size=0):
+    """``count`` distinct (digest, content) pairs; contents padded to ``size`` bytes if given."""
+    contents = [(b"blob %d\n" % n).ljust(size, b".") for n in range(count)]
     return [(hashlib.sha256(c).hexdigest(), c) for c in contents]
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 
 import pytest
 
 from storage import BLOBS, LocalStore, local_batch, syncfs
-from storage.errors import StorageError
+from storage.errors import ContentMismatch, StorageError
 from tests.test_storage_local import files_under, full_disk_fopen, make_signer, many_blobs
 
 needs_tmpfile = pytest.mark.skipif(not local_batch.tmpfile_supported(), reason="no O_TMPFILE or /proc here")
@@ -224,3 +225,18 @@ def test_where_syncfs_is_missing_a_syncfs_store_fsyncs_each_file(root, monkeypat
 def test_an_unknown_batch_sync_is_refused(root):
     with pytest.raises(ValueError, match="batch_sync must be one of syncfs, fsync"):
         LocalStore(root, make_signer(), batch_sync="sometimes")
+
+
+@pytest.mark.parametrize("bad_at", [0, 7])
+def test_a_large_chunk_with_one_wrong_content_names_nothing_and_leaves_no_temp(root, unnamed, batch_sync, bad_at):
+    """A chunk over HASH_AHEAD_BYTES is hashed on a helper thread while its temps are written:
+    a mismatch found there still stores nothing, and the helper is gone when put_many returns."""
+    items = many_blobs(8, size=local_batch.HASH_AHEAD_BYTES // 4)
+    items[bad_at] = (items[bad_at][0], b"not what the id says" * 1000)
+    store = LocalStore(root, make_signer(), unnamed_temps=unnamed, batch_sync=batch_sync)
+    with pytest.raises(ContentMismatch):
+        store.put_many(BLOBS, items)
+    assert list(store.iter_digests(BLOBS)) == [] and list(store.iter_temp()) == []
+    assert not any(t.name.startswith("put-many-verify") for t in threading.enumerate())
+    del items[bad_at]
+    assert all(store.put_many(BLOBS, items)) and len(stored_whole(store)) == 7

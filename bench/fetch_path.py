@@ -15,7 +15,6 @@ commits, 5,150 blobs, 347 MB) and one at 4× that scale, then reports:
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -253,9 +252,6 @@ def measure_all(scale: float | None = None, quick: bool = False) -> FetchResults
         for factor in (1, 4):
             home = work / f"hub{factor}"
             synth, tips = prepare(home, results.scale * factor)
-            # Populating leaves up to 1.4 GB (4×) of blobs and rows to write back: flushed now, so that
-            # the builds timed next compete with no earlier step for the disk.
-            os.sync()
             runs = [measure(cold_build, str(home), tips[-1]) for _ in range(BUILD_RUNS)]
             measured = sorted(runs, key=lambda m: m.value[0])[len(runs) // 2]  # the median build
             seconds, pack_bytes, blob_bytes = measured.value

@@ -124,6 +124,18 @@ def test_quarantine_moves_a_damaged_object_aside_and_keeps_an_intact_one(store):
 
 # -- /fetch never serves a damaged blob -----------------------------------------------------
 
+def test_a_build_whose_blob_lost_its_row_is_refused_naming_the_blob(hub, app, owner, repo, pushed):
+    """A snapshot names a blob the repo has no row for (a database restored from an older backup):
+    the pack build stops with object_unavailable instead of a traceback."""
+    object_id, _ = some_blob(pushed)
+    Object.delete().where((Object.repo == repo) & (Object.digest == ids.hex_of(object_id))).execute()
+
+    response = wire(app, "POST", f"{PATH}/fetch/mpack", {"want": [pushed.tip], "have": []}, token=owner[1])
+
+    assert error_of(response, 503)["error"] == "object_unavailable"
+    assert ids.hex_of(object_id) in response.json["detail"]
+
+
 def test_fetch_refuses_a_damaged_blob_and_the_next_push_repairs_it(hub, app, owner, repo, pushed):
     object_id, content = some_blob(pushed)
     damage(hub, BLOBS, object_id)

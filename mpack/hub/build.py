@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from mpack.format import ids
 from mpack.format.spill import SnapshotSpill
 from mpack.format.writer import SMALL_BLOB, MPackWriter
-from mpack.hub import deltas
+from mpack.hub import bulk, deltas
 from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.cache import PackStats
 from mpack.hub.deltas import Delta
@@ -142,16 +142,19 @@ def blobs_for(repo: Repo, commits: dict[str, CommitNode]) -> dict[str, str]:
 
 
 def stored_blobs(repo: Repo, blobs: dict[str, str]) -> list[StoredBlob]:
-    """The blobs to write, sorted by digest, with the size and CRC-32 (None: not recorded) of their rows."""
-    digests = sorted(blobs)
-    order: list[StoredBlob] = []
-    for start in range(0, len(digests), BATCH):
-        chunk = digests[start:start + BATCH]
-        facts = dict((digest, (size, crc)) for digest, size, crc in
-                     Object.select(Object.digest, Object.size, Object.crc32)
-                     .where((Object.repo == repo) & Object.digest.in_(chunk)).tuples())
-        order.extend(StoredBlob(digest, blobs[digest], *facts[digest]) if digest != EMPTY_BLOB
-                     else StoredBlob(digest, blobs[digest], 0, None) for digest in chunk)
+    """The blobs to write, sorted by digest, with the size and CRC-32 (None: not recorded) of their rows.
+
+    Raises:
+        ObjectUnavailable: a blob the snapshots name has no row in this repo.
+    """
+    order = [StoredBlob(digest, blobs[digest], size, crc) for digest, size, crc in
+             bulk.rows_by_digest(Object, repo.repo_id, blobs, ("digest", "size", "crc32"))]
+    if EMPTY_BLOB in blobs:  # never stored, never read
+        order.append(StoredBlob(EMPTY_BLOB, blobs[EMPTY_BLOB], 0, None))
+    if len(order) < len(blobs):
+        found = {blob.digest for blob in order}
+        raise ObjectUnavailable(min(digest for digest in blobs if digest not in found))
+    order.sort()
     return order
 
 

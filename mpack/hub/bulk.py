@@ -13,7 +13,7 @@ parameter marker.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import peewee as pw
 
@@ -51,18 +51,23 @@ def insert_ignoring_duplicates(model: type[pw.Model], names: Sequence[str], rows
 
 def present(model: type[pw.Model], repo_id: str, digests: Iterable[str]) -> set[str]:
     """Which of ``digests`` have a row of ``model`` (keyed by repo and digest) for this repo."""
+    return {row[0] for row in rows_by_digest(model, repo_id, digests, ("digest",))}
+
+
+def rows_by_digest(model: type[pw.Model], repo_id: str, digests: Iterable[str],
+                   names: Sequence[str]) -> Iterator[tuple]:
+    """The field ``names`` (raw column values) of this repo's rows of ``model`` whose digest is one of
+    ``digests``; absent digests give no row. ``MAX_PARAMS`` digests per statement."""
     wanted = sorted(set(digests))
     database = model._meta.database
     table = _quote(model._meta.table_name)
+    columns = ", ".join(_quote(model._meta.fields[name].column_name) for name in names)
     repo_column = _quote(model._meta.fields["repo"].column_name)
     digest_column = _quote(model._meta.fields["digest"].column_name)
-    found: set[str] = set()
     step = MAX_PARAMS - 1
     for start in range(0, len(wanted), step):
         chunk = wanted[start:start + step]
         marks = ", ".join([database.param] * len(chunk))
-        cursor = database.execute_sql(
-            f"SELECT {digest_column} FROM {table} WHERE {repo_column} = {database.param} AND {digest_column} IN ({marks})",
-            [repo_id, *chunk])
-        found.update(row[0] for row in cursor.fetchall())
-    return found
+        yield from database.execute_sql(
+            f"SELECT {columns} FROM {table} WHERE {repo_column} = {database.param} AND {digest_column} IN ({marks})",
+            [repo_id, *chunk]).fetchall()

@@ -9,6 +9,7 @@ before deltas existed (a schema migration runs it).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -17,7 +18,6 @@ import peewee as pw
 from mpack.hub import bulk
 from mpack.hub.models import Commit, Snapshot, SnapshotDelta
 
-BATCH = 500
 
 
 class Delta(NamedTuple):
@@ -55,14 +55,11 @@ def delta_of(digest: str, record: dict, base: str = "", base_record: dict | None
 
 def load(repo, digests: Iterable[str]) -> dict[str, Delta]:
     """The stored deltas of these snapshots (absent ones are missing from the result)."""
-    wanted = sorted(set(digests))
-    found: dict[str, Delta] = {}
-    columns = [getattr(SnapshotDelta, name) for name in Delta._fields]
-    for start in range(0, len(wanted), BATCH):
-        query = SnapshotDelta.select(*columns).where(
-            (SnapshotDelta.repo == repo) & SnapshotDelta.digest.in_(wanted[start:start + BATCH]))
-        found.update((row[0], Delta(*row)) for row in query.tuples())
-    return found
+    repo_id = getattr(repo, "repo_id", repo)
+    return {digest: Delta(digest, snapshot_id, base, base_id, json.loads(fields), json.loads(changed),
+                          json.loads(removed))
+            for digest, snapshot_id, base, base_id, fields, changed, removed
+            in bulk.rows_by_digest(SnapshotDelta, repo_id, digests, Delta._fields)}
 
 
 def snapshot_record(repo, digest: str) -> dict:

@@ -7,14 +7,16 @@ what changed, not to the history.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from mpack.format.order import canonical_order_commits
+from mpack.hub import bulk
 from mpack.hub.models import Commit, Repo
 
 BATCH = 500  # ids per IN (...) query: well under SQLite's variable limit
-RECORD_BATCH = 100  # records per query when streaming them in order
+RECORD_BATCH = 200  # records per query when streaming them in order
 # Walks load the graph, not the records: memory stays small however long the history.
 GRAPH = (Commit.digest, Commit.commit_id, Commit.parents, Commit.snapshot, Commit.generation)
 
@@ -104,13 +106,14 @@ def reachable(repo: Repo, wants: Iterable[str]) -> dict[str, CommitNode]:
     needed = set(heads)
     found: dict[str, CommitNode] = {}
     top = max(node.generation for node in heads.values())
+    # Plain SQL, parents decoded only for the commits kept: the scan passes every row below the top.
     query = (Commit.select(*GRAPH).where((Commit.repo == repo) & (Commit.generation <= top))
              .order_by(Commit.generation.desc()))
-    for row in query.tuples().iterator():
-        if row[0] in needed:
-            node = CommitNode(*row)
-            found[node.digest] = node
-            needed.discard(node.digest)
+    sql, params = query.sql()
+    for digest, commit_id, parents, snapshot, generation in Commit._meta.database.execute_sql(sql, params):
+        if digest in needed:
+            node = found[digest] = CommitNode(digest, commit_id, json.loads(parents), snapshot, generation)
+            needed.discard(digest)
             needed.update(node.parents)
             if not needed:
                 break
@@ -125,10 +128,9 @@ def topological(commits: dict[str, CommitNode]) -> list[str]:
 
 
 def iter_records(repo: Repo, digests: list[str]) -> Iterator[dict]:
-    """The CommitDicts of ``digests``, in that order, a batch at a time."""
+    """The CommitDicts of ``digests``, in that order, a batch at a time (plain SQL: ``bulk.rows_by_digest``)."""
     for start in range(0, len(digests), RECORD_BATCH):
         chunk = digests[start:start + RECORD_BATCH]
-        rows = dict(Commit.select(Commit.digest, Commit.record)
-                    .where((Commit.repo == repo) & Commit.digest.in_(chunk)).tuples())
+        rows = dict(bulk.rows_by_digest(Commit, repo.repo_id, chunk, ("digest", "record")))
         for digest in chunk:
-            yield rows[digest]
+            yield json.loads(rows[digest])

@@ -19,7 +19,6 @@ from mpack.hub import bulk
 from mpack.hub.models import Commit, Snapshot, SnapshotDelta
 
 
-
 class Delta(NamedTuple):
     """One snapshot record to write: ``changed``/``removed`` against ``base`` ("" = in full)."""
 

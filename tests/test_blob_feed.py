@@ -22,11 +22,12 @@ def stored(*contents: bytes, crc: bool = False) -> tuple[list[StoredBlob], dict[
 
 
 def read_all(source) -> bytes:
-    if isinstance(source, bytes):
-        return source
+    """A blob's bytes, copied: what the feed hands over is valid until the next blob (its buffer is reused)."""
+    if isinstance(source, (bytes, memoryview)):
+        return bytes(source)
     parts = []
     while chunk := source.read(blob_feed.CHUNK):
-        parts.append(chunk)
+        parts.append(bytes(chunk))  # a chunk is valid until the next read (its buffer is reused)
     return b"".join(parts)
 
 
@@ -98,11 +99,53 @@ class Dribble(io.BytesIO):
     def read(self, n=-1):
         return super().read(1000 if n < 0 else min(n, 1000))
 
+    def readinto(self, view):
+        return super().readinto(memoryview(view)[:1000])
 
-def test_short_reads_from_a_stream_are_not_mistaken_for_a_short_file():
+
+class ReadOnly:
+    """The same without ``readinto``: a stream that offers only ``read`` and ``close``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = Dribble(data)
+
+    def read(self, n=-1):
+        return self._inner.read(n)
+
+    def close(self):
+        self._inner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+@pytest.mark.parametrize("stream", [Dribble, ReadOnly])
+def test_short_reads_from_a_stream_are_not_mistaken_for_a_short_file(stream):
     order, files = stored(b"s" * 5000, bytes(range(256)) * (BIG // 256))
-    with BlobFeed(order, lambda d: Dribble(files[d])) as feed:
+    with BlobFeed(order, lambda d: stream(files[d])) as feed:
         assert [read_all(source) for _, source, _ in feed] == [files[b.digest] for b in order]
+
+
+def test_every_blob_byte_travels_in_a_bounded_pool_of_reused_buffers():
+    """Many MiB of large and small blobs through the feed: the buffers behind them are the pool's, never more."""
+    order, files = stored(*(bytes([n]) * BIG for n in range(blob_feed.BUFFERS + 4)),
+                          *(b"small %d" % n * 5000 for n in range(2000)))
+    buffers = set()
+    with BlobFeed(order, lambda d: io.BytesIO(files[d])) as feed:
+        for (_, source, _), blob in zip(feed, order, strict=True):
+            if isinstance(source, memoryview):  # a small blob, whole
+                buffers.add(id(source.obj))
+                assert bytes(source) == files[blob.digest]
+                continue
+            parts = []
+            while chunk := source.read(blob_feed.CHUNK):
+                buffers.add(id(chunk.obj))
+                parts.append(bytes(chunk))
+            assert b"".join(parts) == files[blob.digest]
+    assert len(buffers) <= blob_feed.BUFFERS
 
 
 def test_blobs_are_opened_ahead_but_never_more_than_the_lookahead_at_once():

@@ -18,12 +18,13 @@ waiting for one file at a time: reading a 1× history's 347 MB of blobs from a
 cold cache went from 0.75–1.23 s to 0.40 s here. Sources without a file
 descriptor (a bucket's stream) are opened ahead all the same, without the hint.
 
-A large blob's chunks are read into a small pool of reused buffers
-(``readinto``) instead of a fresh ``bytes`` per MiB: each fresh buffer cost an
-allocation and new pages, and a 4× build reads 1.1 GB that way (reading
-1.43 GB of blobs took 0.73–0.96 s with ``read`` and 0.38–0.40 s into a reused
-buffer here). A chunk handed to the writer is therefore valid only until the
-writer asks for the next one.
+Every byte is read (``readinto``) into a pool of ``BUFFERS`` reused buffers
+of ``CHUNK`` bytes — a large blob a chunk per buffer, small blobs one after
+another in one — instead of a fresh ``bytes`` per blob or chunk: each fresh
+buffer cost an allocation and new pages (reading a 4× history's 1.43 GB of
+blobs took 0.73–0.96 s with ``read`` and 0.38–0.40 s into a reused buffer
+here). What the feed hands the writer is therefore valid only until the
+writer asks for the next group or chunk, and the pool bounds the bytes held.
 """
 from __future__ import annotations
 

@@ -185,3 +185,12 @@ def test_a_blob_that_cannot_be_opened_fails_at_its_turn_after_the_blobs_before_i
         for object_id, source, _ in feed:
             received.append((object_id, read_all(source)))
     assert received == [(b.object_id, files[b.digest]) for b in order[:3]]
+
+
+def test_a_small_pack_gets_buffers_its_size_not_a_mebibyte_each():
+    """A one-commit fetch's build reads a few bytes: it must not allocate (and zero) MiB-sized buffers."""
+    order, files = stored(b"one line\n", b"another\n")
+    with BlobFeed(order, lambda d: io.BytesIO(files[d])) as feed:
+        got = [(bytes(source), len(source.obj)) for _, source, _ in feed]
+    assert [content for content, _ in got] == [files[b.digest] for b in order]
+    assert max(size for _, size in got) <= len(b"one line\n") + len(b"another\n") + 3

@@ -101,6 +101,12 @@ def test_an_unknown_branch_or_commit_is_still_refused(app, pushed):
     assert error_of(wire(app, "POST", f"{PATH}/fetch/mpack", {"want": [fake_commit_id("never pushed")], "have": []}), 404)
 
 
+@pytest.mark.parametrize("name", ["HEAD", "refs/heads/main", "main/", "a..b", "x" * 256, "ma\u00efn/../x"])
+def test_a_want_no_branch_could_be_named_is_refused_as_before(app, pushed, name):
+    """The hit path looks up any NUL-free ASCII name (it only finds no row); the answer is the general path's."""
+    assert error_of(wire(app, "POST", f"{PATH}/fetch/mpack", {"want": [name], "have": []}), 404)
+
+
 def test_a_row_gc_deleted_after_the_select_is_a_miss_not_a_dangling_url(app, hub, clock, pushed, monkeypatch):
     fetch_mpack(app, ["main"])
     clock.advance(120)  # the hit will want to slide the expiry: it finds the row gone

@@ -9,6 +9,7 @@ from tests.factories import History, push_history, wire
 PATH = "/gabriel/song"
 CASES = {
     "fetch/mpack want": ("POST", f"{PATH}/fetch/mpack", {"want": ["ma\x00in"]}, 404),
+    "fetch/mpack non-ascii want": ("POST", f"{PATH}/fetch/mpack", {"want": ["ma\u00e9\x00in"]}, 404),
     "fetch want": ("POST", f"{PATH}/fetch", {"want": ["ma\x00in"]}, 200),  # /fetch skips unknown wants
     "repo in the path": ("GET", "/gabriel/so%00ng/refs", None, 404),
     "owner in the api path": ("GET", "/api/repos/gab%00riel/song", None, 404),

@@ -58,6 +58,19 @@ def _branch_like(name: str) -> bool:
     return rules.branch_problem(name) is None
 
 
+def _hit_lookup_safe(name: str) -> bool:
+    """Whether a want may be looked up as a branch name by the hit query.
+
+    A name no branch could have only finds no row there (pushes check branch
+    names), so the hit path needs just the part of ``_branch_like`` a query
+    needs: no NUL, a bounded length. ASCII names, nearly all of them, are
+    settled with two C-level checks; any other takes the full rules.
+    """
+    if name.isascii():
+        return "\x00" not in name and len(name) <= rules.MAX_BRANCH_BYTES
+    return _branch_like(name)
+
+
 def resolve_wants(repo: Repo, want: list[str], *, skip_unknown: bool = False) -> dict[str, str]:
     """Commit ids or branch names → {digest: commit_id as stored}; unknown → UnknownCommits."""
     resolved: dict[str, str] = {}
@@ -144,7 +157,7 @@ def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) 
 
 def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str) -> dict | None:
     by_branch = not ids.is_id(want)
-    if not repos.plausible(owner, name) or (by_branch and not _branch_like(want)):
+    if not repos.plausible(owner, name) or (by_branch and not _hit_lookup_safe(want)):
         return None  # never looked up (PostgreSQL refuses NUL in a query): the slow path answers
     row = cache.hit_row(hub, owner, name, want, "", by_branch=by_branch)
     if row is None or row.cache_id is None or not repos.may_read(row.owner, row.visibility, user):

@@ -19,8 +19,9 @@ cold cache went from 0.75–1.23 s to 0.40 s here. Sources without a file
 descriptor (a bucket's stream) are opened ahead all the same, without the hint.
 
 Every byte is read (``readinto``) into a pool of at most ``BUFFERS`` reused
-buffers of ``CHUNK`` bytes (made as needed, smaller for a pack of few bytes) — a large blob a chunk per buffer, small blobs one after
-another in one — instead of a fresh ``bytes`` per blob or chunk: each fresh
+buffers of ``CHUNK`` bytes (made as needed, smaller for a pack of few
+bytes) — a large blob a chunk per buffer, small blobs one after another in
+one — instead of a fresh ``bytes`` per blob or chunk: each fresh
 buffer cost an allocation and new pages (reading a 4× history's 1.43 GB of
 blobs took 0.73–0.96 s with ``read`` and 0.38–0.40 s into a reused buffer
 here). What the feed hands the writer is therefore valid only until the

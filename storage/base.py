@@ -30,7 +30,8 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 from mpack.format.ids import hex_of
@@ -177,6 +178,31 @@ class PendingFile(abc.ABC):
     @abc.abstractmethod
     def _discard(self) -> None:
         """Remove the temp file; must tolerate it being gone already."""
+
+
+class RecentlyFound:
+    """Keys a store found lately, trusted for ``seconds`` (``Store.still_exists``); at most ``size`` kept.
+
+    Only positive answers are kept, so only objects that exist fill it; it is
+    cleared whole when full. A store forgets what it deletes or moves aside.
+    """
+
+    def __init__(self, seconds: float, size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.size, self._clock = seconds, size, clock
+        self._found: dict[str, float] = {}
+
+    def __contains__(self, key: str) -> bool:
+        found = self._found.get(key)
+        return found is not None and self._clock() - found < self.seconds
+
+    def add(self, key: str) -> None:
+        if len(self._found) >= self.size:
+            self._found.clear()
+        self._found[key] = self._clock()
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._found.pop(key, None)
 
 
 class Store(abc.ABC):

@@ -40,6 +40,7 @@ from storage.base import (
     BLOBS,
     MPACKS,
     PendingFile,
+    RecentlyFound,
     Store,
     check_digest,
     check_namespace,
@@ -103,7 +104,7 @@ class S3Store(Store):
         self.prefix = location.prefix + "/" if location.prefix else ""
         self.part_size = part_size
         self._clock = clock
-        self._seen: dict[str, float] = {}  # key → monotonic time of a HEAD that found it (still_exists)
+        self._seen = RecentlyFound(EXISTS_MEMO_SECONDS, EXISTS_MEMO_SIZE)  # keys a HEAD found (still_exists)
 
     def __repr__(self) -> str:
         return f"S3Store(s3://{self.bucket}/{self.prefix})"
@@ -144,20 +145,15 @@ class S3Store(Store):
         pack only once no row names it, and this store forgets what it deletes).
         """
         key = self.key(namespace, digest)
-        now = time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen < EXISTS_MEMO_SECONDS:
+        if key in self._seen:
             return True
         found = self._head(key) is not None
         if found:
-            if len(self._seen) >= EXISTS_MEMO_SIZE:
-                self._seen.clear()
-            self._seen[key] = now
+            self._seen.add(key)
         return found
 
     def _forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._seen.pop(key, None)
+        self._seen.forget(keys)
 
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
         key = self.key(namespace, digest)

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from storage import BLOBS, MPACKS, LocalStore, UrlSigner, local_batch
+from storage import BLOBS, MPACKS, LocalStore, UrlSigner, local, local_batch
 from storage.errors import StorageError
 
 DATA = b"hello muse\n"
@@ -358,3 +358,45 @@ def test_a_first_put_many_after_create_layout_creates_no_directory(root, monkeyp
     monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: (made.append(path), real_mkdir(path, *a, **k)))
     assert all(store.put_many(BLOBS, many_blobs(100)))
     assert made == []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def memo_clock(store, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(store._found, "_clock", clock)
+    return clock
+
+
+def test_still_exists_trusts_a_found_pack_for_a_second_without_a_stat(store, memo_clock):
+    """Issue 8: a cache hit costs no stat while its pack was seen in the last second."""
+    digest, data = many_blobs(1)[0]
+    store.put_bytes(MPACKS, digest, data)
+    assert store.still_exists(MPACKS, digest)
+    os.unlink(store.local_path(MPACKS, digest))  # removed behind the store's back (damage, another process)
+    assert store.still_exists(MPACKS, digest)
+    memo_clock.now += local.EXISTS_MEMO_SECONDS
+    assert not store.still_exists(MPACKS, digest)
+
+
+@pytest.mark.parametrize("remove", ["delete", "quarantine"])
+def test_still_exists_forgets_what_the_store_itself_removes(store, memo_clock, remove):
+    digest, data = many_blobs(1)[0]
+    store.put_bytes(MPACKS, digest, data)
+    assert store.still_exists(MPACKS, digest)
+    getattr(store, remove)(MPACKS, digest, **({"keep_intact": False} if remove == "quarantine" else {}))
+    assert not store.still_exists(MPACKS, digest) and not store.exists(MPACKS, digest)
+
+
+def test_still_exists_never_remembers_an_absence(store, memo_clock):
+    digest, data = many_blobs(1)[0]
+    assert not store.still_exists(MPACKS, digest)
+    store.put_bytes(MPACKS, digest, data)
+    assert store.still_exists(MPACKS, digest)

@@ -38,8 +38,8 @@ from storage.base import BLOBS, MPACKS
 
 REPO = "reference"
 CLONE_RUNS = 3
-BUILD_RUNS = 3
-INCREMENTAL_RUNS = 5  # one-commit fetches per scale, the median reported  # cold builds per scale, the median reported (the first after populating also pays for fresh memory)
+BUILD_RUNS = 3  # cold builds per scale, the median reported (the first after populating also pays for fresh memory)
+INCREMENTAL_RUNS = 5  # one-commit fetches per scale, the median reported
 
 
 def open_hub(home: Path) -> Hub:

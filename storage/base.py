@@ -195,6 +195,15 @@ class RecentlyFound:
         found = self._found.get(key)
         return found is not None and self._clock() - found < self.seconds
 
+    def ask(self, key: str, look: Callable[[], bool]) -> bool:
+        """True if ``key`` was found lately, else what ``look()`` answers (remembered when positive)."""
+        if key in self:
+            return True
+        found = look()
+        if found:
+            self.add(key)
+        return found
+
     def add(self, key: str) -> None:
         if len(self._found) >= self.size:
             self._found.clear()

@@ -158,13 +158,7 @@ class LocalStore(Store):
         cost no ``stat`` (issue 8: nothing per hit beyond one lookup and one HMAC). A file removed
         outside this process (another worker's GC, which deletes only packs no live row names; or
         damage) is noticed that much later; what this store deletes or moves aside it forgets."""
-        key = f"{namespace}/{check_digest(digest)}"
-        if key in self._found:
-            return True
-        found = self.exists(namespace, digest)
-        if found:
-            self._found.add(key)
-        return found
+        return self._found.ask(f"{namespace}/{check_digest(digest)}", lambda: self.exists(namespace, digest))
 
     def delete(self, namespace: str, digest: str) -> bool:
         # Empty shard directories are kept: removing one could race a writer

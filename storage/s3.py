@@ -145,12 +145,7 @@ class S3Store(Store):
         pack only once no row names it, and this store forgets what it deletes).
         """
         key = self.key(namespace, digest)
-        if key in self._seen:
-            return True
-        found = self._head(key) is not None
-        if found:
-            self._seen.add(key)
-        return found
+        return self._seen.ask(key, lambda: self._head(key) is not None)
 
     def _forget(self, keys: Iterable[str]) -> None:
         self._seen.forget(keys)

@@ -128,8 +128,9 @@ class BlobFeed:
         remaining = len(self._blobs)
         lent: _QueuedSource | bytearray | None = None
         while remaining:
+            self._give_back(lent)  # resumed: the writer is done with the group before
+            lent = None
             item = self._take()
-            self._give_back(lent)
             if isinstance(item, _Batch):
                 lent = item.buffer
                 yield item.blobs

@@ -30,9 +30,9 @@ from mpack.client import sync
 from mpack.client.hub_client import HubClient
 from mpack.client.layout import MuseRepo
 from mpack.format import ids
-from mpack.hub import fetch, push
+from mpack.hub import fetch, push, snapshots
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.models import BackgroundJob, Commit, Repo, Snapshot
+from mpack.hub.models import BackgroundJob, Commit, Repo
 from mpack.hub.settings import Settings
 
 REPO = "branches"
@@ -43,8 +43,8 @@ COMMITS_PER_BRANCH = 3
 def _branch(hub, repo: Repo, name: str, base: str) -> str:
     """Three commits on ``base`` (one small file each) pushed as branch ``name`` → its tip."""
     row = Commit.get((Commit.repo == repo) & (Commit.digest == ids.hex_of(base)))
-    manifest = dict(Snapshot.get((Snapshot.repo == repo) & (Snapshot.digest == row.snapshot)).record["manifest"])
-    parent, commits, snapshots = base, [], []
+    manifest = dict(snapshots.record(repo.repo_id, row.snapshot)["manifest"])
+    parent, commits, records = base, [], []
     for n in range(COMMITS_PER_BRANCH):
         content = f"{name} {n}\n".encode() * 40
         object_id = ids.object_digest(content)
@@ -57,9 +57,9 @@ def _branch(hub, repo: Repo, name: str, base: str) -> str:
                   "branch": name, "snapshot_id": snapshot["snapshot_id"], "message": message, "committed_at": when,
                   "parent_commit_id": parent, "parent2_commit_id": None, "author": "bench", "metadata": {}}
         commits.append(commit)
-        snapshots.append(snapshot)
+        records.append(snapshot)
         parent = commit["commit_id"]
-    return push_batch(hub, repo, commits, snapshots, branch=name)
+    return push_batch(hub, repo, commits, records, branch=name)
 
 
 def prepare(home: Path, scale: float) -> dict[str, str]:

@@ -29,9 +29,9 @@ from bench.synth import Synth
 from bench.synth_export import make_git_repo
 from bench.util import MB, Measured, Table, hashlib_sha256_mbps, measure, median, timer
 from mpack.format import ids
-from mpack.hub import fetch
+from mpack.hub import fetch, snapshots
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.models import BackgroundJob, Commit, FetchMPackCache, Object, Repo, Snapshot
+from mpack.hub.models import BackgroundJob, Commit, FetchMPackCache, Object, Repo
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 from storage.base import BLOBS, MPACKS
@@ -107,7 +107,7 @@ def _push_one_commit(hub: Hub, repo: Repo, tip: str, n: int) -> str:
     content = b"one more line %d\n" % n
     object_id = ids.object_digest(content)
     tip_snapshot = Commit.get((Commit.repo == repo) & (Commit.digest == ids.hex_of(tip))).snapshot
-    manifest = {**Snapshot.get((Snapshot.repo == repo) & (Snapshot.digest == tip_snapshot)).record["manifest"],
+    manifest = {**snapshots.record(repo.repo_id, tip_snapshot)["manifest"],
                 f"new{n}.txt": object_id}
     snapshot = {"snapshot_id": ids.snapshot_digest(manifest), "manifest": manifest,
                 "created_at": "2026-11-24T00:00:00+00:00"}

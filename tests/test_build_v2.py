@@ -8,7 +8,7 @@ import pytest
 
 from mpack.format.reader import iter_mpack
 from mpack.format.writer import SnapshotRecord
-from mpack.hub import build, cache, db, deltas, fetch, fsck, gc
+from mpack.hub import build, cache, db, deltas, fetch, fsck, gc, snapshots
 from mpack.hub.errors import CorruptStoredBlob
 from mpack.hub.models import FetchMPackCache, Object, SchemaVersion, SnapshotDelta
 from storage.base import BLOBS, MPACKS
@@ -78,8 +78,14 @@ def test_a_build_with_branches_and_merges_carries_every_snapshot(hub, app, owner
     assert records[0].base is None and all(r.base is not None for r in records[1:])
 
 
-def test_history_pushed_before_deltas_builds_the_same_pack(hub, app, owner, repo):
+def pushed_as_before_deltas(monkeypatch) -> None:
+    """Pushes from now on keep every snapshot record in full, as every push did before deltas existed."""
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", 1)
+
+
+def test_history_pushed_before_deltas_builds_the_same_pack(hub, app, owner, repo, monkeypatch):
     h = branchy()
+    pushed_as_before_deltas(monkeypatch)
     push_history(app, owner[1], PATH, h)
     with_deltas = fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
     SnapshotDelta.delete().execute()
@@ -149,8 +155,9 @@ def test_gc_removes_rows_of_an_older_format_once_no_url_from_them_can_be_live(hu
     assert not hub.store.exists(MPACKS, answer["mpack_id"][-64:])
 
 
-def test_the_deltas_migration_versions_old_rows_and_backfills_deltas(hub, app, owner, repo):
+def test_the_deltas_migration_versions_old_rows_and_backfills_deltas(hub, app, owner, repo, monkeypatch):
     h = branchy()
+    pushed_as_before_deltas(monkeypatch)
     push_history(app, owner[1], PATH, h)
     fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
     expected = deltas.load(repo, [s[-64:] for s in h.snapshots])

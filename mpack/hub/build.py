@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from mpack.format import ids
 from mpack.format.spill import SnapshotSpill
 from mpack.format.writer import SMALL_BLOB, MPackWriter
-from mpack.hub import bulk, deltas
+from mpack.hub import bulk, deltas, snapshots
 from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.cache import PackStats
 from mpack.hub.deltas import Delta
@@ -107,10 +107,10 @@ def _joins(delta: Delta, previous: Delta | None, held: set[str]) -> bool:
 
 def _bridge(repo: Repo, digest: str, previous: Delta | None) -> Delta:
     """A delta no stored row gives: decode the two manifests and compare them."""
-    record = deltas.snapshot_record(repo, digest)
+    records = snapshots.records(repo.repo_id, [digest] if previous is None else [digest, previous.digest])
     if previous is None:
-        return deltas.delta_of(digest, record)
-    return deltas.delta_of(digest, record, previous.digest, deltas.snapshot_record(repo, previous.digest))
+        return deltas.delta_of(digest, records[digest])
+    return deltas.delta_of(digest, records[digest], previous.digest, records[previous.digest])
 
 
 class BlobsAdded:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
-from mpack.hub import fsck
+from mpack.hub import fsck, snapshots
 from mpack.hub.build import EMPTY_BLOB, blobs_for
 from mpack.hub.errors import BundleTooLarge, InvalidField, ObjectUnavailable
 from mpack.hub.fetch import _walk_commit_delta, parse_haves, resolve_wants
 from mpack.hub.history import iter_records, load_commits, topological
-from mpack.hub.models import Object, Repo, Snapshot
+from mpack.hub.models import Object, Repo
 from mpack.hub.push import missing_objects
 from mpack.hub.repos import branch_heads
 from storage.base import BLOBS
@@ -41,11 +41,11 @@ def wire_fetch_bundle(hub: Hub, repo: Repo, body: dict) -> dict:
     blobs = {d: spelled for d, spelled in blobs_for(repo, commits).items() if d != EMPTY_BLOB}
     _check_size(hub, repo, list(blobs))
     snapshot_digests = sorted({c.snapshot for c in commits.values()})
-    snapshots = [s.record for s in Snapshot.select().where(
-        (Snapshot.repo == repo) & Snapshot.digest.in_(snapshot_digests)).order_by(Snapshot.digest)] if commits else []
+    records = snapshots.records(repo.repo_id, snapshot_digests)
+    stored = [records[digest] for digest in snapshot_digests if digest in records]
     return {
         "commits": list(reversed(list(iter_records(repo, topological(commits))))),
-        "snapshots": snapshots,
+        "snapshots": stored,
         "objects": [{"object_id": blobs[d], "content": _read(hub, d)} for d in sorted(blobs)],
         "branch_heads": branch_heads(repo),
     }

@@ -318,10 +318,20 @@ def _v7_blob_checksums(db: pw.Database) -> None:
         db.execute_sql("ALTER TABLE object ADD COLUMN crc32 BIGINT")
 
 
+def _v8_snapshot_chain_depths(db: pw.Database) -> None:
+    """Each delta's depth in its chain: new snapshots are kept in full only every so many (``snapshots``).
+
+    Every record stored before this is kept in full: depth 0, the default.
+    """
+    columns = {column.name for column in db.get_columns("snapshot_delta")}
+    if "depth" not in columns:
+        db.execute_sql("ALTER TABLE snapshot_delta ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")
+
+
 # Each entry upgrades the schema from version i to i+1. Append, never edit.
 MIGRATIONS: list[Callable[[pw.Database], None]] = [
     _v1_create_tables, _v2_usernames_unique_without_case, _v3_health_probe, _v4_gc_runs, _v5_double_timestamps,
-    _v6_snapshot_deltas_and_pack_versions, _v7_blob_checksums,
+    _v6_snapshot_deltas_and_pack_versions, _v7_blob_checksums, _v8_snapshot_chain_depths,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import peewee as pw
 
-from mpack.hub import bulk
+from mpack.hub import bulk, snapshots
 from mpack.hub.models import Commit, Snapshot, SnapshotDelta
 
 
@@ -29,6 +29,7 @@ class Delta(NamedTuple):
     fields: dict
     changed: dict
     removed: dict
+    depth: int = 0  # links from the nearest snapshot kept in full (``mpack.hub.snapshots``)
 
 
 def diff(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[dict, dict]:
@@ -56,13 +57,14 @@ def load(repo, digests: Iterable[str]) -> dict[str, Delta]:
     """The stored deltas of these snapshots (absent ones are missing from the result)."""
     repo_id = getattr(repo, "repo_id", repo)
     return {digest: Delta(digest, snapshot_id, base, base_id, json.loads(fields), json.loads(changed),
-                          json.loads(removed))
-            for digest, snapshot_id, base, base_id, fields, changed, removed
+                          json.loads(removed), depth)
+            for digest, snapshot_id, base, base_id, fields, changed, removed, depth
             in bulk.rows_by_digest(SnapshotDelta, repo_id, digests, Delta._fields)}
 
 
 def snapshot_record(repo, digest: str) -> dict:
-    return Snapshot.get((Snapshot.repo == repo) & (Snapshot.digest == digest)).record
+    """One stored snapshot's full record (rebuilt from its deltas where it is not kept in full)."""
+    return snapshots.record(getattr(repo, "repo_id", repo), digest)
 
 
 def insert(repo, deltas: Iterable[Delta]) -> None:
@@ -104,32 +106,33 @@ def _cached_record(cached: dict, repo_id: str, digest: str) -> dict:
     return cached[key]
 
 
-def for_push(repo, snapshots: dict[str, dict], commits: Iterable[tuple[str, list[str], str, int]]) -> list[Delta]:
-    """Deltas of the pushed snapshots this repo lacks.
+def for_push(repo, records: dict[str, dict], commits: Iterable[tuple[str, list[str], str, int]]) -> list[Delta]:
+    """Deltas of the pushed snapshots this repo lacks, each with its chain depth (0: keep it in full).
 
     Args:
-        snapshots: digest -> record, as pushed (verified).
+        records: digest -> snapshot record, as pushed (verified).
         commits: (digest, parent digests, snapshot digest, generation) of the pushed commits.
     """
-    present = {r.digest for r in Snapshot.select(Snapshot.digest).where(
-        (Snapshot.repo == repo) & Snapshot.digest.in_(list(snapshots)))} if snapshots else set()
+    present = bulk.present(Snapshot, repo.repo_id, records)
     pushed = {digest: (parents, snapshot) for digest, parents, snapshot, _ in commits}
     first: dict[str, str | None] = {}  # new snapshot -> first parent of the earliest commit naming it
     for _digest, parents, snapshot, _ in sorted(commits, key=lambda c: (c[3], c[0])):
-        if snapshot in snapshots and snapshot not in present and snapshot not in first:
+        if snapshot in records and snapshot not in present and snapshot not in first:
             first[snapshot] = parents[0] if parents else None
     outside = {p for p in first.values() if p is not None and p not in pushed}
     outside_snapshots = dict(Commit.select(Commit.digest, Commit.snapshot).where(
         (Commit.repo == repo) & Commit.digest.in_(sorted(outside))).tuples()) if outside else {}
     stored: dict[str, dict] = {}
     deltas = []
-    for digest in sorted(set(snapshots) - present):
+    for digest in sorted(set(records) - present):
         parent = first.get(digest)
         base = "" if parent is None else (pushed[parent][1] if parent in pushed else outside_snapshots[parent])
         base_record = None
         if base:
-            base_record = snapshots.get(base) or stored.get(base)
+            base_record = records.get(base) or stored.get(base)
             if base_record is None:
                 base_record = stored[base] = snapshot_record(repo, base)
-        deltas.append(delta_of(digest, snapshots[digest], base, base_record))
-    return deltas
+        deltas.append(delta_of(digest, records[digest], base, base_record))
+    new_bases = {d.base for d in deltas} - {d.digest for d in deltas} - {""}
+    depths = snapshots.depths(snapshots.stored_depths(repo.repo_id, new_bases), [(d.digest, d.base) for d in deltas])
+    return [d._replace(depth=depths[d.digest]) for d in deltas]

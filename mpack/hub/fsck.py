@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from mpack.format import ids
 from mpack.format.errors import MPackError, UnsupportedVersion
 from mpack.format.reader import verify_mpack
+from mpack.hub import snapshots
 from mpack.hub.errors import InvalidField
 from mpack.hub.models import FetchMPackCache, Object, Repo, Snapshot
 from storage.base import BLOBS, MPACKS, VERIFY_CHUNK
@@ -90,8 +91,9 @@ class _HashingFile:
 
 def _snapshot_manifest(snapshot_id: str) -> dict | None:
     """A snapshot the hub holds (in any repo: ids are content), for an incremental pack's delta base."""
-    row = Snapshot.select(Snapshot.record).where(Snapshot.digest == ids.hex_of(snapshot_id)).first()
-    return row.record["manifest"] if row is not None else None
+    digest = ids.hex_of(snapshot_id)
+    row = Snapshot.select(Snapshot.repo).where(Snapshot.digest == digest).first()
+    return snapshots.record(row.repo_id, digest)["manifest"] if row is not None else None
 
 
 def pack_intact(hub: Hub, digest: str) -> bool:

@@ -98,7 +98,9 @@ class Commit(BaseModel):
 class Snapshot(BaseModel):
     repo = pw.ForeignKeyField(Repo, on_delete="CASCADE")
     digest = pw.CharField(max_length=64)
-    record = JSONField()  # the SnapshotDict, verbatim
+    # The SnapshotDict, verbatim where its delta row has depth 0; JSON null where the record is
+    # kept as its delta only (``mpack.hub.snapshots`` rebuilds it).
+    record = JSONField()
 
     class Meta:
         primary_key = pw.CompositeKey("repo", "digest")
@@ -120,6 +122,8 @@ class SnapshotDelta(BaseModel):
     fields = JSONField()  # the snapshot's keys but snapshot_id and manifest
     changed = JSONField()  # path -> object id, added or changed against the base
     removed = JSONField()  # path -> the object id it had in the base
+    # Deltas from the nearest snapshot kept in full (0: this one is; ``mpack.hub.snapshots``).
+    depth = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
     class Meta:
         table_name = "snapshot_delta"

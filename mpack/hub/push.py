@@ -28,6 +28,7 @@ from mpack.hub.history import is_ancestor, load_commits
 from mpack.hub.jsonlike import JsonText, json_text
 from mpack.hub.models import Branch, Commit, Object, Repo, Snapshot
 from mpack.hub.repos import branch_heads
+from mpack.hub.snapshots import NOT_KEPT
 from storage.base import BLOBS
 from storage.errors import ContentMismatch
 
@@ -58,7 +59,6 @@ class ParsedCommit:
 class Bundle:
     blobs: list[Blob] = field(default_factory=list)
     snapshots: dict[str, dict] = field(default_factory=dict)  # digest -> record
-    snapshot_texts: dict[str, JsonText] = field(default_factory=dict)  # digest -> the record as stored
     commits: list[ParsedCommit] = field(default_factory=list)
 
 
@@ -105,15 +105,19 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
     return blobs
 
 
-def parse_snapshot(record: object, name: str) -> tuple[str, dict, JsonText]:
-    """A verified snapshot record → (digest, record, the record as stored)."""
+def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
+    """A verified snapshot record → (digest, record).
+
+    The manifest's rules make it storable as JSON; the other fields are checked
+    here (most records are stored as their delta: ``mpack.hub.snapshots``).
+    """
     record = rules.check_snapshot_record(_map(record, name), name)
-    text = json_text(record, name)
+    json_text(deltas.fields_of(record), name)
     snapshot_id = record["snapshot_id"]
     digest = ids.snapshot_digest(record["manifest"])
     if not ids.same_digest(snapshot_id, digest):
         raise ContentMismatch("snapshot", snapshot_id, digest)
-    return digest, record, text
+    return digest, record
 
 
 def parse_commit(record: object, name: str) -> ParsedCommit:
@@ -131,9 +135,8 @@ def parse_bundle(bundle: object) -> Bundle:
     bundle = _map(bundle, "bundle")
     parsed = Bundle(blobs=parse_objects(bundle.get("objects"), "bundle.objects"))
     for index, record in enumerate(_list(bundle.get("snapshots"), "bundle.snapshots")):
-        digest, record, text = parse_snapshot(record, f"bundle.snapshots[{index}]")
+        digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]")
         parsed.snapshots[digest] = record
-        parsed.snapshot_texts[digest] = text
     commits = _list(bundle.get("commits"), "bundle.commits")
     parsed.commits = [parse_commit(record, f"bundle.commits[{i}]") for i, record in enumerate(commits)]
     return parsed
@@ -277,8 +280,7 @@ def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
         (c.digest, c.parents, c.snapshot, generations[c.digest]) for c in bundle.commits])
     _store_bytes(hub, bundle.blobs)
     with hub.db.atomic():
-        _insert_history(repo, bundle, generations)
-        deltas.insert(repo, snapshot_deltas)
+        _insert_history(repo, bundle, generations, snapshot_deltas)
         tip_id, tip_digest = _resolve_tip(repo, tip)
         previous = _move_branch(hub, repo, bundle, branch, tip_id, tip_digest, force)
         if repo.default_branch is None:
@@ -290,10 +292,12 @@ def _apply_push(hub: Hub, repo: Repo, body: dict) -> dict:
     return {"ok": True, "message": f"{branch} -> {tip_id}", "branch_heads": branch_heads(repo)}
 
 
-def _insert_history(repo: Repo, bundle: Bundle, generations: dict[str, int]) -> None:
+def _insert_history(repo: Repo, bundle: Bundle, generations: dict[str, int], new: list[deltas.Delta]) -> None:
     _insert_objects(repo, bundle.blobs)
-    bulk.insert_ignoring_duplicates(Snapshot, ("repo", "digest", "record"),
-                                    [(repo.repo_id, d, text) for d, text in bundle.snapshot_texts.items()])
+    bulk.insert_ignoring_duplicates(Snapshot, ("repo", "digest", "record"), [
+        (repo.repo_id, d.digest, json_text(bundle.snapshots[d.digest], "snapshot") if d.depth == 0 else NOT_KEPT)
+        for d in new])
+    deltas.insert(repo, new)
     bulk.insert_ignoring_duplicates(
         Commit, ("repo", "digest", "commit_id", "parents", "snapshot", "generation", "record"),
         [(repo.repo_id, c.digest, c.record["commit_id"], c.parents, c.snapshot, generations[c.digest], c.text)

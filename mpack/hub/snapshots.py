@@ -1,0 +1,121 @@
+"""Snapshot records at rest: one in full every ``KEYFRAME_DEPTH`` deltas, the others rebuilt from their deltas.
+
+Every pushed snapshot has a delta row (``mpack.hub.deltas``: what changed
+against the snapshot of its first parent's commit). Keeping every record in
+full as well made a push write, and the database hold, commits × files: a
+100-commit push serialised ~20 MB of JSON manifests and a 2,000-commit
+history's SQLite file grew to 2.6 GB. Now ``snapshot.record`` holds the record
+only where a delta chain starts or every ``KEYFRAME_DEPTH`` links down it
+(``depth`` 0 on the delta row); elsewhere it holds JSON ``null`` and the
+record is its base's record with the delta applied. Reading a record costs at
+most ``KEYFRAME_DEPTH`` deltas of one row each (git caps its delta chains the
+same way, ``pack.depth``, 50 by default). Rows written before this keep their
+full records and depth 0.
+
+Only the v1 wire fetch, fsck, a build's bridge between two unrelated records
+and a push whose base lies outside it read whole records; builds read deltas.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from mpack.hub import bulk
+from mpack.hub.jsonlike import JsonText
+from mpack.hub.models import Snapshot, SnapshotDelta
+
+KEYFRAME_DEPTH = 50
+NOT_KEPT = JsonText("null")  # snapshot.record of a snapshot kept as its delta only
+
+
+class _Link:
+    """A record kept as a delta: its base's manifest with ``changed`` set and ``removed`` taken away."""
+
+    __slots__ = ("snapshot_id", "base", "fields", "changed", "removed")
+
+    def __init__(self, snapshot_id: str, base: str, fields: str, changed: str, removed: str) -> None:
+        self.snapshot_id = snapshot_id
+        self.base = base
+        self.fields = json.loads(fields)
+        self.changed = json.loads(changed)
+        self.removed = json.loads(removed)
+
+
+def depths(stored: Mapping[str, int], new: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Chain depth of each new snapshot: 0 where it is kept in full, else one more than its base's.
+
+    Args:
+        stored: depth of bases already stored (a base missing here is taken as
+            kept in full: rows from before depths were recorded are).
+        new: (digest, base digest or "") of the new snapshots, in any order;
+            a base among them is resolved first.
+    """
+    bases = dict(new)
+    found: dict[str, int] = {}
+    for digest in bases:
+        chain = []
+        while digest not in found and digest in bases and bases[digest]:
+            chain.append(digest)
+            digest = bases[digest]
+        depth = found.get(digest, 0 if digest in bases else stored.get(digest, 0))
+        for link in reversed(chain):
+            depth = depth + 1 if depth + 1 < KEYFRAME_DEPTH else 0
+            found[link] = depth
+        if digest in bases and digest not in found:
+            found[digest] = 0  # no base: the start of a chain
+    return found
+
+
+def stored_depths(repo_id: str, digests: Iterable[str]) -> dict[str, int]:
+    """The recorded chain depth of these stored snapshots (absent ones are missing from the result)."""
+    return dict(bulk.rows_by_digest(SnapshotDelta, repo_id, digests, ("digest", "depth")))
+
+
+def records(repo_id: str, digests: Iterable[str]) -> dict[str, dict]:
+    """The full records of these snapshots of the repo (absent ones are missing from the result).
+
+    One query per chain level for the snapshots' rows, then each record rebuilt
+    from its nearest full ancestor; records shared by several chains are built once.
+    """
+    wanted = set(digests)
+    full: dict[str, dict] = {}
+    links: dict[str, _Link] = {}
+    frontier, asked = set(wanted), set(wanted)
+    while frontier:
+        kept_as_delta = []
+        for digest, text in bulk.rows_by_digest(Snapshot, repo_id, frontier, ("digest", "record")):
+            record = json.loads(text)
+            if record is None:
+                kept_as_delta.append(digest)
+            else:
+                full[digest] = record
+        for digest, *row in bulk.rows_by_digest(SnapshotDelta, repo_id, kept_as_delta,
+                                                ("digest", "snapshot_id", "base", "fields", "changed", "removed")):
+            links[digest] = _Link(*row)
+        frontier = {link.base for link in links.values()} - asked
+        asked |= frontier
+    for digest in wanted:
+        _rebuild(digest, full, links)
+    return {digest: full[digest] for digest in wanted if digest in full}
+
+
+def _rebuild(digest: str, full: dict[str, dict], links: dict[str, _Link]) -> None:
+    """Put ``digest``'s record into ``full``, rebuilding it (and the chain above it) from ``links``."""
+    chain = []
+    while digest not in full:
+        if digest not in links:
+            return  # absent (or its base is): the caller reports it missing
+        chain.append(digest)
+        digest = links[digest].base
+    manifest = full[digest]["manifest"]
+    for digest in reversed(chain):
+        link = links[digest]
+        manifest = {path: oid for path, oid in manifest.items() if path not in link.removed} | link.changed
+        # Keys sorted, as a record kept in full reads back (stored with sorted keys).
+        manifest = dict(sorted(manifest.items()))
+        full[digest] = dict(sorted({**link.fields, "snapshot_id": link.snapshot_id, "manifest": manifest}.items()))
+
+
+def record(repo_id: str, digest: str) -> dict:
+    """The full record of one stored snapshot; KeyError if the repo has none."""
+    return records(repo_id, [digest])[digest]

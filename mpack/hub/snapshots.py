@@ -31,14 +31,15 @@ NOT_KEPT = JsonText("null")  # snapshot.record of a snapshot kept as its delta o
 class _Link:
     """A record kept as a delta: its base's manifest with ``changed`` set and ``removed`` taken away."""
 
-    __slots__ = ("snapshot_id", "base", "fields", "changed", "removed")
+    __slots__ = ("snapshot_id", "base", "fields", "changed", "removed", "depth")
 
-    def __init__(self, snapshot_id: str, base: str, fields: str, changed: str, removed: str) -> None:
+    def __init__(self, snapshot_id: str, base: str, fields: str, changed: str, removed: str, depth: int) -> None:
         self.snapshot_id = snapshot_id
         self.base = base
         self.fields = json.loads(fields)
         self.changed = json.loads(changed)
         self.removed = json.loads(removed)
+        self.depth = depth
 
 
 def depths(stored: Mapping[str, int], new: Iterable[tuple[str, str]]) -> dict[str, int]:
@@ -74,29 +75,46 @@ def stored_depths(repo_id: str, digests: Iterable[str]) -> dict[str, int]:
 def records(repo_id: str, digests: Iterable[str]) -> dict[str, dict]:
     """The full records of these snapshots of the repo (absent ones are missing from the result).
 
-    One query per chain level for the snapshots' rows, then each record rebuilt
-    from its nearest full ancestor; records shared by several chains are built once.
+    Two queries: the delta rows of every chain from these snapshots up to the
+    nearest record kept in full, then those full records; each record is then
+    rebuilt, those shared by several chains once.
     """
     wanted = set(digests)
-    full: dict[str, dict] = {}
-    links: dict[str, _Link] = {}
-    frontier, asked = set(wanted), set(wanted)
-    while frontier:
-        kept_as_delta = []
-        for digest, text in bulk.rows_by_digest(Snapshot, repo_id, frontier, ("digest", "record")):
-            record = json.loads(text)
-            if record is None:
-                kept_as_delta.append(digest)
-            else:
-                full[digest] = record
-        for digest, *row in bulk.rows_by_digest(SnapshotDelta, repo_id, kept_as_delta,
-                                                ("digest", "snapshot_id", "base", "fields", "changed", "removed")):
-            links[digest] = _Link(*row)
-        frontier = {link.base for link in links.values()} - asked
-        asked |= frontier
+    links = {digest: _Link(*row) for digest, *row in _chains(repo_id, wanted)}
+    keyframes = {digest for digest, link in links.items() if link.depth == 0} | (wanted - links.keys())
+    full = {}
+    for digest, text in bulk.rows_by_digest(Snapshot, repo_id, keyframes, ("digest", "record")):
+        record = json.loads(text)
+        if record is not None:
+            full[digest] = record
     for digest in wanted:
         _rebuild(digest, full, links)
     return {digest: full[digest] for digest in wanted if digest in full}
+
+
+def _chains(repo_id: str, digests: set[str]) -> list[tuple]:
+    """The delta rows of ``digests`` and of their bases, up the chain to a depth-0 row (one recursive query)."""
+    meta = SnapshotDelta._meta
+    database = meta.database
+    table = f'"{meta.table_name}"'
+    columns = ", ".join(f"d.{name}" for name in _LINK_COLUMNS)
+    mark = database.param
+    found = []
+    wanted = sorted(digests)
+    step = bulk.MAX_PARAMS - 2
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start:start + step]
+        found += database.execute_sql(
+            f"WITH RECURSIVE chain(digest) AS ("
+            f" SELECT digest FROM {table} WHERE repo_id = {mark} AND digest IN ({', '.join([mark] * len(chunk))})"
+            f" UNION SELECT d.base FROM {table} d JOIN chain c ON d.digest = c.digest"
+            f" WHERE d.repo_id = {mark} AND d.depth > 0)"
+            f" SELECT {columns} FROM {table} d JOIN chain c ON d.digest = c.digest WHERE d.repo_id = {mark}",
+            [repo_id, *chunk, repo_id, repo_id]).fetchall()
+    return found
+
+
+_LINK_COLUMNS = ("digest", "snapshot_id", "base", "fields", "changed", "removed", "depth")
 
 
 def _rebuild(digest: str, full: dict[str, dict], links: dict[str, _Link]) -> None:

@@ -144,3 +144,27 @@ def test_a_manifest_of_many_good_entries_and_one_bad_is_refused_naming_it(bad_ke
     with pytest.raises(InvalidRecord, match=problem) as info:
         rules.check_manifest(manifest)
     assert repr(bad_key)[:20] in str(info.value.detail) + str(getattr(info.value, "field", ""))
+
+
+@pytest.mark.parametrize("bad_key, bad_value, problem", [
+    ("../up", GOOD_ID, "path has an empty"), (b"bytes", GOOD_ID, "path must be"),
+    ("fine.txt", 7, "not a well-formed id"), ("fine.txt", ["x"], "not a well-formed id"),
+    ("dir/file1.txt", "ab" * 31, "not a well-formed id"),  # a path the checked manifest has, with a bad id
+])
+def test_a_bad_entry_is_refused_when_the_rest_of_its_manifest_was_checked_before(bad_key, bad_value, problem):
+    checked = {f"dir/file{n}.txt": GOOD_ID for n in range(300)}
+    manifest = {**checked, "new.txt": GOOD_ID}
+    assert rules.check_manifest(manifest, checked=checked) is manifest
+    manifest[bad_key] = bad_value
+    with pytest.raises(InvalidRecord, match=problem):
+        rules.check_manifest(manifest, checked=checked)
+
+
+def test_a_push_whose_older_snapshot_has_a_bad_path_its_tip_lacks_is_422_naming_that_snapshot(app, hub, repo, token):
+    h = History()
+    h.commit({**{f"f{n}.txt": b"%d" % n for n in range(50)}, "../escape": b"x"})
+    h.commit({"../escape": None})
+    error = error_of(wire(app, "POST", f"{SONG}/push", push_body(h), token=token), 422)
+    # Tip first: snapshots[1] is checked against snapshots[0], which lacks the bad path.
+    assert error["detail"].startswith("bundle.snapshots[1].manifest['../escape']")
+    assert nothing_stored(repo)

@@ -108,15 +108,23 @@ def _str_path_problem(path: str) -> str | None:
     return None
 
 
-def check_manifest(manifest: object, field: str = "snapshot.manifest") -> Mapping[str, str]:
-    """Return ``manifest`` if it maps safe paths to object ids, else raise InvalidRecord."""
+def check_manifest(manifest: object, field: str = "snapshot.manifest",
+                   checked: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """Return ``manifest`` if it maps safe paths to object ids, else raise InvalidRecord.
+
+    ``checked``: a manifest that passed already (the snapshot before in a push);
+    only the entries not in it are checked, since consecutive snapshots share most.
+    """
     if not isinstance(manifest, dict):
         raise InvalidRecord(field, "must be a map of paths to object ids")
+    entries = manifest
+    if checked and set(map(type, manifest)) <= {str} and set(map(type, manifest.values())) <= {str}:
+        entries = dict(manifest.items() - checked.items())  # strings only: every entry hashable
     # The usual case, checked through the remembered checks without a Python frame per entry
     # (a push of N snapshots of M files checks N × M entries); the loop below names the first problem.
-    if set(map(type, manifest)) <= {str} and not any(map(_str_path_problem, manifest)) and ids.all_ids(manifest.values()):
+    if set(map(type, entries)) <= {str} and not any(map(_str_path_problem, entries)) and ids.all_ids(entries.values()):
         return manifest
-    for path, object_id in manifest.items():
+    for path, object_id in entries.items():
         problem = path_problem(path)
         if problem is not None:
             raise InvalidRecord(f"{field}[{repr(path)[:80]}]", f"path {problem}")
@@ -140,12 +148,15 @@ def _need_str(record: dict, key: str, field: str) -> None:
         raise InvalidRecord(f"{field}.{key}", f"must be a string, not {type(value).__name__}")
 
 
-def check_snapshot_record(record: object, field: str = "snapshot") -> dict:
-    """Return ``record`` if it is a valid SnapshotDict (ids not re-hashed), else raise InvalidRecord."""
+def check_snapshot_record(record: object, field: str = "snapshot", checked: Mapping[str, str] | None = None) -> dict:
+    """Return ``record`` if it is a valid SnapshotDict (ids not re-hashed), else raise InvalidRecord.
+
+    ``checked``: a manifest known valid, whose entries are not checked again (``check_manifest``).
+    """
     if not isinstance(record, dict):
         raise InvalidRecord(field, "must be a map")
     _need_id(record, "snapshot_id", field)
-    check_manifest(record.get("manifest"), f"{field}.manifest")
+    check_manifest(record.get("manifest"), f"{field}.manifest", checked)
     if "created_at" in record:
         _need_str(record, "created_at", field)
     return record

@@ -105,13 +105,13 @@ def parse_objects(items: object, name: str = "objects") -> list[Blob]:
     return blobs
 
 
-def parse_snapshot(record: object, name: str) -> tuple[str, dict]:
-    """A verified snapshot record → (digest, record).
+def parse_snapshot(record: object, name: str, checked: dict | None = None) -> tuple[str, dict]:
+    """A verified snapshot record → (digest, record); entries of ``checked`` (a manifest that passed) are not checked again.
 
     The manifest's rules make it storable as JSON; the other fields are checked
     here (most records are stored as their delta: ``mpack.hub.snapshots``).
     """
-    record = rules.check_snapshot_record(_map(record, name), name)
+    record = rules.check_snapshot_record(_map(record, name), name, checked)
     json_text(deltas.fields_of(record), name)
     snapshot_id = record["snapshot_id"]
     digest = ids.snapshot_digest(record["manifest"])
@@ -134,9 +134,11 @@ def parse_commit(record: object, name: str) -> ParsedCommit:
 def parse_bundle(bundle: object) -> Bundle:
     bundle = _map(bundle, "bundle")
     parsed = Bundle(blobs=parse_objects(bundle.get("objects"), "bundle.objects"))
+    checked = None
     for index, record in enumerate(_list(bundle.get("snapshots"), "bundle.snapshots")):
-        digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]")
+        digest, record = parse_snapshot(record, f"bundle.snapshots[{index}]", checked)
         parsed.snapshots[digest] = record
+        checked = record["manifest"]  # the next one (its parent or child, as the CLI orders them) shares most entries
     commits = _list(bundle.get("commits"), "bundle.commits")
     parsed.commits = [parse_commit(record, f"bundle.commits[{i}]") for i, record in enumerate(commits)]
     return parsed

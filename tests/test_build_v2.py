@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
+from mpack.format.layout import SnapshotRecord
 from mpack.format.reader import iter_mpack
-from mpack.format.writer import SnapshotRecord
 from mpack.hub import build, cache, db, deltas, fetch, fsck, gc, snapshots
 from mpack.hub.errors import CorruptStoredBlob
 from mpack.hub.models import FetchMPackCache, Object, SchemaVersion, SnapshotDelta

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
+from mpack.format.layout import BlobRecord, CommitRecord, SnapshotRecord
 from mpack.format.reader import iter_mpack
-from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord
 from mpack.hub import build, cache, fetch, history
 from mpack.hub.models import FetchMPackCache
 from tests.factories import History, fake_mpack_id, push_history, unpack, wire

@@ -25,10 +25,7 @@ from mpack.format.errors import (
     Truncated,
     UnsupportedVersion,
 )
-from mpack.format.order import canonical_order_commits
-from mpack.format.reader import iter_mpack, verify_mpack
-from mpack.format.spill import SnapshotSpill
-from mpack.format.writer import (
+from mpack.format.layout import (
     CHUNK_SIZE,
     CODEC_RAW,
     CODEC_ZSTD,
@@ -37,11 +34,14 @@ from mpack.format.writer import (
     SMALL_BLOB,
     BlobRecord,
     CommitRecord,
-    MPackWriter,
     SnapshotRecord,
     Trailer,
     encode_record,
 )
+from mpack.format.order import canonical_order_commits
+from mpack.format.reader import iter_mpack, verify_mpack
+from mpack.format.spill import SnapshotSpill
+from mpack.format.writer import MPackWriter
 
 # -- factories: real records with correct ids ----------------------------------------
 

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from mpack.format import ids, rules
 from mpack.format.errors import MPackError, Truncated
+from mpack.format.layout import CHUNK_SIZE, CommitRecord, SnapshotRecord
 from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack
-from mpack.format.writer import CHUNK_SIZE, CommitRecord, SnapshotRecord
 from tests.test_format import (
     build_mpack,
     evolving_snapshots,

@@ -15,9 +15,10 @@ from mpack.client.snapshot_json import SnapshotJson
 from mpack.client.sync import ClientError, fast_forward, manifest_of
 from mpack.format import ids
 from mpack.format.errors import ChecksumMismatch, IdMismatch, InvalidRecord, MPackError, Truncated
+from mpack.format.layout import SnapshotRecord
 from mpack.format.order import canonical_order_commits
 from mpack.format.reader import iter_mpack
-from mpack.format.writer import MPackWriter, SnapshotRecord
+from mpack.format.writer import MPackWriter
 from tests.factories import History
 
 EMPTY = ids.object_digest(b"")

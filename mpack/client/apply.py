@@ -33,8 +33,8 @@ from mpack.client.progress import Bar, CountingReader
 from mpack.client.snapshot_json import SnapshotJson
 from mpack.format import ids
 from mpack.format.errors import IdMismatch, MuseError
+from mpack.format.layout import BlobRecord, CommitRecord, SnapshotRecord, Trailer
 from mpack.format.reader import BaseResolver, iter_mpack
-from mpack.format.writer import BlobRecord, CommitRecord, SnapshotRecord, Trailer
 
 EMPTY_BLOB = ids.object_digest(b"")
 WRITER_THREADS = 4

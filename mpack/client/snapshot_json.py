@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 
-from mpack.format.writer import SnapshotRecord
+from mpack.format.layout import SnapshotRecord
 
 
 def _entry(path: str, object_id: str) -> str:

@@ -29,17 +29,15 @@ from mpack.format.errors import (
     Truncated,
     UnsupportedVersion,
 )
-from mpack.format.writer import (
-    _BLOB_TAIL,
-    _COUNTS,
-    _DECODE_ERRORS,
-    _HEADER,
-    _NAMES,
-    _U32,
+from mpack.format.layout import (
+    BLOB_TAIL,
     CHUNK_SIZE,
     CODEC_RAW,
     CODEC_ZSTD,
+    COUNTS,
+    DECODE_ERRORS,
     FLAGS,
+    HEADER,
     MAGIC,
     MAX_META_RECORD,
     MAX_STORED_CHUNK,
@@ -47,13 +45,15 @@ from mpack.format.writer import (
     REC_COMMIT,
     REC_SNAPSHOT,
     REC_TRAILER,
+    RECORD_NAMES,
     SNAPSHOT_KEYS,
+    U32,
     VERSION,
     BlobRecord,
     CommitRecord,
     SnapshotRecord,
     Trailer,
-    _read_full,
+    read_full,
 )
 
 # A receiver's own snapshots, by id: the manifest, or None when it does not hold that snapshot.
@@ -69,7 +69,7 @@ class _HashingReader:
         self.offset = 0
 
     def read_upto(self, n: int) -> bytes | bytearray:
-        data = _read_full(self._f, n)
+        data = read_full(self._f, n)
         self._sha.update(data)
         self.offset += len(data)
         return data
@@ -88,7 +88,7 @@ class _HashingReader:
         return self.read_exact(1, what)[0]
 
     def read_u32(self, what: str) -> int:
-        return _U32.unpack(self.read_exact(4, what))[0]
+        return U32.unpack(self.read_exact(4, what))[0]
 
 
 class _BlobChunks:
@@ -224,12 +224,12 @@ def verify_mpack(fileobj: BinaryIO, snapshot_base: BaseResolver | None = None) -
 
 
 def _read_header(src: _HashingReader) -> None:
-    head = src.read_upto(_HEADER.size)
+    head = src.read_upto(HEADER.size)
     if head[:len(MAGIC)] != MAGIC[:len(head)]:
         raise BadMagic(head)
-    if len(head) < _HEADER.size:
-        raise Truncated(0, "header", _HEADER.size, len(head))
-    _, version, flags = _HEADER.unpack(head)
+    if len(head) < HEADER.size:
+        raise Truncated(0, "header", HEADER.size, len(head))
+    _, version, flags = HEADER.unpack(head)
     if version != VERSION or flags != FLAGS:
         raise UnsupportedVersion(version, flags, VERSION)
 
@@ -238,7 +238,7 @@ def _check_order(kind: int, stage: int, offset: int) -> int:
     if kind not in (REC_BLOB, REC_SNAPSHOT, REC_COMMIT):
         raise MalformedRecord(offset, f"unknown record type 0x{kind:02x}")
     if kind < stage:
-        raise MalformedRecord(offset, f"{_NAMES[kind]} record after a {_NAMES[stage]} record")
+        raise MalformedRecord(offset, f"{RECORD_NAMES[kind]} record after a {RECORD_NAMES[stage]} record")
     return kind
 
 
@@ -248,7 +248,7 @@ def _read_blob_head(src: _HashingReader) -> tuple[str, int, int]:
     object_id = raw_id.decode("ascii", errors="replace")
     if not ids.is_id(object_id):
         raise MalformedRecord(offset, f"blob id {object_id[:80]!r} is not a well-formed id")
-    size, codec = _BLOB_TAIL.unpack(src.read_exact(_BLOB_TAIL.size, "blob size and codec"))
+    size, codec = BLOB_TAIL.unpack(src.read_exact(BLOB_TAIL.size, "blob size and codec"))
     if codec not in (CODEC_RAW, CODEC_ZSTD):
         raise MalformedRecord(offset, f"unknown blob codec {codec}")
     return object_id, size, codec
@@ -256,7 +256,7 @@ def _read_blob_head(src: _HashingReader) -> tuple[str, int, int]:
 
 def _read_meta(src: _HashingReader, kind: int, limit: int, dctx: zstandard.ZstdDecompressor,
                manifests: _Manifests) -> SnapshotRecord | CommitRecord:
-    offset, name = src.offset - 1, _NAMES[kind]
+    offset, name = src.offset - 1, RECORD_NAMES[kind]
     codec = src.read_u8(f"{name} record codec")
     if codec not in (CODEC_RAW, CODEC_ZSTD):
         raise MalformedRecord(offset, f"unknown {name} record codec {codec}")
@@ -271,7 +271,7 @@ def _read_meta(src: _HashingReader, kind: int, limit: int, dctx: zstandard.ZstdD
         payload = _decompress(dctx, payload, raw_len, offset)
     try:
         data = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise MalformedRecord(offset, f"{name} record is not valid msgpack: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedRecord(offset, f"{name} record is not a map")
@@ -376,7 +376,7 @@ def _check_digest(kind: str, claimed: str, actual_hex: str) -> None:
 
 def _read_trailer(src: _HashingReader, found: tuple[int, int, int, int]) -> Trailer:
     offset = src.offset - 1
-    declared = _COUNTS.unpack(src.read_exact(_COUNTS.size, "trailer counts"))
+    declared = COUNTS.unpack(src.read_exact(COUNTS.size, "trailer counts"))
     actual = src.hexdigest()
     expected = src.read_exact(32, "trailer checksum").hex()
     if expected != actual:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import zstandard
 
-from mpack.format.writer import CHUNK_SIZE, REC_SNAPSHOT, meta_bytes, snapshot_delta_record
+from mpack.format.layout import CHUNK_SIZE, REC_SNAPSHOT, meta_bytes, snapshot_delta_record
 
 IN_MEMORY = 1 << 20  # a spill this small never touches the disk
 

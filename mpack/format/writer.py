@@ -1,7 +1,8 @@
-"""The mpack format: write and read packs of blobs, snapshots and commits.
+"""The mpack writer: packs of blobs, snapshots and commits, written as a stream.
 
 Bytes only: no web framework, no database. The byte layout is specified in
-``docs/mpack-format.md``; this module is its reference implementation.
+``docs/mpack-format.md`` and spelled in ``mpack.format.layout``; this module and
+``mpack.format.reader`` are its reference implementation.
 
 Guarantees:
     * Determinism: the same records added in the same order with the same
@@ -18,41 +19,37 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-import msgpack
 import zstandard
 
 from mpack.format import ids
-from mpack.format.errors import OversizedRecord
-
-MAGIC = b"MUSE\0"
-VERSION = 2
-FLAGS = 0
-
-REC_BLOB, REC_SNAPSHOT, REC_COMMIT, REC_TRAILER = 0x01, 0x02, 0x03, 0xFF
-CODEC_RAW, CODEC_ZSTD = 0, 1
-
-CHUNK_SIZE = 1 << 20  # raw bytes per blob chunk, at most
-MAX_STORED_CHUNK = CHUNK_SIZE + (64 << 10)  # above zstd's worst-case expansion of 1 MiB
-MAX_META_RECORD = 64 << 20  # encoded snapshot or commit, at most
-SMALL_BLOB = 64 << 10  # a raw blob up to this size is written as one piece
-BLOB_PROBE = 64 << 10  # a blob is compressed only if its first 64 KiB shrink by 10 %
-MIN_META_COMPRESS = 1024  # shorter snapshot and commit records (most commits, most deltas) stay raw
-SNAPSHOT_KEYS = ("base", "del", "fields", "set", "snapshot_id")  # a snapshot record's map, exactly
-
-_NAMES = {REC_BLOB: "blob", REC_SNAPSHOT: "snapshot", REC_COMMIT: "commit"}
-_HEADER = struct.Struct(">5sBB")
-_U8 = struct.Struct(">B")
-_U32 = struct.Struct(">I")
-_BLOB_TAIL = struct.Struct(">QB")  # raw size, codec
-_META_HEAD = struct.Struct(">BBI")  # type, codec, stored length
-_COUNTS = struct.Struct(">QQQQ")  # blobs, snapshots, commits, raw blob bytes
-_U64_MAX = (1 << 64) - 1
-_DECODE_ERRORS = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
+from mpack.format.layout import (
+    BLOB_PROBE,
+    BLOB_TAIL,
+    CHUNK_SIZE,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    COUNTS,
+    FLAGS,
+    HEADER,
+    MAGIC,
+    REC_BLOB,
+    REC_COMMIT,
+    REC_SNAPSHOT,
+    REC_TRAILER,
+    RECORD_NAMES,
+    SMALL_BLOB,
+    U8,
+    U32,
+    U64_MAX,
+    VERSION,
+    Trailer,
+    meta_bytes,
+    read_full,
+    snapshot_delta_record,
+)
 
 
 class EncodedSnapshots(Protocol):
@@ -63,56 +60,6 @@ class EncodedSnapshots(Protocol):
     last_id: str | None
 
     def pieces(self) -> Iterator[bytes]: ...
-
-
-@dataclass(frozen=True)
-class Trailer:
-    """The verified summary at the end of a pack."""
-
-    blob_count: int
-    snapshot_count: int
-    commit_count: int
-    blob_bytes: int
-    checksum_hex: str
-    mpack_hex: str = field(default="", compare=False)  # sha256 of the whole pack: its id
-
-
-@dataclass(frozen=True)
-class BlobRecord:
-    """A blob; ``chunks`` yields its raw bytes and must be read before the next record.
-
-    The blob's sha256 is checked against ``object_id`` when ``chunks`` is
-    exhausted; ``IdMismatch`` is raised from ``chunks`` at that point. If the
-    consumer moves on without exhausting it, the reader drains and checks it.
-    """
-
-    object_id: str
-    size: int
-    codec: int
-    chunks: Iterator[bytes] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    """A snapshot dict whose ``snapshot_id`` matches its (rebuilt) manifest.
-
-    ``changed`` holds the entries this record added or changed against its
-    base (the previous snapshot record, or ``base`` for the first one, or
-    nothing): the only entries that are new to a receiver holding the base.
-    ``data`` is the whole snapshot; the reader builds a fresh dict per record.
-    """
-
-    data: dict
-    changed: dict = field(default_factory=dict, repr=False, compare=False)
-    base: str | None = field(default=None, compare=False)
-    removed: list = field(default_factory=list, repr=False, compare=False)  # paths dropped from the base
-
-
-@dataclass(frozen=True)
-class CommitRecord:
-    """A commit dict whose ``commit_id`` matches its fields."""
-
-    data: dict
 
 
 # -- writing ------------------------------------------------------------------------
@@ -177,7 +124,7 @@ class MPackWriter:
         self._previous_manifest: dict | None = None  # and its manifest, when add_snapshot wrote it
         self._broken = False
         self._trailer: Trailer | None = None
-        self._out.write(_HEADER.pack(MAGIC, VERSION, FLAGS))
+        self._out.write(HEADER.pack(MAGIC, VERSION, FLAGS))
 
     @property
     def sha256_hex(self) -> str:
@@ -201,18 +148,18 @@ class MPackWriter:
         self._enter(REC_BLOB)
         if not ids.is_id(object_id):
             raise ValueError(f"malformed object id {object_id!r}")
-        if not isinstance(size, int) or not 0 <= size <= _U64_MAX:
+        if not isinstance(size, int) or not 0 <= size <= U64_MAX:
             raise ValueError(f"blob size must be an int from 0 to 2**64-1, not {size!r}")
         chunks = _source_chunks(source, size)
         first = next(chunks, b"")
         codec, frame = self._blob_codec(first)
         oid = object_id.encode("ascii")
-        head = _U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec)
+        head = U8.pack(REC_BLOB) + U8.pack(len(oid)) + oid + BLOB_TAIL.pack(size, codec)
         if codec == CODEC_RAW and size <= SMALL_BLOB:
             for _ in chunks:  # a small blob is one chunk: this only checks that the source ends here
                 pass
             # One write for the whole record: most blobs are small, and each write costs a call and a hash update.
-            self._out.write(b"".join((head, _U32.pack(size), first, _U32.pack(0)) if size else (head, _U32.pack(0))))
+            self._out.write(b"".join((head, U32.pack(size), first, U32.pack(0)) if size else (head, U32.pack(0))))
             self._added(REC_BLOB)
             self._blob_bytes += size
             return
@@ -224,7 +171,7 @@ class MPackWriter:
         for chunk in chunks:
             self._write_chunk(chunk, codec, None)
             del chunk  # release it before the next read
-        self._out.write(_U32.pack(0))
+        self._out.write(U32.pack(0))
         self._broken = False
         self._added(REC_BLOB)
         self._blob_bytes += size
@@ -246,11 +193,11 @@ class MPackWriter:
                 raise ValueError(f"a blob of {size} bytes is not small (at most {SMALL_BLOB}): use add_blob")
             codec, frame = self._blob_codec(content)
             oid = object_id.encode("ascii")
-            pieces.append(_U8.pack(REC_BLOB) + _U8.pack(len(oid)) + oid + _BLOB_TAIL.pack(size, codec))
+            pieces.append(U8.pack(REC_BLOB) + U8.pack(len(oid)) + oid + BLOB_TAIL.pack(size, codec))
             if codec == CODEC_ZSTD:
-                pieces += (_U32.pack(len(frame)), _U32.pack(size), frame, _U32.pack(0))
+                pieces += (U32.pack(len(frame)), U32.pack(size), frame, U32.pack(0))
             else:
-                pieces += (_U32.pack(size), content, _U32.pack(0)) if size else (_U32.pack(0),)
+                pieces += (U32.pack(size), content, U32.pack(0)) if size else (U32.pack(0),)
         self._out.write(b"".join(pieces))
         self._counts[REC_BLOB] += len(blobs)
         self._stage = REC_BLOB
@@ -340,7 +287,7 @@ class MPackWriter:
         """
         self._enter(REC_TRAILER)
         counts = (self._counts[REC_BLOB], self._counts[REC_SNAPSHOT], self._counts[REC_COMMIT])
-        self._out.write(_U8.pack(REC_TRAILER) + _COUNTS.pack(*counts, self._blob_bytes))
+        self._out.write(U8.pack(REC_TRAILER) + COUNTS.pack(*counts, self._blob_bytes))
         checksum = self._out.digest()
         self._out.write(checksum)
         self._trailer = Trailer(*counts, self._blob_bytes, checksum.hex(), self._out.hexdigest())
@@ -353,7 +300,7 @@ class MPackWriter:
             raise ValueError("the writer is unusable: an earlier add_blob failed half-way")
         if kind < self._stage:
             raise ValueError(
-                f"cannot add a {_NAMES[kind]} after a {_NAMES[self._stage]}: "
+                f"cannot add a {RECORD_NAMES[kind]} after a {RECORD_NAMES[self._stage]}: "
                 "a pack holds blobs, then snapshots, then commits"
             )
 
@@ -363,77 +310,17 @@ class MPackWriter:
 
     def _write_chunk(self, chunk: bytes | memoryview, codec: int, frame: bytes | None) -> None:
         if codec == CODEC_RAW:
-            self._out.write(_U32.pack(len(chunk)))
+            self._out.write(U32.pack(len(chunk)))
             self._out.write(chunk)
             return
         frame = self._zstd.compress(chunk) if frame is None else frame
-        self._out.write(_U32.pack(len(frame)) + _U32.pack(len(chunk)))
+        self._out.write(U32.pack(len(frame)) + U32.pack(len(chunk)))
         self._out.write(frame)
 
     def _add_meta(self, kind: int, record: dict) -> None:
         self._enter(kind)
         self._out.write(meta_bytes(kind, record, self._zstd))
         self._added(kind)
-
-
-def snapshot_delta_record(snapshot_id: str, fields: dict, base_id: str | None, changed: dict,
-                          removed: list, previous: str | None) -> dict:
-    """The snapshot record of a delta (``MPackWriter.add_snapshot_delta``), checked; ``previous`` is
-    the id of the snapshot record before it in the pack (None for the first).
-
-    Raises:
-        ValueError: a malformed id, a base that is not the previous record, or bad fields.
-    """
-    if not ids.is_id(snapshot_id) or not (base_id is None or ids.is_id(base_id)):
-        raise ValueError(f"malformed snapshot or base id {snapshot_id!r} / {base_id!r}")
-    if base_id is not None and previous is not None and base_id[-64:] != previous[-64:]:
-        raise ValueError(f"snapshot {snapshot_id} must be a delta against the previous record, not {base_id}")
-    if not isinstance(fields, dict) or "snapshot_id" in fields or "manifest" in fields:
-        raise ValueError("snapshot fields must be a dict without snapshot_id or manifest")
-    return {"base": base_id, "del": sorted(removed), "fields": fields, "set": changed, "snapshot_id": snapshot_id}
-
-
-def meta_bytes(kind: int, record: dict, compressor: zstandard.ZstdCompressor) -> bytes:
-    """A snapshot or commit record as the pack stores it: head, then the msgpack payload, zstd
-    compressed when that saves 10 % (records under ``MIN_META_COMPRESS`` bytes stay raw).
-
-    Raises:
-        TypeError: ``record`` is not a dict.
-        ValueError: it cannot be encoded (``encode_record``).
-        OversizedRecord: it encodes to more than ``MAX_META_RECORD`` bytes.
-    """
-    if not isinstance(record, dict):
-        raise TypeError(f"a {_NAMES[kind]} must be a dict, not {type(record).__name__}")
-    payload = encode_record(record)
-    if len(payload) > MAX_META_RECORD:
-        raise OversizedRecord(f"{_NAMES[kind]} record", len(payload), MAX_META_RECORD)
-    if len(payload) >= MIN_META_COMPRESS:
-        frame = compressor.compress(payload)
-        if len(frame) * 10 <= len(payload) * 9:
-            return _META_HEAD.pack(kind, CODEC_ZSTD, len(frame)) + _U32.pack(len(payload)) + frame
-    return _META_HEAD.pack(kind, CODEC_RAW, len(payload)) + payload
-
-
-def encode_record(record: dict) -> bytes:
-    """Canonical msgpack of a snapshot or commit dict: str keys, sorted at every level.
-
-    Raises:
-        ValueError: A key is not a str, or a value msgpack cannot encode.
-    """
-    try:
-        return msgpack.packb(_canonical(record), use_bin_type=True)
-    except (TypeError, ValueError, OverflowError, RecursionError, msgpack.PackException) as exc:
-        raise ValueError(f"record cannot be encoded: {exc}") from exc
-
-
-def _canonical(value: object) -> object:
-    if isinstance(value, dict):
-        if not all(isinstance(key, str) for key in value):
-            raise ValueError("dict keys in a record must be str")
-        return {key: _canonical(value[key]) for key in sorted(value)}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(item) for item in value]
-    return value
 
 
 def _source_chunks(source: bytes | BinaryIO, size: int) -> Iterator[bytes | memoryview]:
@@ -447,7 +334,7 @@ def _source_chunks(source: bytes | BinaryIO, size: int) -> Iterator[bytes | memo
     done = 0
     while done < size:
         want = min(size - done, CHUNK_SIZE)
-        chunk = _read_full(source, want)
+        chunk = read_full(source, want)
         if len(chunk) < want:
             raise ValueError(f"blob source ended after {done + len(chunk)} bytes, size says {size}")
         done += want
@@ -456,12 +343,3 @@ def _source_chunks(source: bytes | BinaryIO, size: int) -> Iterator[bytes | memo
         raise ValueError(f"blob source holds more than {size} bytes")
 
 
-def _read_full(fileobj: BinaryIO, n: int) -> bytes | bytearray:
-    """Read ``n`` bytes, looping over short reads; fewer only at end of file."""
-    data = fileobj.read(n) or b""
-    if 0 < len(data) < n:
-        buf = bytearray(data)
-        while len(buf) < n and (more := fileobj.read(min(n - len(buf), CHUNK_SIZE))):
-            buf += more
-        return buf
-    return data

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
-from mpack.format.writer import CHUNK_SIZE
+from mpack.format.layout import CHUNK_SIZE
 from mpack.hub.errors import CorruptStoredBlob
 
 CHUNK = CHUNK_SIZE  # the writer's chunk: a large blob is handed over in the pieces the pack stores

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
+from mpack.format.layout import SMALL_BLOB
 from mpack.format.spill import SnapshotSpill
-from mpack.format.writer import SMALL_BLOB, MPackWriter
+from mpack.format.writer import MPackWriter
 from mpack.hub import bulk, deltas, snapshots
 from mpack.hub.blob_feed import BlobFeed, StoredBlob
 from mpack.hub.cache import PackStats

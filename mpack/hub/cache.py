@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
-from mpack.format.writer import VERSION as FORMAT_VERSION
+from mpack.format.layout import VERSION as FORMAT_VERSION
 from mpack.hub.db import xact_lock
 from mpack.hub.models import FetchMPackCache, Repo
 from storage.base import MPACKS

@@ -13,7 +13,7 @@ import json
 
 import peewee as pw
 
-from mpack.format.writer import VERSION as FORMAT_VERSION
+from mpack.format.layout import VERSION as FORMAT_VERSION
 from mpack.hub.jsonlike import JsonText
 
 database = pw.DatabaseProxy()

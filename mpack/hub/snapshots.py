@@ -88,7 +88,7 @@ def records(repo_id: str, digests: Iterable[str]) -> dict[str, dict]:
         if record is not None:
             full[digest] = record
     for digest in wanted:
-        _rebuild(digest, full, links)
+        _rebuild(digest, full, links, wanted)
     return {digest: full[digest] for digest in wanted if digest in full}
 
 
@@ -117,21 +117,25 @@ def _chains(repo_id: str, digests: set[str]) -> list[tuple]:
 _LINK_COLUMNS = ("digest", "snapshot_id", "base", "fields", "changed", "removed", "depth")
 
 
-def _rebuild(digest: str, full: dict[str, dict], links: dict[str, _Link]) -> None:
-    """Put ``digest``'s record into ``full``, rebuilding it (and the chain above it) from ``links``."""
+def _rebuild(digest: str, full: dict[str, dict], links: dict[str, _Link], wanted: set[str]) -> None:
+    """Put ``digest``'s record into ``full``: its nearest full ancestor's manifest with the chain's
+    deltas applied in place; records of the chain that are ``wanted`` too are kept on the way."""
     chain = []
     while digest not in full:
         if digest not in links:
             return  # absent (or its base is): the caller reports it missing
         chain.append(digest)
         digest = links[digest].base
-    manifest = full[digest]["manifest"]
+    manifest = dict(full[digest]["manifest"])
     for digest in reversed(chain):
         link = links[digest]
-        manifest = {path: oid for path, oid in manifest.items() if path not in link.removed} | link.changed
-        # Keys sorted, as a record kept in full reads back (stored with sorted keys).
-        manifest = dict(sorted(manifest.items()))
-        full[digest] = dict(sorted({**link.fields, "snapshot_id": link.snapshot_id, "manifest": manifest}.items()))
+        for path in link.removed:
+            manifest.pop(path, None)
+        manifest.update(link.changed)
+        if digest in wanted:
+            # Keys sorted, as a record kept in full reads back (stored with sorted keys).
+            record = {**link.fields, "snapshot_id": link.snapshot_id, "manifest": dict(sorted(manifest.items()))}
+            full[digest] = dict(sorted(record.items()))
 
 
 def record(repo_id: str, digest: str) -> dict:

@@ -3,14 +3,16 @@
 One run builds a seeded synthetic history (``bench.synth``; scale 1 ≈ 2,000
 commits, 5,150 blobs, 347 MB) and one at 4× that scale, then reports:
 - cold build time and MB/s of blob content (the median of 3 cold builds),
-  next to hashlib sha256 over the same blob bytes (ratio);
+  next to hashlib sha256 over the same blob bytes (ratio), the anchor and the
+  two scales taking turns;
 - peak RSS of the process building the pack, for 1× and 4× (flat, < 100 MB);
 - wall time and client peak RSS of ``mpackhub clone`` from a real gunicorn on
   a cache hit (1×: median of 3; 4×: one run), next to ``git clone`` over
   smart HTTP (nginx + fcgiwrap + git http-backend) of the same 1× content
   imported into git (ratio); the two alternate (ours, git's, ours, …) and
   every clone is kept until the last timed run, then deleted (``clone_times``);
-- server time of an incremental fetch of one new commit, on 1× and 4×.
+- server time of an incremental fetch of one new commit, on 1× and 4× (the
+  scales taking turns).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from bench.util import MB, Measured, Table, hashlib_sha256_mbps, measure, median
 from mpack.format import ids
 from mpack.hub import fetch, snapshots
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.models import BackgroundJob, Commit, FetchMPackCache, Object, Repo
+from mpack.hub.models import ALL_MODELS, BackgroundJob, Commit, FetchMPackCache, Object, Repo
 from mpack.hub.services import Hub
 from mpack.hub.settings import Settings
 from storage.base import BLOBS, MPACKS
@@ -79,27 +81,41 @@ def blob_paths(home: Path) -> list[str]:
     return [hub.store.local_path(BLOBS, o.digest) for o in Object.select(Object.digest)]
 
 
-def incremental(home: Path, tip: str) -> tuple[float, float]:
-    """``INCREMENTAL_RUNS`` times: push one commit on the tip, time fetching it with have=[the old tip].
-
-    → (median cold s, median cached s). One cold fetch takes milliseconds, and this kind of
-    machine's speed drifts within minutes: a single one per scale made the 4× ÷ 1× row swing
-    between 0.6 and 2.0 from run to run.
-    """
-    hub = open_hub(home)
+def incremental_step(hub: Hub, tip: str, n: int) -> tuple[float, list[float], str]:
+    """Push one commit on ``tip``, time fetching it with have=[tip], cold then 5 hits → (cold s, hit s, new tip)."""
     repo = Repo.get(Repo.name == REPO)
-    colds, hits = [], []
-    for n in range(INCREMENTAL_RUNS):
-        commit = _push_one_commit(hub, repo, tip, n)
-        with timer() as cold:
+    commit = _push_one_commit(hub, repo, tip, n)
+    with timer() as cold:
+        fetch.wire_fetch_mpack(hub, repo, want=[commit], have=[tip])
+    hits = []
+    for _ in range(5):
+        with timer() as hit:
             fetch.wire_fetch_mpack(hub, repo, want=[commit], have=[tip])
-        colds.append(cold.seconds)
-        for _ in range(5):
-            with timer() as hit:
-                fetch.wire_fetch_mpack(hub, repo, want=[commit], have=[tip])
-            hits.append(hit.seconds)
-        tip = commit
-    return median(colds), median(hits)
+        hits.append(hit.seconds)
+    return cold.seconds, hits, commit
+
+
+def incremental(scales: dict[int, Scale]) -> dict[int, tuple[float, float]]:
+    """``INCREMENTAL_RUNS`` one-commit fetches per scale, the scales taking turns → {factor: (median cold s,
+    median cached s)}. One cold fetch takes milliseconds, and this kind of machine's speed drifts within
+    minutes: a single one per scale, or all of one scale before the other, made the 4× ÷ 1× row swing
+    between 0.6 and 2.0 from run to run. Both hubs stay open in this process; the models are bound to
+    the one whose turn it is (``bind_ctx``).
+    """
+    hubs = {factor: open_hub(one.home) for factor, one in scales.items()}
+    colds: dict[int, list[float]] = {factor: [] for factor in scales}
+    hits: dict[int, list[float]] = {factor: [] for factor in scales}
+    try:
+        for n in range(INCREMENTAL_RUNS):
+            for factor, one in scales.items():
+                with hubs[factor].db.bind_ctx(ALL_MODELS):
+                    cold, cached, one.tip = incremental_step(hubs[factor], one.tip, n)
+                colds[factor].append(cold)
+                hits[factor] += cached
+    finally:
+        for hub in hubs.values():
+            hub.db.close()
+    return {factor: (median(colds[factor]), median(hits[factor])) for factor in scales}
 
 
 def _push_one_commit(hub: Hub, repo: Repo, tip: str, n: int) -> str:
@@ -244,26 +260,46 @@ class FetchResults:
         return table
 
 
+@dataclass
+class Scale:
+    """One scale's populated home and its current tip."""
+
+    home: Path
+    synth: Synth
+    tip: str
+
+
 def measure_all(scale: float | None = None, quick: bool = False) -> FetchResults:
-    """Both scales: populate, cold build, incremental fetch, clone (git's at 1× only); homes removed as they finish."""
+    """Both scales populated first; then the cold builds with the sha256 anchor, and the incremental
+    fetches, each scale taking its turn (anchor, 1×, 4×, anchor, …), so that this machine's drift
+    within minutes hits both scales and the anchor alike; the clones (git's at 1× only) last, each
+    home removed once its clones are done."""
     results = FetchResults(scale or (0.05 if quick else 1.0))
     with tempfile.TemporaryDirectory(prefix="mpackhub-fetch-bench-") as tmp:
         work = Path(tmp)
+        scales = {}
         for factor in (1, 4):
             home = work / f"hub{factor}"
             synth, tips = prepare(home, results.scale * factor)
-            runs = [measure(cold_build, str(home), tips[-1]) for _ in range(BUILD_RUNS)]
+            scales[factor] = Scale(home, synth, tips[-1])
+        anchors: list[Measured] = []
+        builds: dict[int, list[Measured]] = {factor: [] for factor in scales}
+        for _ in range(BUILD_RUNS):
+            anchors.append(measure(sha256_of, str(scales[1].home)))
+            for factor, one in scales.items():
+                builds[factor].append(measure(cold_build, str(one.home), one.tip))
+        anchor = sorted(anchors, key=lambda m: m.value)[len(anchors) // 2]
+        results.sha_mbps, results.sha_rss_mb = anchor.value, anchor.peak_rss_mb
+        for factor, runs in builds.items():
             measured = sorted(runs, key=lambda m: m.value[0])[len(runs) // 2]  # the median build
             seconds, pack_bytes, blob_bytes = measured.value
-            if factor == 1:
-                anchor = measure(sha256_of, str(home))
-                results.sha_mbps, results.sha_rss_mb = anchor.value, anchor.peak_rss_mb
             results.builds[factor] = Build(seconds, pack_bytes, blob_bytes, measured.peak_rss_mb,
-                                           synth.counts["commits"])
-            results.incremental[factor] = incremental(home, tips[-1])
-            results.clones[factor] = clone_times(home, synth, work, runs=CLONE_RUNS if factor == 1 else 1,
+                                           scales[factor].synth.counts["commits"])
+        results.incremental = incremental(scales)
+        for factor, one in scales.items():
+            results.clones[factor] = clone_times(one.home, one.synth, work, runs=CLONE_RUNS if factor == 1 else 1,
                                                  with_git=factor == 1)
-            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(one.home, ignore_errors=True)
     return results
 
 

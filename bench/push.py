@@ -6,18 +6,21 @@ The history is ``bench.synth`` (seed 1; ``--scale`` scales it, default 0.25 ≈
 gunicorn with gunicorn.conf.py, 2 workers, job threads off so that prebuilds
 do not compete with the pushes. The same blobs are also written into a fresh
 ``LocalStore`` (``put_many``, durable) and, as the anchor, into plain files
-(open/write/fsync/close) in a fresh directory on the same disk. Each round
-does all three, anchor first, each into fresh directories; the figures are
-the medians over rounds (the stage table shows the median push). Generation
-time is never counted.
+(open/write/fsync/close) in a fresh directory on the same disk. The three
+take turns batch by batch (the anchor writes a push's blobs, the hub takes
+the push, the store takes its blobs; the order rotates from round to round),
+so that each meets the filesystem in the same state; the figures are sums
+over a round's batches, medians over rounds (the stage table shows the median
+push). Generation time is never counted.
 
 Nothing is deleted until every round is done, and every round writes into
 fresh directories (the hub of each round has its own home and store). On an
 ext4 without a journal, as here, a new inode is not given a number freed in
 the last 60 s (360 s if its inode-table block is still dirty): Linux's
 ``recently_deleted()`` in fs/ext4/ialloc.c. Creating files near thousands of
-recent deletions then scans past them: 0.3 to 1.5 ms per file was measured
-here, against ~0.02 ms otherwise, for whichever side wrote after a deletion.
+recent deletions then scans past them: 0.1 to 1.2 ms per file was measured
+here, against ~0.02 ms otherwise, minutes apart in the same directory; when
+the three took turns round by round, whichever wrote later paid less.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ QUICK_SCALE = 0.05
 COMMITS_PER_PUSH = 100
 ROUNDS, QUICK_ROUNDS = 3, 1
 PATH = "/bench/push"
+TURNS = ("anchor", "push", "store")
 
 
 @dataclass
@@ -63,23 +67,6 @@ class HttpRun:
     resend_seconds: float  # push/objects of every blob again, once all are stored
 
 
-def push_over_http(workdir: Path, history: History, *, resend: bool = True) -> HttpRun:
-    """Push the history to a fresh live hub, then (``resend``) send every blob again (transport and hashing only)."""
-    run = HttpRun(PushTimes(), 0, 0.0)
-    with live_hub(workdir, workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as hub:
-        token = hub.create_user("bench")
-        hub.create_repo(token, "push")
-        for batch in batches(history.steps, COMMITS_PER_PUSH):
-            push_batch(hub, token, PATH, batch, run.times)
-            run.pushes += 1
-        heads = call(hub, "GET", f"{PATH}/refs", None, token)["branch_heads"]
-        if resend:
-            run.resend_seconds = resend_objects(hub, token, history.blobs)
-    if heads.get("main") != history.steps[-1].commit["commit_id"]:
-        raise RuntimeError(f"after the pushes main is {heads.get('main')}, not the history's tip")
-    return run
-
-
 def resend_objects(hub: LiveHub, token: str, blobs: list[tuple[str, bytes]]) -> float:
     """push/objects of blobs the hub already holds: HTTP, msgpack and re-hashing, no disk writes."""
     objects = [{"object_id": oid, "content": data} for oid, data in blobs]
@@ -93,14 +80,12 @@ def resend_objects(hub: LiveHub, token: str, blobs: list[tuple[str, bytes]]) -> 
 
 def open_store(root: Path) -> LocalStore:
     store = LocalStore(root, UrlSigner([("k1", b"bench-signing-key-0123")], base_url="http://127.0.0.1"))
-    store.create_layout()  # as the hub does when it starts
+    store.create_layout()  # as the hub does when it starts, untimed there too
     return store
 
 
-def store_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
-    """``LocalStore.put_many`` of every blob into a fresh store (durable), in chunks as push/objects sends them."""
-    store = LocalStore(root, UrlSigner([("k1", b"bench-signing-key-0123")], base_url="http://127.0.0.1"))
-    store.create_layout()  # as the hub does when it starts, untimed there too
+def store_write_seconds(store: LocalStore, blobs: list[tuple[str, bytes]]) -> float:
+    """``LocalStore.put_many`` of these blobs (durable), in chunks as push/objects sends them."""
     with timer() as t:
         for start in range(0, len(blobs), OBJECTS_PER_CALL):
             store.put_many(BLOBS, blobs[start:start + OBJECTS_PER_CALL])
@@ -108,8 +93,7 @@ def store_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
 
 
 def plain_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
-    """The anchor: each blob to its own file with open/write/fsync/close, in one fresh directory."""
-    root.mkdir(parents=True)
+    """The anchor: each blob to its own file in ``root`` with open/write/fsync/close."""
     with timer() as t:
         for oid, data in blobs:
             with open(root / oid, "wb") as fh:
@@ -119,21 +103,51 @@ def plain_write_seconds(root: Path, blobs: list[tuple[str, bytes]]) -> float:
     return t.seconds
 
 
-def rounds_of(workdir: Path, history: History, rounds: int) -> tuple[HttpRun, float, float]:
-    """Anchor, push over HTTP and store writes in turn, each into fresh directories, nothing deleted (module docstring).
+@dataclass
+class Round:
+    http: HttpRun
+    store_s: float = 0.0
+    plain_s: float = 0.0
 
-    → (the median push, median store seconds, median anchor seconds); the blobs
-    are resent over HTTP after the first round's push only.
+
+def one_round(workdir: Path, history: History, n: int, *, resend: bool) -> Round:
+    """Anchor, push and store writes taking turns batch by batch (module docstring), in fresh directories.
+
+    ``resend``: then send every blob again over HTTP (transport and hashing only).
     """
-    runs, stored, plain = [], [], []
-    for n in range(rounds):
-        plain.append(plain_write_seconds(workdir / f"plain{n}", history.blobs))
-        runs.append(push_over_http(workdir / f"hub{n}", history, resend=n == 0))
-        stored.append(store_write_seconds(workdir / f"store{n}", history.blobs))
-    by_total = sorted(runs, key=lambda run: run.times.total)
+    result = Round(HttpRun(PushTimes(), 0, 0.0))
+    plain = workdir / f"plain{n}"
+    plain.mkdir(parents=True)
+    store = open_store(workdir / f"store{n}")
+    with live_hub(workdir / f"hub{n}", workers=2, env={"MPACKHUB_JOB_THREADS": "0"}) as hub:
+        token = hub.create_user("bench")
+        hub.create_repo(token, "push")
+        for batch in batches(history.steps, COMMITS_PER_PUSH):
+            blobs = list(batch.blobs.items())
+            for turn in TURNS[n % 3:] + TURNS[:n % 3]:  # each goes first, second and third in turn
+                if turn == "anchor":
+                    result.plain_s += plain_write_seconds(plain, blobs)
+                elif turn == "push":
+                    push_batch(hub, token, PATH, batch, result.http.times)
+                else:
+                    result.store_s += store_write_seconds(store, blobs)
+            result.http.pushes += 1
+        heads = call(hub, "GET", f"{PATH}/refs", None, token)["branch_heads"]
+        if heads.get("main") != history.steps[-1].commit["commit_id"]:
+            raise RuntimeError(f"after the pushes main is {heads.get('main')}, not the history's tip")
+        if resend:
+            result.http.resend_seconds = resend_objects(hub, token, history.blobs)
+    return result
+
+
+def rounds_of(workdir: Path, history: History, rounds: int) -> tuple[HttpRun, float, float]:
+    """``rounds`` rounds, nothing deleted until all are done → (the median push, median store seconds,
+    median anchor seconds); the blobs are resent over HTTP after the first round only."""
+    done = [one_round(workdir, history, n, resend=n == 0) for n in range(rounds)]
+    by_total = sorted((r.http for r in done), key=lambda run: run.times.total)
     middle = by_total[len(by_total) // 2]
-    middle.resend_seconds = runs[0].resend_seconds
-    return middle, median(stored), median(plain)
+    middle.resend_seconds = done[0].http.resend_seconds
+    return middle, median([r.store_s for r in done]), median([r.plain_s for r in done])
 
 
 def stage_table(history: History, http: HttpRun) -> Table:

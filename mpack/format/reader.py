@@ -1,9 +1,10 @@
 """Reading mpacks: a streaming reader that verifies everything it yields.
 
-The counterpart of ``mpack.format`` (the writer and the byte layout). Memory
-stays bounded by a few chunks plus one metadata record; every way a pack can
-be wrong raises an ``MPackError`` subclass (``mpack.format_errors``), and a
-caller applies nothing until the final ``Trailer`` has been yielded.
+The counterpart of ``mpack.format.writer``, on the byte layout of
+``mpack.format.layout``. Memory stays bounded by a few chunks plus one
+metadata record; every way a pack can be wrong raises an ``MPackError``
+subclass (``mpack.format.errors``), and a caller applies nothing until the
+final ``Trailer`` has been yielded.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Guarantees:
     * Verification: the reader checks every id against its content, every
       length against its limit before reading, the trailer's counts and
       checksum, and that nothing follows the trailer. Every way a pack can be
-      wrong raises an ``MPackError`` subclass (see ``mpack.format_errors``).
+      wrong raises an ``MPackError`` subclass (see ``mpack.format.errors``).
 """
 from __future__ import annotations
 

@@ -101,6 +101,7 @@ def test_records_of_snapshots_the_repo_lacks_are_missing_from_the_answer(app, ow
     # A chain whose base row is gone ends the walk instead of looping: its records are missing too.
     Snapshot.delete().where(Snapshot.digest == h.commits[0]["snapshot_id"]).execute()
     assert snapshots.records(repo.repo_id, [tip]) == {}
+    assert fsck._snapshot_manifest(tip) is None  # fsck's base lookup: not held, not a KeyError
 
 
 def test_the_depth_migration_gives_every_older_row_depth_zero(hub, app, owner, repo, monkeypatch):

@@ -93,7 +93,8 @@ def _snapshot_manifest(snapshot_id: str) -> dict | None:
     """A snapshot the hub holds (in any repo: ids are content), for an incremental pack's delta base."""
     digest = ids.hex_of(snapshot_id)
     row = Snapshot.select(Snapshot.repo).where(Snapshot.digest == digest).first()
-    return snapshots.record(row.repo_id, digest)["manifest"] if row is not None else None
+    record = snapshots.records(row.repo_id, [digest]).get(digest) if row is not None else None
+    return record["manifest"] if record is not None else None  # a chain missing its base holds nothing either
 
 
 def pack_intact(hub: Hub, digest: str) -> bool:

@@ -267,34 +267,43 @@ def measure(target: Callable[..., Any] | Sequence[str] | str, *args: Any,
     ``check`` a failure (non-zero exit, exception) raises RuntimeError.
     """
     if callable(target):
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child_main, args=(child_conn, target, args, kwargs))
-        started = time.perf_counter()
-        proc.start()
-        child_conn.close()
-        try:
-            value, error, peak = parent_conn.recv()
-        except EOFError:
-            value, error, peak = None, "the child died without reporting", 0
-        finally:
-            parent_conn.close()
-        proc.join()
-        seconds = time.perf_counter() - started
-        if error is None and proc.exitcode:
-            error = f"the child exited with status {proc.exitcode}"
-        if error and check:
-            raise RuntimeError(f"measured callable failed: {error}")
-        return Measured(seconds, peak / 1024, value)
-
+        return _measure_callable(target, args, kwargs, check)
     if args:
         raise TypeError("pass a command's arguments inside the command itself")
+    return _measure_command(target, check, kwargs)
+
+
+def _measure_callable(target: Callable[..., Any], args: tuple, kwargs: dict, check: bool) -> Measured:
+    """``measure`` of a callable: a "spawn" child runs it and reports (value, error, its peak RSS in KiB)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(child_conn, target, args, kwargs))
+    started = time.perf_counter()
+    proc.start()
+    child_conn.close()
+    try:
+        value, error, peak = parent_conn.recv()
+    except EOFError:
+        value, error, peak = None, "the child died without reporting", 0
+    finally:
+        parent_conn.close()
+    proc.join()
+    seconds = time.perf_counter() - started
+    if error is None and proc.exitcode:
+        error = f"the child exited with status {proc.exitcode}"
+    if error and check:
+        raise RuntimeError(f"measured callable failed: {error}")
+    return Measured(seconds, peak / 1024, value)
+
+
+def _measure_command(target: Sequence[str] | str, check: bool, popen_kwargs: dict) -> Measured:
+    """``measure`` of a command: the launcher execs it, waits for it with wait4 and reports status, peak, seconds."""
     argv = ["/bin/sh", "-c", target] if isinstance(target, str) else [os.fspath(a) for a in target]
-    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", _LAUNCHER, str(write_fd), *argv],
-                                pass_fds=(write_fd,), **kwargs)
+                                pass_fds=(write_fd,), **popen_kwargs)
     except BaseException:
         os.close(read_fd)
         raise

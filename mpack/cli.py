@@ -94,9 +94,9 @@ class LocalAdmin:
         return auth.create_user(self.hub, name)[1]
 
     def jobs(self, limit: int) -> dict:
-        from mpack.hub import jobs
+        from mpack.hub import job_reports
 
-        return jobs.overview(self.hub, limit=limit)
+        return job_reports.overview(self.hub, limit=limit)
 
     def gc(self, repo: str | None, dry_run: bool) -> dict:
         from mpack.hub import gc

@@ -1,7 +1,11 @@
 """What the stores and the URL signer raise; ``mpack.http.errors`` maps each to a status."""
 from __future__ import annotations
 
+import errno
+
 from mpack.format.errors import MuseError
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 class InvalidUrlToken(MuseError):
@@ -44,3 +48,11 @@ class StorageUnavailable(StorageError):
     """The store cannot be reached or answers 5xx: the same call may succeed later (HTTP 503)."""
 
     code = "storage_unavailable"
+
+
+def from_os_error(action: str, exc: OSError) -> StorageError:
+    """A local filesystem's ``exc`` while doing ``action``: ``StorageFull`` for no space or quota left."""
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    if exc.errno in _FULL:
+        return StorageFull(f"{action}: disk full, the store has no space left ({name}); free space, then try again")
+    return StorageError(f"{action}: {exc.strerror or exc} ({name})")

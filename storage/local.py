@@ -37,7 +37,6 @@ makes ``tmp`` and every shard directory up front (the hub calls it at start).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import os
@@ -60,9 +59,9 @@ from storage.base import (
     is_temp_name,
     new_temp_name,
 )
-from storage.errors import StorageError, StorageFull, StoredObjectMissing
+from storage.errors import StoredObjectMissing, from_os_error
+from storage.local_pending import LocalPending
 from storage.signing import UrlSigner
-from storage.writeback import Writeback
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -70,16 +69,6 @@ EXISTS_MEMO_SECONDS = 1.0  # how long still_exists trusts a positive answer
 PROBE_BYTES = 4096  # one page: enough to hit a full disk, small enough to do on every health check
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _storage_error(action: str, exc: OSError) -> StorageError:
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    if exc.errno in _FULL:
-        return StorageFull(f"{action}: disk full, the store has no space left ({name}); free space, then try again")
-    return StorageError(f"{action}: {exc.strerror or exc} ({name})")
 
 
 class LocalStore(Store):
@@ -146,7 +135,7 @@ class LocalStore(Store):
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise _storage_error(f"cannot open {namespace} object {key}", exc) from exc
+                raise from_os_error(f"cannot open {namespace} object {key}", exc) from exc
         raise StoredObjectMissing(namespace, key)
 
     def exists(self, namespace: str, digest: str) -> bool:
@@ -173,7 +162,7 @@ class LocalStore(Store):
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise _storage_error(f"cannot delete {namespace} object {key}", exc) from exc
+                raise from_os_error(f"cannot delete {namespace} object {key}", exc) from exc
         return removed
 
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
@@ -183,7 +172,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise StoredObjectMissing(namespace, key) from None
         except OSError as exc:
-            raise _storage_error(f"cannot stat {namespace} object {key}", exc) from exc
+            raise from_os_error(f"cannot stat {namespace} object {key}", exc) from exc
         return st.st_size, st.st_mtime
 
     def iter_digests(self, namespace: str) -> Iterator[str]:
@@ -231,7 +220,7 @@ class LocalStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         except OSError as exc:
-            raise _storage_error("cannot write to the store", exc) from exc
+            raise from_os_error("cannot write to the store", exc) from exc
 
     def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
         key, path = self._find(namespace, digest)
@@ -243,7 +232,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _storage_error(f"cannot quarantine {namespace} object {key}", exc) from exc
+            raise from_os_error(f"cannot quarantine {namespace} object {key}", exc) from exc
         if keep_intact and _file_digest(aside) == key:  # repaired by a writer between the check and the move: put it back
             with contextlib.suppress(FileExistsError):
                 os.link(aside, path)
@@ -277,8 +266,8 @@ class LocalStore(Store):
             self._make_dirs(self._tmp)
             handle = self._fopen(path, "xb", opener=_private_opener)
         except OSError as exc:
-            raise _storage_error(f"cannot create a temp file for a {namespace} object", exc) from exc
-        return _LocalPending(self, namespace, name, path, handle)
+            raise from_os_error(f"cannot create a temp file for a {namespace} object", exc) from exc
+        return LocalPending(self, namespace, name, path, handle)
 
     def create_layout(self) -> None:
         """Create ``tmp`` and every shard directory now, each synced once (each gunicorn worker calls this at start).
@@ -296,14 +285,14 @@ class LocalStore(Store):
                     self._make_dirs(os.path.join(self.root, namespace, f"{shard:02x}"), created)
             local_batch.sync_all(created, self._sync_dir)
         except OSError as exc:
-            raise _storage_error("cannot create the store's directories", exc) from exc
+            raise from_os_error("cannot create the store's directories", exc) from exc
 
     def put_many(self, namespace: str, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """As ``Store.put_many``, one chunk written, synced and published together (``storage.local_batch``)."""
         try:
             return local_batch.put_many(self, namespace, items)
         except OSError as exc:
-            raise _storage_error(f"cannot store {len(items)} {check_namespace(namespace)} objects", exc) from exc
+            raise from_os_error(f"cannot store {len(items)} {check_namespace(namespace)} objects", exc) from exc
 
     def _make_dirs(self, path: str, unsynced: set[str] | None = None) -> None:
         """Create ``path`` and missing parents; each parent that gains an entry is synced now,
@@ -367,43 +356,6 @@ class LocalStore(Store):
                 os.utime(final)
         return intact
 
-
-class _LocalPending(PendingFile):
-    def __init__(self, store: LocalStore, namespace: str, name: str, path: str,
-                 handle: IO[bytes]) -> None:
-        super().__init__(namespace, name)
-        self._store = store
-        self._path = path
-        self._handle = handle
-        self._writeback = Writeback()
-
-    def _write(self, data: memoryview) -> None:
-        try:
-            self._handle.write(data)
-            if self._store.fsync:  # a large pending file (a pack) is fsynced at commit: start early
-                self._writeback.written(self._handle.fileno(), self.size + data.nbytes, self._handle.flush)
-        except OSError as exc:
-            raise _storage_error(f"cannot write a {self.namespace} object", exc) from exc
-
-    def _publish(self, digest: str) -> bool:
-        store = self._store
-        try:
-            self._handle.flush()
-            if store.fsync:
-                os.fsync(self._handle.fileno())
-            self._handle.close()
-            final = store._locate(self.namespace, digest)[1]
-            store._make_dirs(os.path.dirname(final))
-            return store._link_into_place(self._path, final)
-        except OSError as exc:
-            raise _storage_error(f"cannot store {self.namespace} object {digest}", exc) from exc
-
-    def _discard(self) -> None:
-        # Best effort: a temp that cannot be removed now is swept by GC later.
-        with contextlib.suppress(OSError):
-            self._handle.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._path)
 
 
 def _file_digest(path: str) -> str:

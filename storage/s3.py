@@ -59,6 +59,7 @@ from storage.s3_client import (
     mapped,
     status,
 )
+from storage.s3_upload import MultipartPending
 from storage.signing import UrlSigner
 
 SIGV4_MAX_TTL = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer (AWS S3 docs)
@@ -240,7 +241,7 @@ class S3Store(Store):
         key = self._temp_key(name)
         with mapped(f"cannot start an upload for a {namespace} object"):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-        return _S3Pending(self, namespace, name, key, upload_id)
+        return MultipartPending(self, namespace, name, key, upload_id)
 
     def _publish_copy(self, temp_key: str, namespace: str, digest: str) -> bool:
         """Copy a completed temp object to its final key unless an intact object is there already."""
@@ -371,62 +372,3 @@ class S3Store(Store):
         with mapped(f"cannot remove upload {digest}"):
             self.client.delete_object(Bucket=self.bucket, Key=source)
         return size
-
-
-class _S3Pending(PendingFile):
-    """A multipart upload on a temp key; parts of ``part_size`` go up as they fill."""
-
-    def __init__(self, store: S3Store, namespace: str, name: str, key: str, upload_id: str) -> None:
-        super().__init__(namespace, name)
-        self._store = store
-        self._key = key
-        self._upload_id = upload_id
-        self._buffer = bytearray()
-        self._parts: list[dict] = []
-
-    def _write(self, data: memoryview) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._store.part_size:
-            chunk = bytes(self._buffer[:self._store.part_size])
-            del self._buffer[:self._store.part_size]
-            self._upload_part(chunk)
-
-    def _upload_part(self, chunk: bytes) -> None:
-        store, number = self._store, len(self._parts) + 1
-        with mapped(f"cannot upload part {number} of a {self.namespace} object"):
-            answer = store.client.upload_part(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
-                                              PartNumber=number, Body=chunk)
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-
-    def _publish(self, digest: str) -> bool:
-        store = self._store
-        if not self._parts:  # it all fits in one part: one conditional PUT, no copy
-            self._check_upload_alive()
-            return store._put_if_absent(self.namespace, digest, bytes(self._buffer))
-        if self._buffer:
-            self._upload_part(bytes(self._buffer))
-            self._buffer.clear()
-        with mapped(f"cannot complete the upload of {self.namespace} object {digest}"):
-            store.client.complete_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id,
-                                                   MultipartUpload={"Parts": self._parts})
-        self._upload_id = ""  # completed: nothing left to abort, only the temp object to delete
-        return store._publish_copy(self._key, self.namespace, digest)
-
-    def _check_upload_alive(self) -> None:
-        """A temp swept by GC (its upload aborted) must not be committed."""
-        store = self._store
-        removed = StorageError(f"the upload of temp {self.name} was removed before its commit")
-        with mapped(f"cannot check the upload of temp {self.name}", missing=lambda: removed):
-            store.client.list_parts(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
-
-    def _discard(self) -> None:
-        # Best effort: what cannot be removed now is listed by iter_temp and swept by GC.
-        store = self._store
-        self._buffer = bytearray()
-        with contextlib.suppress(ClientError, BotoCoreError):
-            if self._upload_id:
-                store.client.abort_multipart_upload(Bucket=store.bucket, Key=self._key, UploadId=self._upload_id)
-            else:
-                store.client.delete_object(Bucket=store.bucket, Key=self._key)
-
-

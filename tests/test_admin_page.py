@@ -7,7 +7,7 @@ import pytest
 import webtest
 
 from app import create_app
-from mpack.hub import admin_session, gc, jobs
+from mpack.hub import admin_session, gc, job_reports, jobs
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.handlers import production_registry
 from mpack.hub.models import BackgroundJob, FetchMPackCache
@@ -37,7 +37,7 @@ def admin_app(app, hub):
 def failed_job(hub) -> str:
     job_id = jobs.enqueue(hub, None, EVIL_TYPE, {})
     run_until_idle(hub, production_registry(), "test-worker")
-    assert jobs.get(hub, job_id).status == "failed"
+    assert job_reports.get(hub, job_id).status == "failed"
     return job_id
 
 
@@ -117,7 +117,7 @@ def test_actions_need_the_sessions_csrf_token(admin_app, hub, failed_job, csrf):
     form = {"job_id": failed_job} | ({} if csrf is None else {"csrf": csrf})
     response = admin_app.post("/admin/actions/retry", form, status=403)
     assert "CSRF" in response.text
-    assert jobs.get(hub, failed_job).status == "failed"
+    assert job_reports.get(hub, failed_job).status == "failed"
 
 
 def test_another_sessions_csrf_token_is_refused(admin_app, hub, failed_job):
@@ -130,7 +130,7 @@ def test_another_sessions_csrf_token_is_refused(admin_app, hub, failed_job):
 def test_cross_site_posts_are_refused(admin_app, hub, failed_job, headers):
     csrf = csrf_of(admin_app.get("/admin"))
     admin_app.post("/admin/actions/retry", {"job_id": failed_job, "csrf": csrf}, headers=headers, status=403)
-    assert jobs.get(hub, failed_job).status == "failed"
+    assert job_reports.get(hub, failed_job).status == "failed"
 
 
 def test_cross_site_login_is_refused(app, hub):
@@ -144,7 +144,7 @@ def test_retry_puts_a_failed_job_back_in_the_queue(admin_app, hub, failed_job):
     response = admin_app.post("/admin/actions/retry", {"job_id": failed_job, "csrf": csrf_of(page)},
                               headers=headers, status=303)
     assert response.location.endswith("/admin?done=retried#jobs")
-    job = jobs.get(hub, failed_job)
+    job = job_reports.get(hub, failed_job)
     assert (job.status, job.attempt, job.last_error is not None) == ("pending", 0, True)
     assert "The job was put back in the queue." in admin_app.get(response.location).text
 
@@ -159,7 +159,7 @@ def test_retry_of_a_job_that_is_not_failed_is_409(admin_app, hub):
 def test_retry_merges_into_a_pending_job_of_the_same_kind(hub, failed_job):
     pending = jobs.enqueue(hub, None, EVIL_TYPE, {"tips": ["x"]})
     assert jobs.retry(hub, failed_job) == pending
-    assert jobs.get(hub, failed_job).status == "done"
+    assert job_reports.get(hub, failed_job).status == "done"
     assert BackgroundJob.select().where(BackgroundJob.status == "pending").count() == 1
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mpack.hub import jobs
+from mpack.hub import job_reports, jobs
 from mpack.hub.jobs import compute_job_id, merge_payloads
 from mpack.hub.models import BackgroundJob
 from tests.jobs_support import clock, enqueue_each, hub, make_repos  # noqa: F401 — clock and hub are fixtures
@@ -294,7 +294,7 @@ def test_prune_finished_deletes_only_old_done_and_failed_jobs(hub, clock):
     clock.advance(2)
     jobs.complete(hub, new_done, "w1", {})
 
-    assert jobs.prune_finished(hub, cutoff) == 2
+    assert job_reports.prune_finished(hub, cutoff) == 2
 
     remaining = {job.job_id for job in BackgroundJob.select()}
     assert remaining == {new_done, waiting}
@@ -305,9 +305,9 @@ def test_prune_finished_dry_run_counts_without_deleting(hub, clock, repo_id):
     jobs.claim(hub, "w1", 60)
     jobs.complete(hub, job_id, "w1", {})
 
-    assert jobs.prune_finished(hub, clock.now + 1, dry_run=True) == 1
+    assert job_reports.prune_finished(hub, clock.now + 1, dry_run=True) == 1
 
-    assert jobs.get(hub, job_id) is not None
+    assert job_reports.get(hub, job_id) is not None
 
 
 def test_counts_and_recent_describe_the_table(hub, clock):
@@ -315,9 +315,10 @@ def test_counts_and_recent_describe_the_table(hub, clock):
     jobs.claim(hub, "w1", 60)
     jobs.complete(hub, first, "w1", {"ok": True})
 
-    assert jobs.counts_by_status(hub) == {"pending": 2, "running": 0, "done": 1, "failed": 0}
-    listed = jobs.recent(hub, limit=2)
+    assert job_reports.counts_by_status(hub) == {"pending": 2, "running": 0, "done": 1, "failed": 0}
+    listed = job_reports.recent(hub, limit=2)
     assert len(listed) == 2 and json.loads(json.dumps(listed)) == listed
-    assert jobs.recent(hub)[-1]["result"] == {"ok": True}
-    assert jobs.get(hub, second).job_id == second and jobs.get(hub, "nope") is None
-    assert jobs.overview(hub, limit=1) == {"counts": jobs.counts_by_status(hub), "recent": jobs.recent(hub, 1)}
+    assert job_reports.recent(hub)[-1]["result"] == {"ok": True}
+    assert job_reports.get(hub, second).job_id == second and job_reports.get(hub, "nope") is None
+    assert job_reports.overview(hub, limit=1) == {"counts": job_reports.counts_by_status(hub),
+                                                  "recent": job_reports.recent(hub, 1)}

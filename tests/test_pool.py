@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from mpack.hub import jobs
+from mpack.hub import job_reports, jobs
 from mpack.hub.jobs import JobRegistry, PermanentJobError
 from mpack.hub.models import BackgroundJob
 from mpack.hub.pool import JobPool, run_one, run_until_idle
@@ -229,7 +229,7 @@ def test_three_processes_run_200_jobs_each_exactly_once(live_hub, tmp_path):
     for worker in workers:
         worker.start()
     try:
-        assert wait_until(lambda: jobs.counts_by_status(live_hub)["done"] == 200, timeout=25, interval=0.1)
+        assert wait_until(lambda: job_reports.counts_by_status(live_hub)["done"] == 200, timeout=25, interval=0.1)
     finally:
         stop.set()
         for worker in workers:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mpack.format.errors import MuseError
 from mpack.http.media import large_limits, read_body, send, small_limits
-from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, jobs, metrics, push, repos
+from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, job_reports, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class AdminJobs(Resource):
     def on_get(self, req, resp):
         auth.require_admin(self.hub, req.get_header("Authorization"))
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=50)
-        send(req, resp, jobs.overview(self.hub, limit=limit))
+        send(req, resp, job_reports.overview(self.hub, limit=limit))
 
 
 class AdminGc(Resource):

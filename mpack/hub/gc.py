@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.format import ids
-from mpack.hub import cache, health, jobs, prebuild, repos
+from mpack.hub import cache, health, job_reports, prebuild, repos
 from mpack.hub.db import xact_lock
 from mpack.hub.errors import DatabaseFull, InvalidField, RepoNotFound
 from mpack.hub.models import FetchMPackCache, GcRun, Repo
@@ -239,7 +239,7 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     _delete_unnamed(hub, sorted(candidates), report, gone)
     if repo is None:
         _sweep_orphans(hub, report, gone)
-        report.jobs_pruned = jobs.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
+        report.jobs_pruned = job_reports.prune_finished(hub, hub.now() - hub.settings.job_retention, dry_run=dry_run)
         if hub.flights is not None:
             report.locks_removed = hub.flights.sweep(dry_run=dry_run)
         if not dry_run and health.writable(hub):  # prebuilds that gave up on a full disk, now that it is not

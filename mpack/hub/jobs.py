@@ -335,13 +335,6 @@ def _retry(hub: Hub, job_id: str) -> str:
     return job_id
 
 
-def oldest(hub: Hub, status: str, limit: int = 20) -> list[dict]:
-    """Jobs in ``status``, oldest first (the admin page's queue and failure lists)."""
-    query = (BackgroundJob.select().where(BackgroundJob.status == status)
-             .order_by(BackgroundJob.created_at, BackgroundJob.job_id).limit(limit))
-    return [describe(job) for job in query]
-
-
 def failed_with(hub: Hub, job_type: str, codes: set[str], repo_id: str | None = None) -> list[BackgroundJob]:
     """Failed jobs of a type whose recorded error code is one of ``codes`` (one repo, or all)."""
     query = BackgroundJob.select().where(BackgroundJob.job_type == job_type, BackgroundJob.status == FAILED,
@@ -355,47 +348,3 @@ def mark_requeued(job_id: str, new_job_id: str) -> bool:
     """A failed job whose work now lives in ``new_job_id``: done, superseded (it is not retried twice)."""
     return BackgroundJob.update(status=DONE, result={"requeued_as": new_job_id}).where(
         BackgroundJob.job_id == job_id, BackgroundJob.status == FAILED).execute() == 1
-
-
-# -- housekeeping and reports -------------------------------------------------------
-
-def prune_finished(hub: Hub, older_than: float, *, dry_run: bool = False) -> int:
-    """Delete done and failed jobs that finished before ``older_than``; returns how many (would go)."""
-    finished = (BackgroundJob.status.in_((DONE, FAILED))) & (BackgroundJob.finished_at < older_than)
-    if dry_run:
-        return BackgroundJob.select().where(finished).count()
-    with hub.db.atomic():
-        return BackgroundJob.delete().where(finished).execute()
-
-
-def counts_by_status(hub: Hub) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES, 0)
-    query = BackgroundJob.select(BackgroundJob.status, pw.fn.COUNT(BackgroundJob.job_id)).group_by(BackgroundJob.status)
-    for status, count in query.tuples():
-        counts[status] = count
-    return counts
-
-
-def get(hub: Hub, job_id: str) -> BackgroundJob | None:
-    return BackgroundJob.get_or_none(BackgroundJob.job_id == job_id)
-
-
-def overview(hub: Hub, limit: int = 50) -> dict:
-    """``{"counts": {status: n}, "recent": [job, …]}`` for the admin endpoint and ``mpackhub jobs``."""
-    return {"counts": counts_by_status(hub), "recent": recent(hub, limit)}
-
-
-def recent(hub: Hub, limit: int = 50) -> list[dict]:
-    """The newest jobs as JSON-ready dicts."""
-    query = BackgroundJob.select().order_by(BackgroundJob.created_at.desc(), BackgroundJob.job_id).limit(limit)
-    return [describe(job) for job in query]
-
-
-def describe(job: BackgroundJob) -> dict:
-    return {
-        "job_id": job.job_id, "repo_id": job.repo_id, "job_type": job.job_type, "status": job.status,
-        "payload": job.payload, "attempt": job.attempt, "max_attempts": job.max_attempts,
-        "created_at": job.created_at, "run_after": job.run_after, "locked_by": job.locked_by,
-        "locked_until": job.locked_until, "last_error": job.last_error, "result": job.result,
-        "finished_at": job.finished_at,
-    }

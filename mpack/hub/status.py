@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import peewee as pw
 
-from mpack.hub import gc, jobs, metrics
+from mpack.hub import gc, job_reports, jobs, metrics
 from mpack.hub.models import Branch, Commit, FetchMPackCache, Object, Repo
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ def disk(hub: Hub) -> dict:
 
 
 def job_lists(hub: Hub) -> dict:
-    return {"counts": jobs.counts_by_status(hub), "pending": jobs.oldest(hub, jobs.PENDING),
-            "running": jobs.oldest(hub, jobs.RUNNING), "failed": jobs.oldest(hub, jobs.FAILED)}
+    return {"counts": job_reports.counts_by_status(hub), "pending": job_reports.oldest(hub, jobs.PENDING),
+            "running": job_reports.oldest(hub, jobs.RUNNING), "failed": job_reports.oldest(hub, jobs.FAILED)}
 
 
 def overview(hub: Hub) -> dict:

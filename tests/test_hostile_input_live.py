@@ -283,3 +283,61 @@ def test_broken_framing_on_a_real_gunicorn_never_gets_a_5xx_or_a_traceback(publi
     log = next(server.home.parent.glob("gunicorn-*.log")).read_text()
     assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
     assert cases > 20
+
+
+def _responses(sock: socket.socket, count: int, timeout: float = 30) -> list[tuple[int, bytes]]:
+    """``count`` HTTP/1.1 responses read off one connection: (status, body) each, by Content-Length."""
+    sock.settimeout(timeout)
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            assert piece, f"the connection closed after {len(answers)} answer(s): {data[:300]!r}"
+            data += piece
+        head, data = data.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(data) < length:
+            piece = sock.recv(65536)
+            assert piece, "the connection closed inside an answer"
+            data += piece
+        answers.append((int(head.split(b" ", 2)[1]), data[:length]))
+        data = data[length:]
+    return answers
+
+
+def test_a_large_body_read_in_place_leaves_a_pipelined_request_intact(public_repo_hub):
+    """push/objects of 2 MiB (received straight into its buffer, bodies._receive_into) sent in one write
+    with a GET /healthz behind it on the same connection: both answered, the objects stored."""
+    server, token = public_repo_hub
+    contents = [os.urandom(MiB), os.urandom(MiB)]
+    objects = [{"object_id": hashlib.sha256(content).hexdigest(), "content": content} for content in contents]
+    body = msgpack.packb({"objects": objects}, use_bin_type=True)
+    host, port = server.url.removeprefix("http://").split(":")
+    post = (f"POST /alice/song/push/objects HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/x-msgpack\r\nAccept: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    healthz = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(post + healthz)
+        (push_status, push_reply), (health_status, health_reply) = _responses(sock, 2)
+    assert push_status == 200, push_reply[:300]
+    assert json.loads(push_reply)["stored"] == len(objects)
+    assert health_status == 200 and json.loads(health_reply)["status"] == "ok"
+
+
+def test_a_body_cut_short_is_a_400_and_the_connection_is_not_reused(public_repo_hub):
+    """Half of a declared 1 MiB push/objects body, then the client stops sending: 400, a JSON error."""
+    server, token = public_repo_hub
+    content = os.urandom(MiB)
+    body = msgpack.packb({"objects": [{"object_id": hashlib.sha256(content).hexdigest(), "content": content}]},
+                         use_bin_type=True)
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (f"POST /alice/song/push/objects HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/x-msgpack\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body[:len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_answer(sock, 30)
+    status, reply = int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[1]
+    assert status == 400 and json.loads(reply)["error"] == "malformed_body", answer[:300]

@@ -17,6 +17,7 @@ commits, 5,150 blobs, 347 MB) and one at 4× that scale, then reports:
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,38 @@ def sha256_of(home: str) -> float:
     return hashlib_sha256_mbps(blob_paths(Path(home)))
 
 
+COPY_BYTES = 256 << 20  # larger than any CPU cache: a copy of it runs at the memory's speed
+
+
+def memory_copy_mbps(nbytes: int = COPY_BYTES) -> float:
+    """In a child process: MB/s of copying ``nbytes`` between two buffers already touched, best of 3.
+
+    A physical limit of the build (shared/BENCHMARKS.md): its bytes cross memory at least twice
+    (page cache → buffer, buffer → page cache). Seen here 0.8 GB/s on some days, 6 GB/s within caches.
+    """
+    source, target = bytes(nbytes), bytearray(nbytes)
+    target[:] = source  # touch every page of both first
+    best = float("inf")
+    for _ in range(3):
+        with timer() as t:
+            target[:] = source
+        best = min(best, t.seconds)
+    return nbytes / MB / best
+
+
+def durable_write_mbps(directory: str, nbytes: int) -> float:
+    """In a child process: MB/s of writing ``nbytes`` to a new file in ``directory`` in 1 MiB pieces, then
+    fsync (dd … conv=fsync, shared/BENCHMARKS.md's "sequential write with fsync"); the file is removed."""
+    piece = os.urandom(1 << 20)
+    path = Path(directory) / "durable-write.tmp"
+    with timer() as t, open(path, "wb", buffering=0) as out:
+        for start in range(0, nbytes, len(piece)):
+            out.write(piece[:min(len(piece), nbytes - start)])
+        os.fsync(out.fileno())
+    path.unlink()
+    return nbytes / MB / t.seconds
+
+
 @dataclass
 class Build:
     seconds: float
@@ -220,6 +253,8 @@ class FetchResults:
     scale: float
     sha_mbps: float = 0.0
     sha_rss_mb: float = 0.0
+    copy_mbps: float = 0.0  # physical limits, for reading the build rows (medians)
+    disk_mbps: float = 0.0
     builds: dict[int, Build] = field(default_factory=dict)
     incremental: dict[int, tuple[float, float]] = field(default_factory=dict)  # (cold s, cached s)
     clones: dict[int, CloneRun] = field(default_factory=dict)
@@ -236,6 +271,12 @@ class FetchResults:
         for factor, build in self.builds.items():
             table.add(f"cold build, {factor}× ({build.commits} commits)", build.blob_bytes / MB, build.pack_bytes / MB,
                       build.seconds, build.mbps, build.mbps / self.sha_mbps, build.rss_mb)
+        if self.copy_mbps and self.disk_mbps:
+            copied, written = COPY_BYTES / MB, one.pack_bytes / MB
+            table.add("(physical limit) memory copy of 256 MiB", copied, "", copied / self.copy_mbps, self.copy_mbps,
+                      self.copy_mbps / self.sha_mbps, "")
+            table.add("(physical limit) sequential write + fsync, 1× pack size", "", written,
+                      written / self.disk_mbps, self.disk_mbps, self.disk_mbps / self.sha_mbps, "")
         return table
 
     def incremental_table(self) -> Table:
@@ -283,13 +324,17 @@ def measure_all(scale: float | None = None, quick: bool = False) -> FetchResults
             synth, tips = prepare(home, results.scale * factor)
             scales[factor] = Scale(home, synth, tips[-1])
         anchors: list[Measured] = []
+        limits: dict[str, list[float]] = {"copy": [], "disk": []}
         builds: dict[int, list[Measured]] = {factor: [] for factor in scales}
         for _ in range(BUILD_RUNS):
             anchors.append(measure(sha256_of, str(scales[1].home)))
             for factor, one in scales.items():
                 builds[factor].append(measure(cold_build, str(one.home), one.tip))
+            limits["copy"].append(measure(memory_copy_mbps, COPY_BYTES // 16 if quick else COPY_BYTES).value)
+            limits["disk"].append(measure(durable_write_mbps, str(scales[1].home), builds[1][-1].value[1]).value)
         anchor = sorted(anchors, key=lambda m: m.value)[len(anchors) // 2]
         results.sha_mbps, results.sha_rss_mb = anchor.value, anchor.peak_rss_mb
+        results.copy_mbps, results.disk_mbps = median(limits["copy"]), median(limits["disk"])
         for factor, runs in builds.items():
             measured = sorted(runs, key=lambda m: m.value[0])[len(runs) // 2]  # the median build
             seconds, pack_bytes, blob_bytes = measured.value

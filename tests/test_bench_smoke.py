@@ -85,6 +85,24 @@ def test_the_issue_8_table_has_every_row_with_target_and_verdict():
     assert isinstance(summary, Table) and "| verdict" in summary.render()
 
 
+def test_the_issue_8_table_shows_the_builds_physical_limits_when_measured():
+    fetch = fetch_path.FetchResults(1.0, sha_mbps=1000.0, copy_mbps=800.0, disk_mbps=500.0)
+    fetch.builds = {1: fetch_path.Build(1.0, 110 * 10**6, 100 * 10**6, 50.0, 2000),
+                    4: fetch_path.Build(4.0, 440 * 10**6, 400 * 10**6, 60.0, 8000)}
+    fetch.incremental = {1: (0.010, 0.001), 4: (0.011, 0.001)}
+    fetch.clones = {1: fetch_path.CloneRun(2.0, 120.0, 2.5), 4: fetch_path.CloneRun(9.0, 140.0)}
+    pushed = push.PushResults(push.History(0.01, []), push.HttpRun(push.PushTimes(0.1, 0.5, 0.1), 1, 0.1), 0.4, 0.5, 1)
+    pushed.history = type("H", (), {"blob_bytes": 50_000_000})()
+    hits = {"bare": (3000.0, 3000.0, 1.0), "id": (3000.0, 2400.0, 0.8), "branch": (3000.0, 2400.0, 0.8)}
+    rows = {row[0]: row for row in table.summary(fetch, hits, pushed).rows}
+    assert len(rows) == 15
+    assert rows["(for reading it) memory copy MB/s ÷ hashlib sha256 MB/s"][3:] == ["0.8", "—", "a physical limit"]
+    disk = rows["(for reading it) sequential write + fsync MB/s ÷ hashlib sha256 MB/s"]
+    assert disk[3:] == ["0.5", "—", "a physical limit"]
+    build_rows = [row[0] for row in fetch.build_table().rows]
+    assert build_rows[-2:] == ["(physical limit) memory copy of 256 MiB", "(physical limit) sequential write + fsync, 1× pack size"]
+
+
 def test_wrk_output_is_parsed_and_failed_requests_refused():
     out = """Running 1s test @ http://127.0.0.1:1/bare
   Latency Distribution

@@ -100,7 +100,8 @@ def test_the_issue_8_table_shows_the_builds_physical_limits_when_measured():
     disk = rows["(for reading it) sequential write + fsync MB/s ÷ hashlib sha256 MB/s"]
     assert disk[3:] == ["0.5", "—", "a physical limit"]
     build_rows = [row[0] for row in fetch.build_table().rows]
-    assert build_rows[-2:] == ["(physical limit) memory copy of 256 MiB", "(physical limit) sequential write + fsync, 1× pack size"]
+    assert build_rows[-2:] == ["(physical limit) memory copy of 256 MiB",
+                               "(physical limit) sequential write + fsync, 1× pack size"]
 
 
 def test_wrk_output_is_parsed_and_failed_requests_refused():

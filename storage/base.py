@@ -371,6 +371,15 @@ class Store(abc.ABC):
     def remove_temp(self, name: str) -> bool:
         """Remove a temp file by name; False if absent, ValueError if not a temp name."""
 
+    def iter_incoming(self) -> Iterator[tuple[str, float]]:
+        """``(name, mtime)`` of every presigned upload not yet adopted by a push (``<repo>/<hex>``);
+        none where the store takes no presigned uploads."""
+        return iter(())
+
+    def remove_incoming(self, name: str) -> bool:
+        """Remove an upload ``iter_incoming`` listed; ValueError if ``name`` is not one of its names."""
+        raise ValueError(f"{self!r} holds no presigned uploads")
+
     @abc.abstractmethod
     def quarantine(self, namespace: str, digest: str, *, keep_intact: bool = True) -> str | None:
         """Move a damaged object out of the store, kept for inspection → where it went.

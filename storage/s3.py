@@ -327,6 +327,28 @@ class S3Store(Store):
             removed = True
         return removed
 
+    def iter_incoming(self) -> Iterator[tuple[str, float]]:
+        start = f"{self.prefix}incoming/"
+        for item in self._list(start):
+            name = item["Key"][len(start):]
+            if self._incoming_name(name):
+                yield name, item["LastModified"].timestamp()
+
+    def remove_incoming(self, name: str) -> bool:
+        if not self._incoming_name(name):
+            raise ValueError(f"not an upload name: {name!r}")
+        key = f"{self.prefix}incoming/{name}"
+        if self._head(key) is None:
+            return False
+        with mapped(f"cannot remove upload {name}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return True
+
+    @staticmethod
+    def _incoming_name(name: str) -> bool:
+        repo_key, _, digest = name.partition("/")
+        return bool(_REPO_KEY.fullmatch(repo_key) and _HEX64.fullmatch(digest))
+
     # -- signed URLs and presigned uploads ---------------------------------------
 
     def presign_mpack_get(self, mpack_id: str, ttl_seconds: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -207,6 +208,19 @@ def test_gc_deletes_expired_packs_from_the_bucket_in_one_batch(hub, app, owner, 
     assert json.loads(json.dumps(report.as_dict()))["bytes_freed"] > 0
     assert bucket_keys(s3_client, bucket, "blobs") and all(hub.store.exists(BLOBS, b) for b in history.blobs)
     assert list(hub.store.iter_digests(MPACKS)) == []
+
+
+def test_gc_removes_presigned_uploads_no_push_adopted_after_the_temp_grace(hub, app, owner, repo, clock):
+    clock.now = time.time()  # the bucket stamps uploads with its own (real) clock
+    history = History().linear(2)
+    object_ids = sorted(history.blobs)
+    urls = unpack(wire(app, "POST", f"{PATH}/presign", {"object_ids": object_ids}, token=owner[1]))["presigned"]
+    assert bucket_http(urls[object_ids[0]], "PUT", history.blobs[object_ids[0]])[0] == 200
+    assert gc.run_gc(hub).orphans_deleted == 0  # fresh: its push may be on its way
+    clock.advance(gc.TEMP_GRACE + 60)
+    assert gc.run_gc(hub, dry_run=True).orphans_deleted == 1 and len(list(hub.store.iter_incoming())) == 1
+    assert gc.run_gc(hub).orphans_deleted == 1
+    assert list(hub.store.iter_incoming()) == [] and not hub.store.exists(BLOBS, object_ids[0])
 
 
 def test_a_url_the_hub_signed_before_the_move_to_s3_still_downloads(hub, app, pushed):

@@ -233,6 +233,29 @@ def test_a_presigned_put_cannot_be_retargeted(store):
     assert http_get(url, method="PUT", data=DATA)[0] == 403
 
 
+def test_uploads_not_yet_adopted_are_listed_and_removed_by_name(store):
+    digest = hashlib.sha256(DATA).hexdigest()
+    http_get(store.presign_put("repo-1", digest, 300), method="PUT", data=DATA)
+    (name, mtime), = store.iter_incoming()
+    assert name == f"repo-1/{digest}" and mtime > 0
+    assert store.remove_incoming(name) is True
+    assert list(store.iter_incoming()) == [] and store.adopt_upload("repo-1", digest) is None
+    assert store.remove_incoming(name) is False
+
+
+@pytest.mark.parametrize("name", ["repo-1", f"../blobs/{DIGEST}", f"repo 1/{DIGEST}", "repo-1/" + "0" * 63])
+def test_remove_incoming_takes_only_upload_names(store, name):
+    with pytest.raises(ValueError):
+        store.remove_incoming(name)
+
+
+def test_an_adopted_upload_is_no_longer_listed(store):
+    digest = hashlib.sha256(DATA).hexdigest()
+    http_get(store.presign_put("repo-1", digest, 300), method="PUT", data=DATA)
+    assert store.adopt_upload("repo-1", digest) == len(DATA)
+    assert list(store.iter_incoming()) == []
+
+
 # -- repair and fsck -------------------------------------------------------------------
 
 def test_a_write_over_a_damaged_object_repairs_it(store, s3_client, bucket):

@@ -227,6 +227,11 @@ def _sweep_orphans(hub: Hub, report: GcReport, gone: _Gone) -> None:
     for name, mtime in list(hub.store.iter_temp()):
         if mtime < temp_cutoff and (report.dry_run or hub.store.remove_temp(name)):
             report.orphans_deleted += 1
+    # A presigned upload is adopted by the push that follows it (push.adopt_uploads): one still
+    # waiting after the temp grace belongs to a client that gave up, and nothing names it.
+    for name, mtime in list(hub.store.iter_incoming()):
+        if mtime < temp_cutoff and (report.dry_run or hub.store.remove_incoming(name)):
+            report.orphans_deleted += 1
 
 
 def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcReport:

@@ -110,7 +110,7 @@ class LocalAdmin:
         return fsck.run_fsck(self.hub, dry_run=dry_run).as_dict()
 
 
-def admin_target(args: argparse.Namespace) -> LocalAdmin | AdminClient:
+def admin_target(args: argparse.Namespace, *, counted: bool = False) -> LocalAdmin | AdminClient:
     """The hub a server-side command acts on: ``--url`` over HTTP, else the existing hub at ``--home``.
 
     Never creates a hub: a home without one is refused (``NoHub``) before anything is written.
@@ -120,14 +120,32 @@ def admin_target(args: argparse.Namespace) -> LocalAdmin | AdminClient:
         raise UsageError("--home and --url name two hubs: give one")
     if url is not None:
         return AdminClient(url, getattr(args, "admin_token", None) or os.environ.get(ADMIN_TOKEN_ENV))
-    from mpack.hub.bootstrap import build_hub, existing_settings
-
     environ = dict(os.environ)
     if home is not None:
         environ["MPACKHUB_HOME"] = home
+    if counted:  # a command whose work the server's metrics count (gc): counted the same from a shell
+        count_with_the_server(environ)
+    from mpack.hub.bootstrap import build_hub, existing_settings  # after: it imports prometheus_client
+
     settings = existing_settings(environ)
     configure_logging(settings.log_level)
     return LocalAdmin(build_hub(settings))
+
+
+def count_with_the_server(environ: dict[str, str]) -> None:
+    """Let a command run from a shell (``gc``) count into the metric files the server's workers
+    share, so that the next scrape includes it: where that directory exists, point prometheus_client at it.
+
+    The library picks its multiprocess mode at its first import, which in this process is still to come
+    (the hub's modules are imported after this); a counter file stays counted after its process exits.
+    """
+    from mpack.hub.settings import METRICS_DIR_VAR, metrics_dir_from_env
+
+    if "prometheus_client" in sys.modules:
+        return
+    path = metrics_dir_from_env(environ)
+    if path.is_dir():
+        environ[METRICS_DIR_VAR] = os.environ[METRICS_DIR_VAR] = str(path)
 
 
 def add_hub_options(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +176,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    print(json.dumps(admin_target(args).gc(args.repo, args.dry_run)))
+    print(json.dumps(admin_target(args, counted=True).gc(args.repo, args.dry_run)))
     return 0
 
 

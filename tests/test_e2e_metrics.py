@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -98,3 +99,22 @@ def test_mpackhub_serve_counts_in_multiprocess_mode(tmp_path):
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=40)
+
+
+def test_a_gc_run_from_a_shell_is_in_the_servers_next_scrape(tmp_path):
+    """``mpackhub gc --home`` beside a running hub counts into the workers' metric files (carried over from
+    issue 8: a shell's GC was invisible to Prometheus); ``mpackhub jobs`` leaves no file of its own there."""
+    home = tmp_path / "hub"
+    with live_hub(home, workers=1, env={"MPACKHUB_JOB_THREADS": "0"}) as server:
+        before = total(scrape(server), "mpackhub_gc_runs_total")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("MPACKHUB_", "PROMETHEUS_"))}
+        files = set((home / "metrics").glob("*.db"))
+        for command in (["jobs"], ["gc", "--dry-run"], ["gc"]):
+            done = subprocess.run([sys.executable, "-m", "mpack.cli", *command, "--home", str(home)], env=environ,
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            if command == ["jobs"]:
+                assert set((home / "metrics").glob("*.db")) == files
+        samples = scrape(server)
+        assert total(samples, "mpackhub_gc_runs_total", mode="dry_run") == 1
+        assert total(samples, "mpackhub_gc_runs_total") == before + 2

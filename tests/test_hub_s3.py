@@ -92,6 +92,16 @@ def test_a_clone_downloads_the_pack_from_the_bucket_not_the_hub(app, pushed, fro
     assert bucket_http(again["mpack_url"])[0] == 200
 
 
+def test_bucket_urls_answered_are_counted_as_the_hub_never_sees_their_downloads(hub, app, pushed):
+    fetch_mpack(app, pushed.tip)  # built
+    fetch_mpack(app, pushed.tip)  # hit
+    fetch_mpack(app, "main")  # hit by branch
+    wire(app, "POST", f"{PATH}/fetch/mpack", {"want": ["sha256:" + "0" * 64]}, status=404)
+    sample = hub.metrics.registry.get_sample_value
+    assert sample("mpackhub_bucket_download_urls_total") == 3
+    assert sample("mpackhub_downloads_total", {"kind": "full"}) is None
+
+
 def test_a_tampered_bucket_url_is_refused(app, pushed):
     url = fetch_mpack(app, pushed.tip).json["mpack_url"]
     assert bucket_http(url.replace("X-Amz-Expires=", "X-Amz-Expires=9"))[0] == 403

@@ -64,6 +64,7 @@ def test_fetches_are_counted_by_result(app, admin, pushed):
         assert grown == 1, result
     assert value(after, "mpackhub_pack_builds_total") == 2
     assert value(after, "mpackhub_pack_build_seconds_count") == 2
+    assert value(after, "mpackhub_bucket_download_urls_total") == 0  # a local store: the hub serves downloads
     assert value(after, "mpackhub_pack_build_bytes_total") > 0
 
 

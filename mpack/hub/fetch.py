@@ -150,7 +150,7 @@ def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) 
     if len(want) == 1 and not have:
         answer = _fast_hit(hub, owner, name, user, want[0])
         if answer is not None:
-            hub.metrics.fetch("hit")
+            hub.metrics.fetch("hit", bucket_url=hub.store.signs_own_urls)
             return answer
     return fetch_request(hub, repos.readable_repo(owner, name, user), want, have)
 
@@ -182,7 +182,7 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
     except Exception:
         hub.metrics.fetch("error")
         raise
-    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss")
+    hub.metrics.fetch("hit" if answer["cached"] else "delta" if have else "miss", bucket_url=hub.store.signs_own_urls)
     return answer
 
 

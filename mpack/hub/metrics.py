@@ -62,6 +62,9 @@ class HubMetrics:
         self._fetch_children: dict[str, object] = {}
         self.fetch_requests = Counter(f"{PREFIX}_fetch_requests", "fetch/mpack requests by result",
                                       ["result"], registry=own)
+        self.bucket_urls = Counter(f"{PREFIX}_bucket_download_urls",
+                                   "presigned bucket URLs of packs answered to fetches (the bucket serves them)",
+                                   registry=own)
         self.download_bytes = Counter(f"{PREFIX}_download_bytes", "bytes sent by the signed download route",
                                       registry=own)
         self.downloads = Counter(f"{PREFIX}_downloads", "signed downloads by kind (full, range)", ["kind"],
@@ -89,11 +92,15 @@ class HubMetrics:
 
     # -- recording (called by the domain) ---------------------------------------------
 
-    def fetch(self, result: str) -> None:
+    def fetch(self, result: str, *, bucket_url: bool = False) -> None:
+        """One fetch request; ``bucket_url``: its answer is a presigned bucket URL, whose download the
+        hub never sees (``downloads_total`` counts only the hub's own download route)."""
         child = self._fetch_children.get(result)
         if child is None:  # labels() validates and locks on every call: look each result up once
             child = self._fetch_children[result] = self.fetch_requests.labels(result=result)
         child.inc()
+        if bucket_url and result != "error":
+            self.bucket_urls.inc()
 
     def download(self, length: int, *, partial: bool) -> None:
         self.downloads.labels(kind="range" if partial else "full").inc()

@@ -363,6 +363,15 @@ class Store(abc.ABC):
     def stat(self, namespace: str, digest: str) -> tuple[int, float]:
         """``(size, mtime)`` of the object; StoredObjectMissing if absent."""
 
+    def iter_mtimes(self, namespace: str) -> Iterator[tuple[str, float]]:
+        """``(digest, mtime)`` of every object in ``namespace``, in ascending order (one ``stat`` each here;
+        a bucket reads them off its listing). An object deleted meanwhile is left out."""
+        for digest in self.iter_digests(namespace):
+            try:
+                yield digest, self.stat(namespace, digest)[1]
+            except StoredObjectMissing:
+                continue
+
     @abc.abstractmethod
     def iter_temp(self) -> Iterator[tuple[str, float]]:
         """``(name, mtime)`` of every temp file, including crash leftovers."""

@@ -160,6 +160,13 @@ class S3Store(Store):
     def iter_digests(self, namespace: str) -> Iterator[str]:
         return self._iter_digests(f"{self.prefix}{check_namespace(namespace)}/")  # namespace checked eagerly
 
+    def iter_mtimes(self, namespace: str) -> Iterator[tuple[str, float]]:
+        start = f"{self.prefix}{check_namespace(namespace)}/"
+        for item in self._list(start):  # LastModified comes with the listing: no HEAD per object
+            name = item["Key"][len(start):]
+            if _HEX64.fullmatch(name):
+                yield name, item["LastModified"].timestamp()
+
     def _iter_digests(self, start: str) -> Iterator[str]:
         for item in self._list(start):
             name = item["Key"][len(start):]

@@ -233,6 +233,17 @@ def test_gc_removes_presigned_uploads_no_push_adopted_after_the_temp_grace(hub, 
     assert list(hub.store.iter_incoming()) == [] and not hub.store.exists(BLOBS, object_ids[0])
 
 
+def test_gc_reads_the_packs_ages_off_the_bucket_listing_not_one_head_each(hub, app, owner, repo, front):
+    history = History().linear(3)
+    push_history(app, owner[1], PATH, history)
+    for commit in history.commits:
+        fetch_mpack(app, commit["commit_id"])
+    asked = []
+    front.fault = lambda method, path: asked.append((method, path))
+    assert gc.run_gc(hub).mpacks_deleted == 0  # every pack is named by a live row
+    assert not [path for method, path in asked if method == "HEAD" and "/mpacks/" in path]
+
+
 def test_a_url_the_hub_signed_before_the_move_to_s3_still_downloads(hub, app, pushed):
     answer = fetch_mpack(app, pushed.tip).json
     url = hub.store.signer.url("GET", mpack_path(answer["mpack_id"]), 300)

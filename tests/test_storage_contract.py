@@ -87,6 +87,15 @@ def test_iter_digests_lists_the_stored_digests_in_order(store):
     assert list(store.iter_digests(BLOBS)) == sorted([DIGEST, OTHER_DIGEST])
 
 
+def test_iter_mtimes_lists_each_digest_in_order_with_the_mtime_stat_gives(store):
+    store.put_bytes(BLOBS, DIGEST, DATA)
+    store.put_bytes(BLOBS, OTHER_DIGEST, OTHER)
+    listed = list(store.iter_mtimes(BLOBS))
+    assert [digest for digest, _ in listed] == sorted([DIGEST, OTHER_DIGEST])
+    assert all(abs(mtime - store.stat(BLOBS, digest)[1]) < 1.0 for digest, mtime in listed)
+    assert list(store.iter_mtimes(MPACKS)) == []
+
+
 def test_iter_digests_of_an_empty_store_is_empty(store):
     assert list(store.iter_digests(MPACKS)) == []
 

@@ -211,17 +211,10 @@ def _delete_if(hub: Hub, condition) -> int:
         return FetchMPackCache.delete().where(condition).execute()
 
 
-def _published_before(hub: Hub, digest: str, cutoff: float) -> bool:
-    try:
-        return hub.store.stat(MPACKS, digest)[1] < cutoff
-    except StoredObjectMissing:
-        return False
-
-
 def _sweep_orphans(hub: Hub, report: GcReport, gone: _Gone) -> None:
     cutoff = hub.now() - hub.settings.effective_gc_grace - EXPIRY_SLACK
     # A cheap first look; each is re-checked under its lock in the deleting transaction.
-    old = [digest for digest in list(hub.store.iter_digests(MPACKS)) if _published_before(hub, digest, cutoff)]
+    old = [digest for digest, mtime in list(hub.store.iter_mtimes(MPACKS)) if mtime < cutoff]
     _delete_unnamed(hub, old, report, gone, published_before=cutoff)
     temp_cutoff = hub.now() - TEMP_GRACE
     for name, mtime in list(hub.store.iter_temp()):

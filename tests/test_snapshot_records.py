@@ -130,3 +130,51 @@ def test_the_depth_migration_gives_every_older_row_depth_zero(hub, app, owner, r
 ])
 def test_depths(new, stored, expected):
     assert snapshots.depths(stored, new) == expected
+
+
+def test_the_compaction_migration_keeps_in_full_only_the_keyframes_of_older_rows(hub, app, owner, repo, monkeypatch):
+    """Schema 9: rows from before depths (all kept in full, depth 0) and rows pushed after (depths counted
+    from them) end up as if pushed today; every record reads back the same, v1 fetch and fsck included."""
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", 1)  # every record kept in full, as before depths existed
+    h = every_kind_of_change()
+    push_history(app, owner[1], PATH, h, commits=h.commits[:12])
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", DEPTH)
+    push_history(app, owner[1], PATH, h, commits=h.commits[12:])  # depths counted from the old rows' 0
+    digests = [c["snapshot_id"] for c in h.commits]
+    before = snapshots.records(repo.repo_id, digests)
+    assert sum(kept_in_full().values()) > len(set(digests)) // 2
+    mine = db.MIGRATIONS.index(db._v9_compact_snapshot_records) + 1
+    SchemaVersion.delete().where(SchemaVersion.version >= mine).execute()
+    db.migrate(hub.db)
+    hub.db.connect(reuse_if_open=True)
+    fresh = snapshots.depths({}, [(row.digest, row.base) for row in SnapshotDelta.select()])
+    assert depth_of() == fresh and max(fresh.values()) == DEPTH - 1
+    assert kept_in_full() == {digest: depth == 0 for digest, depth in fresh.items()}
+    assert snapshots.records(repo.repo_id, digests) == before == {d: h.snapshots[d] for d in digests}
+    assert snapshots.compact(repo.repo_id) == 0  # done: a second pass changes nothing
+    assert fsck.run_fsck(hub).as_dict()["clean"] is True
+
+
+def test_compaction_leaves_a_repo_whose_chain_lost_its_base_as_it_is(hub, app, owner, repo, monkeypatch):
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", 1)
+    h = History().linear(4)
+    push_history(app, owner[1], PATH, h, commits=h.commits[:2])
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", DEPTH)
+    push_history(app, owner[1], PATH, h, commits=h.commits[2:])  # kept as deltas on the second record
+    SnapshotDelta.update(base="0" * 64).where(SnapshotDelta.digest == h.commits[1]["snapshot_id"]).execute()
+    kept = kept_in_full()
+    assert snapshots.compact(repo.repo_id) == 0
+    assert kept_in_full() == kept
+
+
+def test_compaction_leaves_a_repo_whose_new_keyframe_cannot_be_rebuilt_as_it_is(hub, app, owner, repo, monkeypatch):
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", 1)
+    h = History().linear(6)
+    push_history(app, owner[1], PATH, h, commits=h.commits[:2])
+    monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", DEPTH)
+    push_history(app, owner[1], PATH, h, commits=h.commits[2:])  # depths 1, 2, 3, 0 over the two old rows
+    lost = h.commits[3]["snapshot_id"]  # below the fifth record, which compaction would make a keyframe
+    SnapshotDelta.delete().where(SnapshotDelta.digest == lost).execute()
+    kept, depths = kept_in_full(), depth_of()
+    assert snapshots.compact(repo.repo_id) == 0
+    assert (kept_in_full(), depth_of()) == (kept, depths)

@@ -9,8 +9,8 @@ only where a delta chain starts or every ``KEYFRAME_DEPTH`` links down it
 (``depth`` 0 on the delta row); elsewhere it holds JSON ``null`` and the
 record is its base's record with the delta applied. Reading a record costs at
 most ``KEYFRAME_DEPTH`` deltas of one row each (git caps its delta chains the
-same way, ``pack.depth``, 50 by default). Rows written before this keep their
-full records and depth 0.
+same way, ``pack.depth``, 50 by default). Rows written before depths existed
+kept every record in full at depth 0; schema 9 compacts them (``compact``).
 
 Only the v1 wire fetch, fsck, a build's bridge between two unrelated records
 and a push whose base lies outside it read whole records; builds read deltas.
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 from mpack.hub import bulk
 from mpack.hub.jsonlike import JsonText
-from mpack.hub.models import Snapshot, SnapshotDelta
+from mpack.hub.models import Repo, Snapshot, SnapshotDelta
 
 KEYFRAME_DEPTH = 50
 NOT_KEPT = JsonText("null")  # snapshot.record of a snapshot kept as its delta only
@@ -141,3 +141,53 @@ def _rebuild(digest: str, full: dict[str, dict], links: dict[str, _Link], wanted
 def record(repo_id: str, digest: str) -> dict:
     """The full record of one stored snapshot; KeyError if the repo has none."""
     return records(repo_id, [digest])[digest]
+
+
+def compact(repo_id: str) -> int:
+    """Recompute the depth of every delta chain of the repo from its start and keep in full only the
+    records at depth 0 → how many records it stopped keeping.
+
+    For rows written before depths existed (schema 8 gave them all depth 0, every record kept in
+    full). Records that land on a keyframe but were kept as deltas are rebuilt first, from the chains
+    as they stand; a repo with such a record that cannot be rebuilt (a lost base) is left as it is.
+    """
+    rows = list(SnapshotDelta.select(SnapshotDelta.digest, SnapshotDelta.base, SnapshotDelta.depth)
+                .where(SnapshotDelta.repo == repo_id).tuples())
+    links = [(digest, base) for digest, base, _ in rows]
+    # A base with no delta row of its own (a lost one, or one this check cannot vouch for) is never leaned
+    # on: the snapshot above it starts a chain, kept in full.
+    unknown = {base for _, base in links if base} - {digest for digest, _ in links}
+    fresh = depths(dict.fromkeys(unknown, KEYFRAME_DEPTH - 1), links)
+    not_kept = {digest for (digest,) in Snapshot.select(Snapshot.digest)
+                .where((Snapshot.repo == repo_id) & (Snapshot.record == NOT_KEPT)).tuples()}
+    keyframes = [digest for digest, depth in fresh.items() if depth == 0 and digest in not_kept]
+    rebuilt = records(repo_id, keyframes)
+    if len(rebuilt) < len(keyframes):
+        return 0
+    dropped = sorted(digest for digest, depth in fresh.items() if depth > 0 and digest not in not_kept)
+    moved: dict[int, list[str]] = {}
+    for digest, _, depth in rows:
+        if fresh[digest] != depth:
+            moved.setdefault(fresh[digest], []).append(digest)
+    database = SnapshotDelta._meta.database
+    with database.atomic():
+        for digest, record in rebuilt.items():
+            Snapshot.update(record=record).where((Snapshot.repo == repo_id) & (Snapshot.digest == digest)).execute()
+        for depth, digests in moved.items():
+            for chunk in _chunks(digests):
+                SnapshotDelta.update(depth=depth).where(
+                    (SnapshotDelta.repo == repo_id) & SnapshotDelta.digest.in_(chunk)).execute()
+        for chunk in _chunks(dropped):
+            Snapshot.update(record=NOT_KEPT).where((Snapshot.repo == repo_id) & Snapshot.digest.in_(chunk)).execute()
+    return len(dropped)
+
+
+def compact_all() -> int:
+    """``compact`` every repo → records no longer kept in full."""
+    return sum(compact(repo_id) for (repo_id,) in Repo.select(Repo.repo_id).order_by(Repo.repo_id).tuples())
+
+
+def _chunks(digests: list[str]) -> Iterable[list[str]]:
+    step = bulk.MAX_PARAMS - 2
+    for start in range(0, len(digests), step):
+        yield digests[start:start + step]

@@ -219,6 +219,9 @@ class Store(abc.ABC):
 
     accepts_presigned_uploads = False  # True: presign_put/adopt_upload work (the S3 store)
     signs_own_urls = False  # True: presign_mpack_get returns the backend's URL, not the hub's route
+    # Objects a build may have opened at once: a bucket's GET waits a network round trip, so a build
+    # overlaps several; a local file opens in microseconds and is read ahead by the kernel instead.
+    concurrent_opens = 1
 
     def __init__(self, signer: UrlSigner) -> None:
         self.signer = signer

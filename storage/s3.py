@@ -86,6 +86,7 @@ class S3Store(Store):
     """A content-addressed store in an S3-compatible bucket (see the module docstring)."""
 
     signs_own_urls = True
+    concurrent_opens = 8  # of the client's pool of at least 10 connections (bootstrap: 16 and more)
     accepts_presigned_uploads = True
 
     def __init__(self, client: Any, location: S3Location, signer: UrlSigner, *,

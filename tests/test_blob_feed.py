@@ -194,3 +194,43 @@ def test_a_small_pack_gets_buffers_its_size_not_a_mebibyte_each():
         got = [(bytes(source), len(source.obj)) for _, source, _ in feed]
     assert [content for content, _ in got] == [files[b.digest] for b in order]
     assert max(size for _, size in got) <= len(b"one line\n") + len(b"another\n") + 3
+
+
+def test_a_store_with_concurrent_opens_has_that_many_in_flight_and_keeps_the_order():
+    """A bucket's opens (one GET each) overlap: four opens meet at a barrier that one-at-a-time opening never
+    reaches (it would time out); the blobs still come out in pack order with their bytes."""
+    order, files = stored(*(b"blob %d" % n * (n + 1) for n in range(12)), BIG * b"x"[:1], crc=True)
+    meeting = threading.Barrier(4, timeout=10)
+    in_flight, most, calls = [0], [0], [0]
+    lock = threading.Lock()
+
+    def open_blob(digest):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            calls[0] += 1
+            first_four = calls[0] <= 4
+        if first_four:
+            meeting.wait()  # the first four opens are in flight together
+        with lock:
+            in_flight[0] -= 1
+        return io.BytesIO(files[digest])
+
+    with BlobFeed(order, open_blob, concurrent_opens=4) as feed:
+        got = [(object_id, read_all(source)) for object_id, source, _ in feed]
+    assert got == [(b.object_id, files[b.digest]) for b in order]
+    assert most[0] == 4
+
+
+def test_concurrent_opens_report_a_missing_blob_when_the_build_reaches_it():
+    order, files = stored(b"one", b"two", b"three")
+    missing = order[1].digest
+
+    def open_blob(digest):
+        if digest == missing:
+            raise FileNotFoundError(digest)
+        return io.BytesIO(files[digest])
+
+    with BlobFeed(order, open_blob, concurrent_opens=3) as feed, pytest.raises(FileNotFoundError):
+        for _, source, _ in feed:
+            read_all(source)

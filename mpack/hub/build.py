@@ -160,7 +160,7 @@ def stored_blobs(repo: Repo, blobs: dict[str, str]) -> list[StoredBlob]:
 
 
 def _write_blobs(hub: Hub, writer: MPackWriter, order: list[StoredBlob]) -> None:
-    with BlobFeed(order, lambda digest: _open_blob(hub, digest)) as feed:
+    with BlobFeed(order, lambda digest: _open_blob(hub, digest), concurrent_opens=hub.store.concurrent_opens) as feed:
         for group in feed.groups():
             if not isinstance(group, list):
                 writer.add_blob(*group)

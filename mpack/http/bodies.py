@@ -42,6 +42,9 @@ MIN_PIECE = 64  # the smallest read: what the slowest settings (1 KiB/s, 0.1 s) 
 # it on every read, so 32 KiB reads of a body cost ~16 copies of each byte (a push/objects
 # of 85 MB spent 0.14 s of its 0.47 s there); one read per MiB costs one copy.
 MAX_PIECE = 1024 * 1024
+# Bodies at least this large are received straight into place (_receive_into); a smaller one (a fetch,
+# refs, filter-objects: the hit route's body is ~100 bytes) has nothing worth saving there.
+DIRECT_MIN = 256 * 1024
 SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 # A body refused for want of a reader is taken if it has already arrived (a fast client
 # then reads its 503 rather than a reset); a stalled one costs the thread this long.
@@ -185,7 +188,7 @@ class Intake:
             # A declared length is filled in place: the body is held once, not once in
             # pieces and again joined (a 256 MiB push would peak at 512 MiB).
             body = bytearray(length or 0)
-            if length is not None and _receive_into(req, watch, body, self.clock):
+            if length is not None and length >= DIRECT_MIN and _receive_into(req, watch, body, self.clock):
                 return body
             for piece in self._pieces(req, watch, max_bytes + 1):
                 if length is not None:

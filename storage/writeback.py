@@ -41,17 +41,13 @@ _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 _CALL = linux_call("sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint])
 
 
-class KEEP_DEFAULT:  # noqa: N801 - a sentinel: ``KEEP`` as it is when the tracker is made
-    pass
-
-
 class Writeback:
     """Tracks how much of one file was written: starts write-back every ``step`` bytes, and once more than
-    ``keep`` steps are in flight waits for the oldest and drops its pages (``keep=None``: never drops)."""
+    ``keep`` steps are in flight waits for the oldest and drops its pages (defaults: ``STEP``, ``KEEP``)."""
 
-    def __init__(self, step: int | None = None, keep: int | None | type[KEEP_DEFAULT] = KEEP_DEFAULT) -> None:
+    def __init__(self, step: int | None = None, keep: int | None = None) -> None:
         self._step = STEP if step is None else step
-        self._keep = KEEP if keep is KEEP_DEFAULT else keep
+        self._keep = KEEP if keep is None else keep
         self._started = 0  # bytes whose write-back was started
         self._in_flight: deque[tuple[int, int]] = deque()  # (offset, length) started, not yet dropped
 
@@ -64,7 +60,7 @@ class Writeback:
         _CALL(fd, self._started, size - self._started, _WRITE)  # advisory: errors change nothing
         self._in_flight.append((self._started, size - self._started))
         self._started = size
-        while self._keep is not None and len(self._in_flight) > self._keep:
+        while len(self._in_flight) > self._keep:
             offset, length = self._in_flight.popleft()
             _CALL(fd, offset, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
             with contextlib.suppress(OSError, AttributeError):  # AttributeError: no posix_fadvise here

@@ -46,21 +46,6 @@ def test_once_more_than_keep_steps_are_in_flight_the_oldest_is_waited_for_and_it
                      (100, 100, wait), ("drop", 100, 100, os.POSIX_FADV_DONTNEED)]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
-def test_keep_none_never_drops_pages(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(writeback, "_CALL", lambda fd, offset, length, flags: calls.append(flags) or 0)
-    monkeypatch.setattr(writeback.os, "posix_fadvise", lambda *args: calls.append("drop"))
-    tracker = writeback.Writeback(step=10, keep=None)
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in range(10, 200, 10):
-            tracker.written(fd, size)
-    finally:
-        os.close(fd)
-    assert calls == [writeback._WRITE] * 19
-
-
 def test_a_large_pending_file_is_stored_whole_with_write_back_on(tmp_path, monkeypatch):
     monkeypatch.setattr(writeback, "STEP", 1 << 10)
     monkeypatch.setattr(writeback, "KEEP", 2)  # steps are waited for and their pages dropped while writing

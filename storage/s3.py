@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from storage.base import (
-    BLOBS,
     MPACKS,
     PendingFile,
     RecentlyFound,
@@ -59,18 +58,17 @@ from storage.s3_client import (
     mapped,
     status,
 )
+from storage.s3_incoming import PresignedUploads
 from storage.s3_upload import MultipartPending
 from storage.signing import UrlSigner
 
 SIGV4_MAX_TTL = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer (AWS S3 docs)
 PART_SIZE = 8 * 1024 * 1024  # S3 needs parts of at least 5 MiB, except the last
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
-READ_CHUNK = 1024 * 1024
 PROBE_BYTES = 4096  # the health check's write
 EXISTS_MEMO_SECONDS = 30.0  # how long still_exists trusts a positive answer
 EXISTS_MEMO_SIZE = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_REPO_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def _new_temp_name(now: float) -> str:
@@ -82,7 +80,7 @@ def _temp_created(name: str) -> float:
     return float(int(name[:8], 16))
 
 
-class S3Store(Store):
+class S3Store(PresignedUploads, Store):
     """A content-addressed store in an S3-compatible bucket (see the module docstring)."""
 
     signs_own_urls = True
@@ -119,11 +117,6 @@ class S3Store(Store):
 
     def _temp_key(self, name: str) -> str:
         return f"{self.prefix}tmp/{name}"
-
-    def _incoming_key(self, repo_key: str, digest: str) -> str:
-        if not _REPO_KEY.fullmatch(repo_key):
-            raise ValueError(f"not a repository key: {repo_key!r}")
-        return f"{self.prefix}incoming/{repo_key}/{check_digest(digest)}"
 
     # -- reads -------------------------------------------------------------------
 
@@ -335,29 +328,7 @@ class S3Store(Store):
             removed = True
         return removed
 
-    def iter_incoming(self) -> Iterator[tuple[str, float]]:
-        start = f"{self.prefix}incoming/"
-        for item in self._list(start):
-            name = item["Key"][len(start):]
-            if self._incoming_name(name):
-                yield name, item["LastModified"].timestamp()
-
-    def remove_incoming(self, name: str) -> bool:
-        if not self._incoming_name(name):
-            raise ValueError(f"not an upload name: {name!r}")
-        key = f"{self.prefix}incoming/{name}"
-        if self._head(key) is None:
-            return False
-        with mapped(f"cannot remove upload {name}"):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        return True
-
-    @staticmethod
-    def _incoming_name(name: str) -> bool:
-        repo_key, _, digest = name.partition("/")
-        return bool(_REPO_KEY.fullmatch(repo_key) and _HEX64.fullmatch(digest))
-
-    # -- signed URLs and presigned uploads ---------------------------------------
+    # -- signed URLs -------------------------------------------------------------------
 
     def presign_mpack_get(self, mpack_id: str, ttl_seconds: int) -> str:
         """The bucket's own presigned GET (SigV4), valid ``ttl_seconds`` (at most 7 days)."""
@@ -367,38 +338,8 @@ class S3Store(Store):
         key = self.key(namespace, digest)
         return self._presign("get_object", key, ttl_seconds)
 
-    def presign_put(self, repo_key: str, digest: str, ttl_seconds: int) -> str:
-        """A presigned PUT to this repository's incoming area, checked by ``adopt_upload`` later."""
-        return self._presign("put_object", self._incoming_key(repo_key, digest), ttl_seconds)
-
     def _presign(self, operation: str, key: str, ttl_seconds: int) -> str:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         return self.client.generate_presigned_url(
             operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=min(int(ttl_seconds), SIGV4_MAX_TTL))
-
-    def adopt_upload(self, repo_key: str, digest: str) -> int | None:
-        """Verify a presigned upload and publish it as a blob → its size, or None if absent or wrong.
-
-        The bytes are read once through the hub and written to their content
-        address from what was hashed (so a client swapping the upload midway
-        cannot slip other bytes in); the incoming copy is then deleted.
-        """
-        source = self._incoming_key(repo_key, digest)
-        response = None
-        with contextlib.suppress(Absent), mapped(f"cannot read upload {digest}", missing=Absent):
-            response = self.client.get_object(Bucket=self.bucket, Key=source)
-        if response is None:
-            return None
-        body = BodyReader(response["Body"], f"reading upload {digest}")
-        try:
-            with body, self.new_file(BLOBS) as pending:
-                for chunk in iter(lambda: body.read(READ_CHUNK), b""):
-                    pending.write(chunk)
-                size = pending.size
-                pending.commit(digest)
-        except ContentMismatch:
-            size = None
-        with mapped(f"cannot remove upload {digest}"):
-            self.client.delete_object(Bucket=self.bucket, Key=source)
-        return size

@@ -11,8 +11,8 @@ import contextlib
 import os
 from typing import IO, Protocol
 
-from storage.base import PendingFile
 from storage.errors import from_os_error
+from storage.pending import PendingFile
 from storage.writeback import Writeback
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from storage.base import (
-    PendingFile,
     Store,
     check_digest,
     check_namespace,
@@ -23,6 +22,7 @@ from storage.base import (
     new_temp_name,
 )
 from storage.errors import StorageError, StoredObjectMissing
+from storage.pending import PendingFile
 from storage.signing import UrlSigner
 
 

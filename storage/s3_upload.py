@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Protocol
 
-from storage.base import PendingFile
 from storage.errors import StorageError
+from storage.pending import PendingFile
 from storage.s3_client import BotoCoreError, ClientError, mapped
 
 

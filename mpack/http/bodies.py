@@ -304,9 +304,10 @@ def _receive_into(req: falcon.Request, watch: _Watch, body: bytearray, clock: Ca
     way (recv, gunicorn's read-ahead buffer, its ``getvalue``, its slice) before
     ours. ``recv_into`` puts each byte in place once: a 16 MB push/objects of
     stored objects took 51–69 ms of server time instead of 61–74 ms on a
-    machine whose memory copies ran at ~1 GB/s. It needs gunicorn's request internals (a body of known
-    length not yet read, its socket, and ``take_buffered`` for the bytes that
-    arrived with the headers); anything else keeps the ``wsgi.input`` path.
+    machine whose memory copies ran at ~1 GB/s. It needs gunicorn's request
+    internals (a body of known length not yet read, its socket, and
+    ``take_buffered`` for the bytes that arrived with the headers); anything
+    else keeps the ``wsgi.input`` path.
     """
     sock, stream = watch.sock, req.env.get("wsgi.input")
     reader = getattr(stream, "reader", None)

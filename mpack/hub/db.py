@@ -330,8 +330,8 @@ def _v8_snapshot_chain_depths(db: pw.Database) -> None:
 
 def _v9_compact_snapshot_records(db: pw.Database) -> None:
     """Records written before chain depths existed, kept as deltas where a chain does not start
-    (``snapshots.compact``): a 1x bench history's SQLite file held 172 MB of them, 9.5 MB after. The
-    file keeps its size until VACUUM; new rows reuse the pages freed meanwhile."""
+    (``snapshots.compact``): a 1x bench history's SQLite file held 172.6 MB of them, 9.3 MB after VACUUM.
+    The file keeps its size until VACUUM; new rows reuse the pages freed meanwhile."""
     dropped = snapshots.compact_all()
     if dropped:
         log.info("snapshot records compacted", extra={"records_kept_as_deltas": dropped})

@@ -100,10 +100,7 @@ def _chains(repo_id: str, digests: set[str]) -> list[tuple]:
     columns = ", ".join(f"d.{name}" for name in _LINK_COLUMNS)
     mark = database.param
     found = []
-    wanted = sorted(digests)
-    step = bulk.MAX_PARAMS - 2
-    for start in range(0, len(wanted), step):
-        chunk = wanted[start:start + step]
+    for chunk in _chunks(sorted(digests)):
         found += database.execute_sql(
             f"WITH RECURSIVE chain(digest) AS ("
             f" SELECT digest FROM {table} WHERE repo_id = {mark} AND digest IN ({', '.join([mark] * len(chunk))})"
@@ -188,6 +185,7 @@ def compact_all() -> int:
 
 
 def _chunks(digests: list[str]) -> Iterable[list[str]]:
+    """``digests`` in lists that fit one statement beside two more parameters (the repo id, twice)."""
     step = bulk.MAX_PARAMS - 2
     for start in range(0, len(digests), step):
         yield digests[start:start + step]

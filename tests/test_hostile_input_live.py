@@ -341,3 +341,42 @@ def test_a_body_cut_short_is_a_400_and_the_connection_is_not_reused(public_repo_
         answer = read_answer(sock, 30)
     status, reply = int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[1]
     assert status == 400 and json.loads(reply)["error"] == "malformed_body", answer[:300]
+
+
+def _fetch_request(host: str, body: bytes) -> bytes:
+    return (f"POST /alice/song/fetch/mpack HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_small_bodies_that_arrived_with_their_headers_leave_pipelined_requests_intact(public_repo_hub):
+    """Two fetch/mpack bodies (taken from gunicorn's buffer, bodies._arrived) and a GET /healthz sent in one
+    write on one connection: three answers, in order, each the one its request asks for."""
+    server, _ = public_repo_hub
+    host, port = server.url.removeprefix("http://").split(":")
+    unknown = json.dumps({"want": ["no-such-branch"], "have": []}).encode()
+    malformed = b'{"want": 7}'
+    healthz = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(_fetch_request(host, unknown) + _fetch_request(host, malformed) + healthz)
+        (first, first_reply), (second, second_reply), (third, third_reply) = _responses(sock, 3)
+    assert first == 404 and json.loads(first_reply)["error"] == "unknown_commits", first_reply
+    assert second == 400 and json.loads(second_reply)["error"] == "invalid_field", second_reply
+    assert third == 200 and json.loads(third_reply)["status"] == "ok"
+
+
+def test_a_small_body_that_arrives_after_its_headers_is_read_whole(public_repo_hub):
+    """The headers, a pause, then the body in two pieces: gunicorn's buffer does not hold the body, so it is
+    read under a reader and a deadline — and answered as if it had come at once."""
+    server, _ = public_repo_hub
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"want": ["no-such-branch"], "have": []}).encode()
+    request = _fetch_request(host, body)
+    head = request[:len(request) - len(body)]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        time.sleep(0.2)  # what is sent later cannot be in the buffer the headers were parsed from
+        sock.sendall(body[:10])
+        time.sleep(0.1)
+        sock.sendall(body[10:])
+        [(status, reply)] = _responses(sock, 1)
+    assert status == 404 and json.loads(reply)["error"] == "unknown_commits", reply

@@ -45,6 +45,9 @@ MAX_PIECE = 1024 * 1024
 # Bodies at least this large are received straight into place (_receive_into); a smaller one (a fetch,
 # refs, filter-objects: the hit route's body is ~100 bytes) has nothing worth saving there.
 DIRECT_MIN = 256 * 1024
+# A body this small that gunicorn already read with the headers is taken from its buffer, without a
+# reader slot or a deadline (_arrived): there is no client to wait for.
+ARRIVED_MAX = 64 * 1024
 SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 # A body refused for want of a reader is taken if it has already arrived (a fast client
 # then reads its 503 rather than a reset); a stalled one costs the thread this long.
@@ -184,6 +187,11 @@ class Intake:
         if length == 0 or (length is None and not req.env.get("wsgi.input_terminated")):
             req.context.body_done = True
             return b""
+        if length is not None and length <= ARRIVED_MAX:
+            arrived = _arrived(req, length)
+            if arrived is not None:
+                req.context.body_done = True
+                return arrived
         with self._reading(req) as watch:
             # A declared length is filled in place: the body is held once, not once in
             # pieces and again joined (a 256 MiB push would peak at 512 MiB).
@@ -297,6 +305,41 @@ class Intake:
                 sock.shutdown(socket.SHUT_RD)
 
 
+def _unread_body(req: falcon.Request, length: int) -> tuple | None:
+    """gunicorn's ``(Body, LengthReader, Unreader)`` of a body of ``length`` bytes none of which was read yet
+    → None under any other server, or once reading began (then only ``wsgi.input`` knows where it is)."""
+    stream = req.env.get("wsgi.input")
+    reader = getattr(stream, "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    if (type(reader).__name__ != "LengthReader" or getattr(reader, "length", None) != length
+            or getattr(getattr(stream, "buf", None), "tell", lambda: 1)() != 0
+            or not hasattr(unreader, "take_buffered") or not hasattr(unreader, "unread")):
+        return None
+    return stream, reader, unreader
+
+
+def _arrived(req: falcon.Request, length: int) -> bytes | None:
+    """The whole body, if gunicorn already holds it (read with the headers) → else None, nothing taken.
+
+    Such a body waits on no client: it needs no reader slot and no deadline.
+    A cache hit's ~100-byte body arrives this way, in the headers' packet.
+    """
+    unread = _unread_body(req, length)
+    if unread is None:
+        return None
+    _, reader, unreader = unread
+    held = unreader.take_buffered()
+    if len(held) < length:
+        if held:
+            unreader.unread(held)
+        return None
+    if len(held) > length:  # the start of a pipelined request: gunicorn reads it next
+        unreader.unread(held[length:])
+        held = held[:length]
+    reader.length = 0
+    return held
+
+
 def _receive_into(req: falcon.Request, watch: _Watch, body: bytearray, clock: Callable[[], float]) -> bool:
     """Fill ``body`` straight from gunicorn's socket → False where that is not possible (then nothing was read).
 
@@ -309,13 +352,10 @@ def _receive_into(req: falcon.Request, watch: _Watch, body: bytearray, clock: Ca
     ``take_buffered`` for the bytes that arrived with the headers); anything
     else keeps the ``wsgi.input`` path.
     """
-    sock, stream = watch.sock, req.env.get("wsgi.input")
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    if (sock is None or type(reader).__name__ != "LengthReader" or getattr(reader, "length", None) != len(body)
-            or getattr(getattr(stream, "buf", None), "tell", lambda: 1)() != 0
-            or not hasattr(unreader, "take_buffered") or not hasattr(unreader, "unread")):
+    sock, unread = watch.sock, _unread_body(req, len(body))
+    if sock is None or unread is None:
         return False
+    stream, reader, unreader = unread
     length, view = len(body), memoryview(body)
     held = unreader.take_buffered()
     if len(held) > length:  # the start of a pipelined request: gunicorn reads it next

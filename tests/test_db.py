@@ -122,3 +122,13 @@ def test_workers_starting_together_migrate_one_fresh_database_once(tmp_path):
     assert versions == list(range(1, dbmod.SCHEMA_VERSION + 1))
     db.close()
     assert POSTGRES or url.startswith("sqlite:///")
+
+
+def test_sqlite_commits_are_durable_when_acknowledged(tmp_path):
+    """WAL with synchronous=FULL: a push answered 200 survives a power loss (docs/decisions.md)."""
+    db = dbmod.open_database(f"sqlite:///{tmp_path / 'hub.sqlite3'}")
+    try:
+        journal, synchronous = (db.execute_sql(f"PRAGMA {name}").fetchone()[0] for name in ("journal_mode", "synchronous"))
+        assert (journal, synchronous) == ("wal", 2)  # 2 = FULL: the WAL is synced at every commit
+    finally:
+        db.close()

@@ -1,7 +1,7 @@
 """Opening the database and bringing its schema up to date.
 
 SQLite (the default) runs in WAL mode with a busy timeout, foreign keys on and
-``synchronous=NORMAL``; every ``atomic()`` begins ``IMMEDIATE`` so that a
+``synchronous=FULL`` (what was answered as done survives a power loss: docs/decisions.md); every ``atomic()`` begins ``IMMEDIATE`` so that a
 transaction that may write takes the write lock up front instead of failing
 with SQLITE_BUSY half way. Connections are per thread and opened lazily, so a
 process that forks (gunicorn) never hands one to its children: ``migrate``
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SQLITE_PRAGMAS = {
     "busy_timeout": 5000,
     "journal_mode": "wal",
-    "synchronous": "normal",
+    "synchronous": "full",
     "foreign_keys": 1,
     "journal_size_limit": 64 * 1024 * 1024,
     "cache_size": -16 * 1024,

@@ -1,7 +1,8 @@
 """Opening the database and bringing its schema up to date.
 
 SQLite (the default) runs in WAL mode with a busy timeout, foreign keys on and
-``synchronous=FULL`` (what was answered as done survives a power loss: docs/decisions.md); every ``atomic()`` begins ``IMMEDIATE`` so that a
+``synchronous=FULL`` (what was answered as done survives a power loss:
+docs/decisions.md); every ``atomic()`` begins ``IMMEDIATE`` so that a
 transaction that may write takes the write lock up front instead of failing
 with SQLITE_BUSY half way. Connections are per thread and opened lazily, so a
 process that forks (gunicorn) never hands one to its children: ``migrate``

@@ -10,6 +10,7 @@ hub. Errors print one line and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -138,14 +139,44 @@ def count_with_the_server(environ: dict[str, str]) -> None:
 
     The library picks its multiprocess mode at its first import, which in this process is still to come
     (the hub's modules are imported after this); a counter file stays counted after its process exits.
+
+    All such commands share one set of files (``counter_shell.db`` …) instead of one per run, which
+    a scrape would read one by one (an hourly cron would add 24 a day until the server restarts):
+    the first to take ``shell.lock`` in the directory writes them, its counts added to those before
+    it; one run while another holds the lock keeps files of its own (two processes must never write
+    one file). The lock is released when the process exits.
     """
     from mpack.hub.settings import METRICS_DIR_VAR, metrics_dir_from_env
 
     if "prometheus_client" in sys.modules:
         return
     path = metrics_dir_from_env(environ)
-    if path.is_dir():
-        environ[METRICS_DIR_VAR] = os.environ[METRICS_DIR_VAR] = str(path)
+    if not path.is_dir():
+        return
+    environ[METRICS_DIR_VAR] = os.environ[METRICS_DIR_VAR] = str(path)
+    if _hold_shell_lock(path):
+        from prometheus_client import values  # multiprocess mode: the directory is set
+
+        values.ValueClass = values.MultiProcessValue(process_identifier=lambda: SHELL_METRICS_ID)
+
+
+SHELL_METRICS_ID = "shell"
+_held_locks: list[int] = []  # open for the life of the process: closing one releases its lock
+
+
+def _hold_shell_lock(metrics_dir: Path) -> bool:
+    """Take ``shell.lock`` in ``metrics_dir`` for the rest of this process → False if another process holds it."""
+    try:
+        fd = os.open(metrics_dir / "shell.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held_locks.append(fd)
+    return True
 
 
 def add_hub_options(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """Metrics on a real gunicorn with 2 workers: every worker's counts (and its job threads') add up in one scrape."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -118,3 +119,28 @@ def test_a_gc_run_from_a_shell_is_in_the_servers_next_scrape(tmp_path):
         samples = scrape(server)
         assert total(samples, "mpackhub_gc_runs_total", mode="dry_run") == 1
         assert total(samples, "mpackhub_gc_runs_total") == before + 2
+        shell_files = set((home / "metrics").glob("*.db")) - files
+        assert shell_files and all(f.stem.endswith("_shell") for f in shell_files)  # one set for every run
+
+
+def test_gc_runs_from_a_shell_share_one_metric_file_unless_one_runs_alongside(tmp_path):
+    """An hourly cron's runs would each leave a file the scrape reads until the server restarts: runs one after
+    another count into ``counter_shell.db``; a run while another holds ``shell.lock`` writes files of its own."""
+    home = tmp_path / "hub"
+    with live_hub(home, workers=1, env={"MPACKHUB_JOB_THREADS": "0"}) as server:
+        before = total(scrape(server), "mpackhub_gc_runs_total")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("MPACKHUB_", "PROMETHEUS_"))}
+        gc = [sys.executable, "-m", "mpack.cli", "gc", "--home", str(home)]
+        files = set((home / "metrics").glob("*.db"))
+        for _ in range(3):
+            done = subprocess.run(gc, env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        after_three = set((home / "metrics").glob("*.db")) - files
+        assert {f.stem.rsplit("_", 1)[1] for f in after_three} == {"shell"}
+        with open(home / "metrics" / "shell.lock", "a") as held:  # as a run still going would hold it
+            fcntl.flock(held, fcntl.LOCK_EX)
+            done = subprocess.run(gc, env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        alongside = set((home / "metrics").glob("*.db")) - files - after_three
+        assert alongside and all(f.stem.rsplit("_", 1)[1].isdigit() for f in alongside)
+        assert total(scrape(server), "mpackhub_gc_runs_total") == before + 4

@@ -11,7 +11,9 @@ Guarantees, per worker process:
   body (``/healthz``, ``refs``, downloads). A body that finds every reader
   taken waits up to ``SLOT_WAIT`` while some reader moves data at the minimum
   rate, and is answered 503 (``Retry-After: 1``) otherwise — at once when
-  only stalled clients hold them.
+  only stalled clients hold them. A small body (``ARRIVED_MAX``) that
+  gunicorn already read with the headers is simply taken: it waits on no
+  client, so it needs neither a reader nor a deadline (a cache hit's).
 - A request answered before its body was read (401, 403, 404, 413 …) has the
   body read and discarded first, up to ``body_drain_bytes`` and within the
   deadline, so that a client that sends its whole body before reading the

@@ -143,17 +143,31 @@ def test_a_full_database_is_507_with_a_clear_error_and_no_misleading_log(db_on_d
     assert Commit.select().count() == 203
 
 
-def test_healthz_is_503_while_the_database_cannot_take_a_write(db_on_disk, db_disk):
+def test_healthz_is_503_while_the_database_cannot_take_a_write(db_on_disk, db_disk, clock):
     app = webtest.TestApp(create_app(db_on_disk))
     assert app.get("/healthz").json["database_writable"] is True
     db_disk.fill()
+    clock.advance(db_on_disk.settings.health_probe_seconds)  # the last probe's answer has expired
 
     response = app.get("/healthz", expect_errors=True)
 
     assert response.status_int == 503
     assert response.json["status"] == "degraded" and response.json["database_writable"] is False
     db_disk.free()
+    clock.advance(db_on_disk.settings.health_probe_seconds)
     assert app.get("/healthz", status=200).json["status"] == "ok"
+
+
+def test_healthz_answers_from_its_last_probe_for_a_while(db_on_disk, db_disk, clock):
+    """/healthz is anonymous and its probes are disk syncs: within health_probe_seconds of a probe the next
+    checks reuse its answer (a disk filled meanwhile shows once that time is up)."""
+    app = webtest.TestApp(create_app(db_on_disk))
+    assert app.get("/healthz").json["status"] == "ok"
+    db_disk.fill()
+    clock.advance(db_on_disk.settings.health_probe_seconds * 0.9)
+    assert app.get("/healthz").json["database_writable"] is True  # not probed again: the filled disk unseen
+    clock.advance(db_on_disk.settings.health_probe_seconds * 0.1)
+    assert app.get("/healthz", expect_errors=True).json["database_writable"] is False
 
 
 # -- the store's disk -----------------------------------------------------------------
@@ -174,12 +188,13 @@ def test_a_full_store_is_507_and_leaves_no_partial_file(store_on_disk, store_dis
     push_history(app, token, PATH, history, status=200)
 
 
-def test_healthz_is_503_while_the_store_cannot_take_a_write(store_on_disk, store_disk):
+def test_healthz_is_503_while_the_store_cannot_take_a_write(store_on_disk, store_disk, clock):
     app = webtest.TestApp(create_app(store_on_disk))
     store_disk.fill()
     response = app.get("/healthz", expect_errors=True)
     assert response.status_int == 503 and response.json["store_writable"] is False
     store_disk.free()
+    clock.advance(store_on_disk.settings.health_probe_seconds)  # the failed probe's answer has expired
     assert app.get("/healthz", status=200).json["store_writable"] is True
 
 

@@ -72,9 +72,10 @@ def test_store_url_selects_the_s3_store(hub, bucket):
     assert not (hub.settings.home / "store").exists()
 
 
-def test_healthz_reports_whether_the_bucket_answers(app, front):
+def test_healthz_reports_whether_the_bucket_answers(hub, app, front, clock):
     assert app.get("/healthz").json["store_writable"] is True
     front.fail(503)
+    clock.advance(hub.settings.health_probe_seconds)  # the last probe's answer has expired
     assert app.get("/healthz", expect_errors=True).json["store_writable"] is False
 
 

@@ -30,8 +30,12 @@ class Resource:
 
 
 class Health(Resource):
+    def __init__(self, hub) -> None:
+        super().__init__(hub)
+        self.probes = health.WriteProbes()  # this process's recent write probes: the route is anonymous
+
     def on_get(self, req, resp):
-        report = health.health(self.hub)
+        report = health.health(self.hub, self.probes)
         send(req, resp, report, falcon.HTTP_200 if report["status"] == "ok" else falcon.HTTP_503)
 
 

@@ -3,9 +3,18 @@
 Each check writes for real (a row that allocates pages, committed then deleted;
 a 4 KiB temp file, fsynced then removed), so a full disk or a database at its
 size limit reports ``degraded`` (503) while reads may still work.
+
+The route is anonymous and those two writes are two disk syncs (and the
+database's write lock): ``WriteProbes`` lets a process probe at most once per
+``health_probe_seconds`` (default 2 s; 0 probes on every request) and answers
+the checks in between from the last probe, so a flood of health checks costs
+no more than a load balancer's polling. A disk that fills is reported within
+that time.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import peewee as pw
@@ -41,14 +50,43 @@ def writable(hub: Hub) -> bool:
     return _database_writable(hub) and _store_writable(hub)
 
 
-def health(hub: Hub) -> dict:
+@dataclass(frozen=True)
+class _Probed:
+    at: float
+    database: bool
+    store: bool
+
+
+class WriteProbes:
+    """The last write probes of this process, reused for ``health_probe_seconds`` (see the module docstring).
+
+    One probe runs at a time: checks arriving meanwhile wait for its answer instead of probing too.
+    """
+
+    def __init__(self) -> None:
+        self._last: _Probed | None = None
+        self._lock = threading.Lock()
+
+    def results(self, hub: Hub, *, database: bool = True) -> tuple[bool, bool]:
+        """(database writable, store writable): from a probe at most ``health_probe_seconds`` old.
+        ``database=False``: the database did not answer a read, so it is not probed (reported False)."""
+        with self._lock:
+            last, now = self._last, hub.now()
+            if last is not None and 0 <= now - last.at < hub.settings.health_probe_seconds:
+                return last.database and database, last.store
+            probed = _Probed(now, database and _database_writable(hub), _store_writable(hub))
+            self._last = probed
+            return probed.database, probed.store
+
+
+def health(hub: Hub, probes: WriteProbes | None = None) -> dict:
+    """The report of ``GET /healthz``; ``probes`` reuses recent write probes (None: probe now)."""
     try:
         version: int | None = dbmod.current_version(hub.db)
     except pw.DatabaseError as exc:
         dbmod.discard_after(hub.db, exc)
         version = None
-    database_ok = version is not None and _database_writable(hub)
-    store_ok = _store_writable(hub)
+    database_ok, store_ok = (probes or WriteProbes()).results(hub, database=version is not None)
     ok = version == dbmod.SCHEMA_VERSION and database_ok and store_ok
     return {"status": "ok" if ok else "degraded", "schema_version": version, "database_writable": database_ok,
             "store_writable": store_ok, "job_pool": "running" if hub.pool is not None else "off"}

@@ -44,6 +44,7 @@ class Settings:
     job_max_attempts: int = 5
     job_lease_seconds: int = 60
     job_poll_seconds: float = 2.0
+    health_probe_seconds: float = 2.0
     job_retention: int = 7 * DAY
     cache_max_bytes: int = 0
     gc_grace: int = 0  # 0 → url_ttl_max (a file outlives any URL that may name it)
@@ -103,6 +104,7 @@ class Settings:
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),
             job_poll_seconds=env.float("MPACKHUB_JOB_POLL_SECONDS", 2.0, minimum=0.05, maximum=60.0),
+            health_probe_seconds=env.float("MPACKHUB_HEALTH_PROBE_SECONDS", 2.0, minimum=0.0, maximum=300.0),
             job_retention=env.int("MPACKHUB_JOB_RETENTION", 7 * DAY, minimum=0),
             cache_max_bytes=env.int("MPACKHUB_CACHE_MAX_BYTES", 0, minimum=0),
             gc_grace=env.int("MPACKHUB_GC_GRACE", 0, minimum=0),

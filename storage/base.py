@@ -239,6 +239,10 @@ class Store(abc.ABC):
         """
         return self.signer.url("GET", mpack_path(mpack_id), ttl_seconds)
 
+    def disk_space(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the filesystem the store writes to; None where that has no meaning (a bucket)."""
+        return None
+
     def still_exists(self, namespace: str, digest: str) -> bool:
         """``exists`` for hot read paths (a cache hit's check): a backend whose ``exists`` is a network
         round trip may answer from its recent positive answers. Never for a check a write relies on."""

@@ -142,6 +142,10 @@ class LocalStore(Store):
         key, path = self._locate(namespace, digest)
         return os.path.isfile(path) or os.path.isfile(self._legacy(namespace, key))
 
+    def disk_space(self) -> tuple[int, int] | None:
+        usage = shutil.disk_usage(self.root)
+        return usage.free, usage.total
+
     def still_exists(self, namespace: str, digest: str) -> bool:
         """``exists``, trusting a positive answer for ``EXISTS_MEMO_SECONDS``: most cache hits then
         cost no ``stat`` (issue 8: nothing per hit beyond one lookup and one HMAC). A file removed

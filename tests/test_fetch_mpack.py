@@ -1,6 +1,7 @@
 """The cached fetch path: wire_fetch_mpack and POST /{owner}/{repo}/fetch/mpack (FMC_13, FMC_14)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -10,6 +11,7 @@ import pytest
 from mpack.format.layout import BlobRecord, CommitRecord, SnapshotRecord
 from mpack.format.reader import iter_mpack
 from mpack.hub import build, cache, fetch, history
+from mpack.hub.build_gate import BuildGate
 from mpack.hub.models import FetchMPackCache
 from tests.factories import History, fake_mpack_id, push_history, unpack, wire
 
@@ -233,3 +235,28 @@ def test_route_refuses_a_malformed_have(app, pushed):
 def test_private_repo_fetch_mpack_is_404_to_strangers(app, private_repo, stranger):
     wire(app, "POST", "/gabriel/secret/fetch/mpack", {"want": ["main"]}, status=404)
     wire(app, "POST", "/gabriel/secret/fetch/mpack", {"want": ["main"]}, token=stranger[1], status=404)
+
+
+# -- what one request may cost in builds (mpack/hub/build_gate.py) ---------------------------------
+
+def _one_builder(hub) -> None:
+    hub.build_gate = BuildGate(dataclasses.replace(hub.settings, request_builds=1), hub.store, slot_wait=0.05)
+
+
+def test_a_miss_while_every_request_builder_is_busy_is_a_503_to_retry(hub, app, pushed):
+    _one_builder(hub)
+    with hub.build_gate.slot():  # another request's build holds the worker's only builder
+        busy = app.post_json(f"{PATH}/fetch/mpack", {"want": [pushed.tip], "have": []}, expect_errors=True)
+    assert busy.status_int == 503 and busy.json["error"] == "busy" and busy.headers["Retry-After"] == "1"
+    assert FetchMPackCache.select().count() == 0
+    built = app.post_json(f"{PATH}/fetch/mpack", {"want": [pushed.tip], "have": []})
+    assert built.json["cached"] is False  # the builder is free again: the same request builds
+
+
+def test_a_cache_hit_and_a_prebuild_need_no_request_builder(hub, app, repo, pushed):
+    _one_builder(hub)
+    with hub.build_gate.slot():
+        prebuilt = fetch.wire_fetch_mpack(hub, repo, want=[pushed.tip], have=[])  # as the prebuild job calls it
+        hit = app.post_json(f"{PATH}/fetch/mpack", {"want": [pushed.tip], "have": []})
+    assert prebuilt["cached"] is False
+    assert hit.json["cached"] is True and hit.json["mpack_id"] == prebuilt["mpack_id"]

@@ -282,3 +282,31 @@ def test_a_transaction_sqlite_already_rolled_back_keeps_its_own_error(tmp_path, 
     with hub.db.atomic():  # and the connection is usable again
         make_user(hub, "after")
     hub.db.close()
+
+
+# -- the pack cache leaves the disk's last percent to pushes ------------------------------------
+
+def test_a_request_build_that_would_eat_the_disks_reserve_is_a_503_and_leaves_nothing(tmp_path, clock, store_disk):
+    """Packs are a cache; a push that finds no disk fails. With 2 MiB of the 4 MiB store disk kept in reserve,
+    a clone's miss whose pack would go below it is refused (503 cache_full, Retry-After) — no pack, row or
+    temp left — while a push still fits; once there is room the same clone builds."""
+    hub = make_hub(tmp_path, clock, build_min_free_percent=50)
+    app, token, _ = user_and_repo(hub)
+    history = History()
+    history.commit({"a.bin": os.urandom(768 * 1024)})
+    push_history(app, token, PATH, history)
+    free, _ = hub.store.disk_space()
+    with open(store_disk.filler, "wb") as filler:  # leave 1.5 MiB free: less than the reserve once the pack is in
+        filler.write(bytes(free - 1536 * 1024))
+
+    refused = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []}, expect_errors=True)
+
+    assert refused.status_int == 503 and refused.json["error"] == "cache_full", refused.body
+    assert refused.headers["Retry-After"] == "60"
+    assert list(hub.store.iter_digests("mpacks")) == [] and list(hub.store.iter_temp()) == []
+    assert FetchMPackCache.select().count() == 0
+    history.commit({"b.bin": os.urandom(256 * 1024)})
+    push_history(app, token, PATH, history, commits=history.commits[1:], status=200)  # the reserve is the push's
+    store_disk.free()
+    built = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []})
+    assert built.json["cached"] is False and list(hub.store.iter_digests("mpacks"))

@@ -76,7 +76,7 @@ def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
         log.warning("storage unavailable", extra={"path": req.path, "detail": exc.detail})
         resp.set_header("Retry-After", "5")
     if isinstance(exc, errors.ServerBusy):
-        resp.set_header("Retry-After", "1")
+        resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, errors.RangeNotSatisfiable):
         resp.set_header("Content-Range", f"bytes */{exc.size}")
 

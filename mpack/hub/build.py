@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from mpack.format import ids
@@ -189,8 +189,12 @@ def _open_blob(hub: Hub, digest: str):
         raise ObjectUnavailable(digest) from None
 
 
-def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackStats:
-    """Write the pack of ``commits`` (with their snapshots and new blobs) into the store."""
+def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode], *,
+                check_room: Callable[[int], None] | None = None) -> PackStats:
+    """Write the pack of ``commits`` (with their snapshots and new blobs) into the store.
+
+    ``check_room`` is given the blob bytes the pack will hold before any is written (it raises to refuse).
+    """
     started = time.perf_counter()
     level = hub.settings.pack_blob_zstd_level
     with SnapshotSpill(level or 3) as spill:
@@ -202,6 +206,8 @@ def build_mpack(hub: Hub, repo: Repo, commits: dict[str, CommitNode]) -> PackSta
                             list(delta.removed))
         order = stored_blobs(repo, added.result())
         del added  # the blobs travel as ``order`` now: during the writes, memory holds only that
+        if check_room is not None:
+            check_room(sum(blob.size for blob in order))
         with hub.store.new_file(MPACKS) as pending:
             # The pending file hashes what it stores (its digest is the mpack id): the writer reuses that hash.
             writer = MPackWriter(pending, level=level or 3, compress_blobs=level > 0,

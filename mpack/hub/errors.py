@@ -20,7 +20,7 @@ from storage.errors import (
 )
 
 __all__ = [
-    "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge",
+    "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge", "CacheFull",
     "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody",
     "MissingReference", "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
     "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull", "StorageUnavailable",
@@ -123,9 +123,18 @@ class BodyTooComplex(BodyTooLarge):
 
 
 class ServerBusy(MuseError):
-    """Every body reader of this worker is taken (slow clients): retry shortly."""
+    """Every body reader, or every request pack builder, of this worker is taken: retry shortly."""
 
     code = "busy"
+    retry_after = 1  # seconds, answered in Retry-After
+
+
+class CacheFull(ServerBusy):
+    """A request's pack build would leave the store's disk with less than its reserve (packs are a cache,
+    pushes need the disk): retry after GC."""
+
+    code = "cache_full"
+    retry_after = 60
 
 
 class RangeNotSatisfiable(MuseError):

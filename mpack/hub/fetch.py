@@ -8,6 +8,7 @@ recorded in the cache (FMC_14), keyed by the commits that bound the delta.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from storage.base import MPACKS
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
+    from mpack.hub.build_gate import BuildGate
     from mpack.hub.services import Hub
 
 MAX_WANTS = 10_000
@@ -178,7 +180,7 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
     are not counted as requests.
     """
     try:
-        answer = wire_fetch_mpack(hub, repo, want, have)
+        answer = wire_fetch_mpack(hub, repo, want, have, gate=hub.build_gate)
     except Exception:
         hub.metrics.fetch("error")
         raise
@@ -186,7 +188,8 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
     return answer
 
 
-def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
+def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str], *,
+                     gate: BuildGate | None = None) -> dict:
     """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``.
 
     Haves the repo does not hold are dropped before anything is keyed, so made-up
@@ -214,7 +217,7 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> 
         if answer is not None:
             return answer
     key = f"{repo.repo_id}\0{tip}\0{base}"
-    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base))
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base, gate))
     return _answer(hub, stats, cached=cached, row=row)
 
 
@@ -231,20 +234,23 @@ def _delta_key(wants: dict[str, str], commits: dict[str, CommitNode]) -> tuple[s
     return ",".join(heads) or ",".join(sorted(wants.values())), cache.base_key(bounds)
 
 
-def _build_once(hub: Hub, repo: Repo, commits: dict[str, CommitNode], tip: str, base: str):
-    """Under the single-flight lock: another process may have built it meanwhile."""
+def _build_once(hub: Hub, repo: Repo, commits: dict[str, CommitNode], tip: str, base: str,
+                gate: BuildGate | None):
+    """Under the single-flight lock: another process may have built it meanwhile. A request's build
+    (``gate``) holds one of the worker's request builders and must leave the disk its reserve."""
     row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
-    for _ in range(3):
-        stats = build_mpack(hub, repo, commits)
-        try:
-            row = cache.write_row(hub, repo, tip, base, stats)
-            break
-        except cache.PackVanished:  # GC removed the identical older file between commit and row
-            continue
-    else:
-        raise StorageError(f"pack {stats.mpack_id} keeps vanishing while being cached")
+    with gate.slot() if gate is not None else contextlib.nullcontext():
+        for _ in range(3):
+            stats = build_mpack(hub, repo, commits, check_room=gate.check_room if gate is not None else None)
+            try:
+                row = cache.write_row(hub, repo, tip, base, stats)
+                break
+            except cache.PackVanished:  # GC removed the identical older file between commit and row
+                continue
+        else:
+            raise StorageError(f"pack {stats.mpack_id} keeps vanishing while being cached")
     hub.log.info("mpack built", extra={"repo": repo.repo_id, "mpack_id": stats.mpack_id, "size": stats.size,
                                        "commits": stats.commit_count, "blobs": stats.blob_count})
     return stats, False, row

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import peewee as pw
 
+from mpack.hub.build_gate import BuildGate
 from mpack.hub.metrics import HubMetrics
 from mpack.hub.settings import Settings
 from mpack.hub.singleflight import SingleFlight
@@ -43,10 +44,13 @@ class Hub:
     flights: SingleFlight | None = None  # coalesces identical pack builds
     pool_factory: Callable[[Hub], JobRunner] | None = None  # set by build_hub
     metrics: HubMetrics = field(default_factory=HubMetrics)  # in-process unless build_hub says otherwise
+    build_gate: BuildGate | None = None  # bounds the builds requests start (made from settings if None)
 
     def __post_init__(self) -> None:
         if self.flights is None:
             self.flights = SingleFlight(self.settings.home / "locks", self.db)
+        if self.build_gate is None:
+            self.build_gate = BuildGate(self.settings, self.store)
 
     def now(self) -> float:
         return self.clock()

@@ -40,6 +40,8 @@ class Settings:
     body_min_rate: int = 64 * 1024
     body_drain_bytes: int = 64 * 1024 * 1024
     body_readers: int = 3
+    request_builds: int = 3
+    build_min_free_percent: int = 5
     job_threads: int = 2
     job_max_attempts: int = 5
     job_lease_seconds: int = 60
@@ -100,6 +102,9 @@ class Settings:
             # One thread of each worker is kept for requests without a body (/healthz, refs, downloads).
             body_readers=env.int("MPACKHUB_BODY_READERS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1),
                                  minimum=1),
+            request_builds=env.int("MPACKHUB_REQUEST_BUILDS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1),
+                                   minimum=1),
+            build_min_free_percent=env.int("MPACKHUB_BUILD_MIN_FREE_PERCENT", 5, minimum=0, maximum=90),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_lease_seconds=env.int("MPACKHUB_JOB_LEASE_SECONDS", 60, minimum=2),

@@ -1,0 +1,66 @@
+"""What a request may cost in pack builds: how many run at once, and how much disk they may take.
+
+A cache miss of ``POST fetch/mpack`` builds a pack, and an anonymous client
+may ask for any commit of a public repository: each new commit id is a miss
+(seconds of CPU and disk, and a pack as large as the history's blobs, kept
+until GC). So, per process:
+
+- at most ``request_builds`` builds for requests run at once (by default one
+  less than the worker's threads, so a thread is always left for cache hits,
+  ``/healthz`` and downloads); a miss that finds them all taken waits up to
+  ``SLOT_WAIT`` for one, and is answered 503 ``busy`` (``Retry-After: 1``)
+  otherwise;
+- a request's build is refused, 503 ``cache_full`` (``Retry-After: 60``),
+  when its blobs would leave the store's filesystem with less than
+  ``build_min_free_percent`` of its size free: packs are a cache that GC
+  empties, while a push that finds no disk fails (507) — the disk's last
+  percent is for pushes. A store without a local disk (a bucket) has no such
+  check.
+
+Prebuild jobs are not gated: there are ``job_threads`` of them per worker,
+and they build only what a push made (branch heads), so an authenticated
+writer bounds them. Followers of a build already running (``SingleFlight``)
+wait for it without a slot.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mpack.hub.errors import CacheFull, ServerBusy
+from mpack.hub.settings import Settings
+from storage.base import Store
+
+SLOT_WAIT = 2.0  # seconds a request's build waits for a builder before 503
+
+
+class BuildGate:
+    """The per-process bounds on builds for requests (see the module docstring)."""
+
+    def __init__(self, settings: Settings, store: Store, *, slot_wait: float = SLOT_WAIT) -> None:
+        self._slots = threading.BoundedSemaphore(settings.request_builds)
+        self._reserve_percent = settings.build_min_free_percent
+        self._store = store
+        self._slot_wait = slot_wait
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the request builders for the ``with`` block; ServerBusy if none frees up in time."""
+        if not self._slots.acquire(timeout=self._slot_wait):
+            raise ServerBusy("every pack builder of this worker is busy; retry shortly")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def check_room(self, pack_bytes: int) -> None:
+        """CacheFull if writing about ``pack_bytes`` would leave less than the reserve free."""
+        space = self._store.disk_space() if self._reserve_percent else None
+        if space is None:
+            return
+        free, total = space
+        reserve = total * self._reserve_percent // 100
+        if free - pack_bytes < reserve:
+            raise CacheFull(f"the pack cache may not take the last {self._reserve_percent} % of the disk "
+                            f"({free} bytes free, this pack needs ~{pack_bytes}); retry after GC")

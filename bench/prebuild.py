@@ -27,8 +27,9 @@ from bench.util import Table, median, timer, wait_until
 from bench.wire import HubDb, batches, push_batch
 from mpack.hub import cache, fetch, jobs
 from mpack.hub.bootstrap import build_hub
-from mpack.hub.db import SQLITE_PRAGMAS, migrate, open_database
+from mpack.hub.db import SQLITE_PRAGMAS, open_database
 from mpack.hub.jobs import JobRegistry
+from mpack.hub.migrations import migrate
 from mpack.hub.models import FetchMPackCache, Repo
 from mpack.hub.pool import JobPool
 from mpack.hub.services import Hub

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mpack.hub.db import migrate, open_database
+from mpack.hub.db import open_database
+from mpack.hub.migrations import migrate
 
 BACKEND = os.environ.get("MPACKHUB_TEST_DATABASE", "sqlite").strip().lower() or "sqlite"
 POSTGRES = BACKEND in ("postgresql", "postgres")

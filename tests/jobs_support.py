@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mpack.hub import jobs
-from mpack.hub.db import migrate, open_database
+from mpack.hub.db import open_database
 from mpack.hub.jobs import JobRegistry
+from mpack.hub.migrations import migrate
 from mpack.hub.models import Repo
 from mpack.hub.pool import JobPool, run_until_idle
 from mpack.hub.services import Hub

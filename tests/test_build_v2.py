@@ -8,7 +8,7 @@ import pytest
 
 from mpack.format.layout import SnapshotRecord
 from mpack.format.reader import iter_mpack
-from mpack.hub import build, cache, db, deltas, fetch, fsck, gc, snapshots
+from mpack.hub import build, cache, deltas, fetch, fsck, gc, migrations, snapshots
 from mpack.hub.errors import CorruptStoredBlob
 from mpack.hub.models import FetchMPackCache, Object, SchemaVersion, SnapshotDelta
 from storage.base import BLOBS, MPACKS
@@ -164,9 +164,9 @@ def test_the_deltas_migration_versions_old_rows_and_backfills_deltas(hub, app, o
     # Back to the schema before the deltas: no delta table, no format column.
     hub.db.execute_sql("DROP TABLE snapshot_delta")
     hub.db.execute_sql("ALTER TABLE fetch_mpack_cache DROP COLUMN format_version")
-    mine = db.MIGRATIONS.index(db._v6_snapshot_deltas_and_pack_versions) + 1
+    mine = migrations.MIGRATIONS.index(migrations._v6_snapshot_deltas_and_pack_versions) + 1
     SchemaVersion.delete().where(SchemaVersion.version >= mine).execute()
-    db.migrate(hub.db)
+    migrations.migrate(hub.db)
     hub.db.connect(reuse_if_open=True)
     assert [r.format_version for r in FetchMPackCache.select()] == [1]
     assert deltas.load(repo, [s[-64:] for s in h.snapshots]) == expected
@@ -181,8 +181,9 @@ def test_push_records_each_blobs_crc32_and_rows_from_before_it_are_checked_by_sh
     first = fetch.wire_fetch_mpack(hub, repo, want=[h.tip], have=[])
     # Back to the schema before checksums: the column goes, the migration brings it back empty.
     hub.db.execute_sql("ALTER TABLE object DROP COLUMN crc32")
-    SchemaVersion.delete().where(SchemaVersion.version >= db.MIGRATIONS.index(db._v7_blob_checksums) + 1).execute()
-    db.migrate(hub.db)
+    checksums = migrations.MIGRATIONS.index(migrations._v7_blob_checksums) + 1
+    SchemaVersion.delete().where(SchemaVersion.version >= checksums).execute()
+    migrations.migrate(hub.db)
     hub.db.connect(reuse_if_open=True)
     assert {o.crc32 for o in Object.select()} == {None}
     FetchMPackCache.delete().execute()

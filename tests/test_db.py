@@ -10,6 +10,7 @@ import webtest
 
 from app import create_app
 from mpack.hub import db as dbmod
+from mpack.hub import migrations
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import BackgroundJob, Repo, SchemaVersion, User
 from mpack.hub.settings import Settings
@@ -41,7 +42,7 @@ def _previous_schema(home) -> str:
     """A database at schema version SCHEMA_VERSION - 1 holding rows; returns its URL."""
     url = database_url(home, empty=True)
     db = dbmod.open_database(url)
-    assert dbmod.migrate(db, upto=dbmod.SCHEMA_VERSION - 1) == dbmod.SCHEMA_VERSION - 1
+    assert migrations.migrate(db, upto=migrations.SCHEMA_VERSION - 1) == migrations.SCHEMA_VERSION - 1
     with db.atomic():
         _rows_of_the_first_schema(db)
     db.close()
@@ -54,7 +55,7 @@ def test_a_database_at_the_previous_schema_upgrades_keeping_its_rows(tmp_path):
     hub = build_hub(Settings.for_home(home, database_url=url, public_url="http://hub.test", job_threads=0))
     try:
         versions = [v for (v,) in SchemaVersion.select(SchemaVersion.version).order_by(SchemaVersion.version).tuples()]
-        assert versions == list(range(1, dbmod.SCHEMA_VERSION + 1))
+        assert versions == list(range(1, migrations.SCHEMA_VERSION + 1))
         assert User.get(User.username == "gabriel").created_at == NOW
         assert Repo.get_by_id("r" * 32).name == "song"
         assert BackgroundJob.get_by_id("j" * 64).status == "done"
@@ -73,13 +74,13 @@ def test_v5_turns_postgres_real_timestamps_into_double_precision(tmp_path):
     """Version 1 made PostgreSQL ``real`` columns (peewee FloatField): rebuild that, then upgrade."""
     url = database_url(tmp_path / "hub", empty=True)
     db = dbmod.open_database(url)
-    dbmod.migrate(db, upto=1)
-    for table, columns in dbmod.TIMESTAMP_COLUMNS.items():
+    migrations.migrate(db, upto=1)
+    for table, columns in migrations.TIMESTAMP_COLUMNS.items():
         for column in columns if db.table_exists(table) else ():
             db.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE real')
     _rows_of_the_first_schema(db)
     db.close()
-    assert dbmod.migrate(db) == dbmod.SCHEMA_VERSION
+    assert migrations.migrate(db) == migrations.SCHEMA_VERSION
     types = dict(db.execute_sql(
         "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
         " WHERE table_schema = 'public' AND column_name IN ('created_at', 'expires_at', 'last_used_at',"
@@ -100,7 +101,7 @@ def _migrate_in_child(url: str, start, results) -> None:
     db = dbmod.open_database(url)
     start.wait(30)
     try:
-        results.put(("ok", dbmod.migrate(db)))
+        results.put(("ok", migrations.migrate(db)))
     except Exception as exc:  # reported to the parent, which asserts on it
         results.put(("error", repr(exc)))
 
@@ -116,10 +117,10 @@ def test_workers_starting_together_migrate_one_fresh_database_once(tmp_path):
     outcomes = [results.get(timeout=60) for _ in children]
     for child in children:
         child.join(30)
-    assert outcomes == [("ok", dbmod.SCHEMA_VERSION)] * 4
+    assert outcomes == [("ok", migrations.SCHEMA_VERSION)] * 4
     db = dbmod.open_database(url)
     versions = [v for (v,) in SchemaVersion.select(SchemaVersion.version).order_by(SchemaVersion.version).tuples()]
-    assert versions == list(range(1, dbmod.SCHEMA_VERSION + 1))
+    assert versions == list(range(1, migrations.SCHEMA_VERSION + 1))
     db.close()
     assert POSTGRES or url.startswith("sqlite:///")
 

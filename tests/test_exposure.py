@@ -13,7 +13,7 @@ import webtest
 from app import create_app
 from mpack.format.errors import MuseError
 from mpack.hub import db as dbmod
-from mpack.hub import fetch, gc, singleflight
+from mpack.hub import fetch, gc, migrations, singleflight
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.models import User
 from mpack.hub.settings import Settings
@@ -153,14 +153,10 @@ def test_a_username_differing_only_by_case_is_409(hub, app):
 
 def v1_database(tmp_path, names: list[str]) -> pw.Database:
     db = dbmod.open_database(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-    migrations = dbmod.MIGRATIONS
-    try:
-        dbmod.MIGRATIONS = migrations[:1]
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(dbmod, "SCHEMA_VERSION", 1)
-            dbmod.migrate(db)
-    finally:
-        dbmod.MIGRATIONS = migrations
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        patch.setattr(migrations, "SCHEMA_VERSION", 1)
+        migrations.migrate(db)
     db.connect(reuse_if_open=True)
     for name in names:
         User.create(username=name, created_at=0.0)
@@ -170,7 +166,7 @@ def v1_database(tmp_path, names: list[str]) -> pw.Database:
 
 def test_the_migration_adds_a_case_blind_unique_index(tmp_path):
     db = v1_database(tmp_path, ["alice", "bob"])
-    assert dbmod.migrate(db) == dbmod.SCHEMA_VERSION
+    assert migrations.migrate(db) == migrations.SCHEMA_VERSION
     db.connect(reuse_if_open=True)
     with pytest.raises(pw.IntegrityError):
         User.create(username="ALICE", created_at=0.0)
@@ -180,5 +176,5 @@ def test_the_migration_adds_a_case_blind_unique_index(tmp_path):
 def test_the_migration_names_usernames_that_clash_by_case(tmp_path):
     db = v1_database(tmp_path, ["alice", "Alice", "bob"])
     with pytest.raises(MuseError, match="alice"):
-        dbmod.migrate(db)
-    assert dbmod.current_version(db) == 1
+        migrations.migrate(db)
+    assert migrations.current_version(db) == 1

@@ -307,7 +307,7 @@ def _responses(sock: socket.socket, count: int, timeout: float = 30) -> list[tup
 
 
 def test_a_large_body_read_in_place_leaves_a_pipelined_request_intact(public_repo_hub):
-    """push/objects of 2 MiB (received straight into its buffer, bodies._receive_into) sent in one write
+    """push/objects of 2 MiB (received straight into its buffer, gunicorn_body.receive_into) sent in one write
     with a GET /healthz behind it on the same connection: both answered, the objects stored."""
     server, token = public_repo_hub
     contents = [os.urandom(MiB), os.urandom(MiB)]
@@ -349,7 +349,7 @@ def _fetch_request(host: str, body: bytes) -> bytes:
 
 
 def test_small_bodies_that_arrived_with_their_headers_leave_pipelined_requests_intact(public_repo_hub):
-    """Two fetch/mpack bodies (taken from gunicorn's buffer, bodies._arrived) and a GET /healthz sent in one
+    """Two fetch/mpack bodies (taken from gunicorn's buffer, gunicorn_body.taken_as_arrived) and a GET /healthz sent in one
     write on one connection: three answers, in order, each the one its request asks for."""
     server, _ = public_repo_hub
     host, port = server.url.removeprefix("http://").split(":")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mpack.hub import db, fetch, fsck, snapshots
+from mpack.hub import fetch, fsck, migrations, snapshots
 from mpack.hub.models import SchemaVersion, Snapshot, SnapshotDelta
 from tests.factories import History, push_history, unpack, wire
 
@@ -109,9 +109,9 @@ def test_the_depth_migration_gives_every_older_row_depth_zero(hub, app, owner, r
     h = History().linear(3)
     push_history(app, owner[1], PATH, h)
     hub.db.execute_sql("ALTER TABLE snapshot_delta DROP COLUMN depth")
-    mine = db.MIGRATIONS.index(db._v8_snapshot_chain_depths) + 1
+    mine = migrations.MIGRATIONS.index(migrations._v8_snapshot_chain_depths) + 1
     SchemaVersion.delete().where(SchemaVersion.version >= mine).execute()
-    db.migrate(hub.db)
+    migrations.migrate(hub.db)
     hub.db.connect(reuse_if_open=True)
     assert set(depth_of().values()) == {0}
     monkeypatch.setattr(snapshots, "KEYFRAME_DEPTH", DEPTH)
@@ -143,9 +143,9 @@ def test_the_compaction_migration_keeps_in_full_only_the_keyframes_of_older_rows
     digests = [c["snapshot_id"] for c in h.commits]
     before = snapshots.records(repo.repo_id, digests)
     assert sum(kept_in_full().values()) > len(set(digests)) // 2
-    mine = db.MIGRATIONS.index(db._v9_compact_snapshot_records) + 1
+    mine = migrations.MIGRATIONS.index(migrations._v9_compact_snapshot_records) + 1
     SchemaVersion.delete().where(SchemaVersion.version >= mine).execute()
-    db.migrate(hub.db)
+    migrations.migrate(hub.db)
     hub.db.connect(reuse_if_open=True)
     fresh = snapshots.depths({}, [(row.digest, row.base) for row in SnapshotDelta.select()])
     assert depth_of() == fresh and max(fresh.values()) == DEPTH - 1

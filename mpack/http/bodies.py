@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import falcon
 
+from mpack.http.gunicorn_body import receive_into, taken_as_arrived
 from mpack.hub.errors import BodyTimeout, BodyTooLarge, MalformedBody, ServerBusy
 from mpack.hub.settings import Settings
 
@@ -44,11 +45,11 @@ MIN_PIECE = 64  # the smallest read: what the slowest settings (1 KiB/s, 0.1 s) 
 # it on every read, so 32 KiB reads of a body cost ~16 copies of each byte (a push/objects
 # of 85 MB spent 0.14 s of its 0.47 s there); one read per MiB costs one copy.
 MAX_PIECE = 1024 * 1024
-# Bodies at least this large are received straight into place (_receive_into); a smaller one (a fetch,
+# Bodies at least this large are received straight into place (gunicorn_body.receive_into); a smaller one (a fetch,
 # refs, filter-objects: the hit route's body is ~100 bytes) has nothing worth saving there.
 DIRECT_MIN = 256 * 1024
 # A body this small that gunicorn already read with the headers is taken from its buffer, without a
-# reader slot or a deadline (_arrived): there is no client to wait for.
+# reader slot or a deadline (gunicorn_body.taken_as_arrived): there is no client to wait for.
 ARRIVED_MAX = 64 * 1024
 SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 # A body refused for want of a reader is taken if it has already arrived (a fast client
@@ -190,7 +191,7 @@ class Intake:
             req.context.body_done = True
             return b""
         if length is not None and length <= ARRIVED_MAX:
-            arrived = _arrived(req, length)
+            arrived = taken_as_arrived(req, length)
             if arrived is not None:
                 req.context.body_done = True
                 return arrived
@@ -198,7 +199,7 @@ class Intake:
             # A declared length is filled in place: the body is held once, not once in
             # pieces and again joined (a 256 MiB push would peak at 512 MiB).
             body = bytearray(length or 0)
-            if length is not None and length >= DIRECT_MIN and _receive_into(req, watch, body, self.clock):
+            if length is not None and length >= DIRECT_MIN and receive_into(req, watch, body, self.clock):
                 return body
             for piece in self._pieces(req, watch, max_bytes + 1):
                 if length is not None:
@@ -305,86 +306,6 @@ class Intake:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RD)
-
-
-def _unread_body(req: falcon.Request, length: int) -> tuple | None:
-    """gunicorn's ``(Body, LengthReader, Unreader)`` of a body of ``length`` bytes none of which was read yet
-    → None under any other server, or once reading began (then only ``wsgi.input`` knows where it is)."""
-    stream = req.env.get("wsgi.input")
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    if (type(reader).__name__ != "LengthReader" or getattr(reader, "length", None) != length
-            or getattr(getattr(stream, "buf", None), "tell", lambda: 1)() != 0
-            or not hasattr(unreader, "take_buffered") or not hasattr(unreader, "unread")):
-        return None
-    return stream, reader, unreader
-
-
-def _arrived(req: falcon.Request, length: int) -> bytes | None:
-    """The whole body, if gunicorn already holds it (read with the headers) → else None, nothing taken.
-
-    Such a body waits on no client: it needs no reader slot and no deadline.
-    A cache hit's ~100-byte body arrives this way, in the headers' packet.
-    """
-    unread = _unread_body(req, length)
-    if unread is None:
-        return None
-    _, reader, unreader = unread
-    held = unreader.take_buffered()
-    if len(held) < length:
-        if held:
-            unreader.unread(held)
-        return None
-    if len(held) > length:  # the start of a pipelined request: gunicorn reads it next
-        unreader.unread(held[length:])
-        held = held[:length]
-    reader.length = 0
-    return held
-
-
-def _receive_into(req: falcon.Request, watch: _Watch, body: bytearray, clock: Callable[[], float]) -> bool:
-    """Fill ``body`` straight from gunicorn's socket → False where that is not possible (then nothing was read).
-
-    Read through ``wsgi.input``, each byte of a body was copied four times on its
-    way (recv, gunicorn's read-ahead buffer, its ``getvalue``, its slice) before
-    ours. ``recv_into`` puts each byte in place once: a 16 MB push/objects of
-    stored objects took 51–69 ms of server time instead of 61–74 ms on a
-    machine whose memory copies ran at ~1 GB/s. It needs gunicorn's request
-    internals (a body of known length not yet read, its socket, and
-    ``take_buffered`` for the bytes that arrived with the headers); anything
-    else keeps the ``wsgi.input`` path.
-    """
-    sock, unread = watch.sock, _unread_body(req, len(body))
-    if sock is None or unread is None:
-        return False
-    stream, reader, unreader = unread
-    length, view = len(body), memoryview(body)
-    held = unreader.take_buffered()
-    if len(held) > length:  # the start of a pipelined request: gunicorn reads it next
-        unreader.unread(held[length:])
-    received = watch.received = min(len(held), length)
-    view[:received] = held[:received]
-    late = f"the request body did not arrive within {watch.timeout:g} s"
-    try:
-        while received < length:
-            wanted = watch.next_piece(clock(), length - received)
-            try:
-                got = sock.recv_into(view[received:received + wanted])
-            except OSError as exc:  # a reset, or the watchdog's shutdown mid-read
-                if watch.expired:
-                    raise BodyTimeout(late) from None
-                raise MalformedBody(f"the request body could not be read ({type(exc).__name__})") from None
-            if watch.expired:
-                raise BodyTimeout(late)
-            if not got:
-                raise MalformedBody(f"the request body ended after {received} of {length} bytes")
-            received = watch.received = received + got
-    except BaseException:
-        stream.failed = True  # where the next request starts is unknown: gunicorn closes the connection
-        raise
-    finally:
-        reader.length = length - received  # what gunicorn still has to skip before the next request
-    return True
 
 
 def read_raw(req: falcon.Request, max_bytes: int) -> bytes | bytearray:

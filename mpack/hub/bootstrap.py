@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mpack.hub import db as dbmod
+from mpack.hub import migrations
 from mpack.hub.errors import NoHub
 from mpack.hub.handlers import production_registry
 from mpack.hub.metrics import HubMetrics
@@ -50,7 +51,7 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     """
     private_dir(settings.home)
     database = dbmod.open_database(settings.database_url)
-    dbmod.migrate_when_reachable(database, clock, wait=settings.database_wait)
+    migrations.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = open_store(settings, signer, clock=clock)
     return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from mpack.hub import db as dbmod
+from mpack.hub import migrations
 from mpack.hub.errors import StorageError
 
 if TYPE_CHECKING:
@@ -82,11 +83,11 @@ class WriteProbes:
 def health(hub: Hub, probes: WriteProbes | None = None) -> dict:
     """The report of ``GET /healthz``; ``probes`` reuses recent write probes (None: probe now)."""
     try:
-        version: int | None = dbmod.current_version(hub.db)
+        version: int | None = migrations.current_version(hub.db)
     except pw.DatabaseError as exc:
         dbmod.discard_after(hub.db, exc)
         version = None
     database_ok, store_ok = (probes or WriteProbes()).results(hub, database=version is not None)
-    ok = version == dbmod.SCHEMA_VERSION and database_ok and store_ok
+    ok = version == migrations.SCHEMA_VERSION and database_ok and store_ok
     return {"status": "ok" if ok else "degraded", "schema_version": version, "database_writable": database_ok,
             "store_writable": store_ok, "job_pool": "running" if hub.pool is not None else "off"}

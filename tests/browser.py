@@ -6,6 +6,7 @@ import itertools
 import json
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import websocket
 
 from bench.live_hub import poll
 
+# What Chromium answers an evaluation that raced a navigation: no page to ask yet, not a failure.
+NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id")
+NAVIGATION_WAIT = 10.0
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1800",
                   "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
@@ -65,7 +69,17 @@ class Browser:
                 return message.get("result", {})
 
     def js(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        """The expression's value in the page; while the page is being replaced (a form just submitted),
+        asked again until a page answers (``NAVIGATION_WAIT`` at most)."""
+        deadline = time.monotonic() + NAVIGATION_WAIT
+        while True:
+            try:
+                result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+                break
+            except RuntimeError as exc:
+                if not any(sign in str(exc) for sign in NAVIGATING) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")

@@ -379,6 +379,33 @@ def test_quota_never_evicts_a_row_a_fetch_has_just_used(quota_hub, clock, want):
     assert get_url(app, answer["mpack_url"]).status_int == 200
 
 
+# -- room for a build at the disk's reserve (gc.make_room) --------------------------------------------
+
+def test_make_room_drops_stale_rows_first_then_the_least_recently_used_only_as_far_as_needed(quota_hub):
+    repo = make_repo(quota_hub)
+    expired = stored_pack(quota_hub, b"e".ljust(100, b"."))
+    cache_row(quota_hub, repo, fake_commit_id("expired"), expired, expires_in=-DAY)
+    packs = lru_rows(quota_hub, repo, {"oldest": 30 * DAY, "older": 20 * DAY, "old": 10 * DAY})
+
+    report = gc.make_room(quota_hub, 150)
+
+    assert (report.cache_rows_deleted, report.quota_rows_evicted, report.bytes_freed) == (1, 1, 200)
+    assert tips_of(repo) == {fake_commit_id("older"), fake_commit_id("old")}
+    assert [quota_hub.store.exists(MPACKS, d) for d in (expired, packs["oldest"], packs["older"])] == [False, False, True]
+    assert quota_hub.metrics.totals("gc_rows_deleted", "reason") == {"expired": 1.0, "room": 1.0}
+
+
+def test_make_room_never_evicts_a_row_a_url_may_still_come_from(quota_hub):
+    repo = make_repo(quota_hub)
+    longest = quota_hub.settings.url_ttl + cache.HIT_WRITE_INTERVAL
+    lru_rows(quota_hub, repo, {"idle": 30 * DAY, "recent": longest - 1, "hot": 60})
+
+    report = gc.make_room(quota_hub, 10_000)
+
+    assert (report.quota_rows_evicted, report.bytes_freed) == (1, 100)
+    assert tips_of(repo) == {fake_commit_id("recent"), fake_commit_id("hot")}
+
+
 # -- scope, idempotence, jobs -------------------------------------------------------------
 
 def test_a_second_run_finds_nothing_to_do(hub, repo):

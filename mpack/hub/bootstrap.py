@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mpack.hub import db as dbmod
-from mpack.hub import migrations
+from mpack.hub import gc, migrations
+from mpack.hub.build_gate import BuildGate
 from mpack.hub.errors import NoHub
 from mpack.hub.handlers import production_registry
 from mpack.hub.metrics import HubMetrics
@@ -54,8 +55,11 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     migrations.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = open_store(settings, signer, clock=clock)
-    return Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
-               metrics=HubMetrics(settings.metrics_dir))
+    hub = Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
+              metrics=HubMetrics(settings.metrics_dir))
+    # A request's build at the disk's reserve first has the cache evict what it can (gc.make_room).
+    hub.build_gate = BuildGate(settings, store, make_room=lambda need_bytes: gc.make_room(hub, need_bytes))
+    return hub
 
 
 def existing_settings(environ: Mapping[str, str]) -> Settings:

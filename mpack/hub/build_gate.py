@@ -10,11 +10,14 @@ until GC). So, per process:
   ``/healthz`` and downloads); a miss that finds them all taken waits up to
   ``SLOT_WAIT`` for one, and is answered 503 ``busy`` (``Retry-After: 1``)
   otherwise;
-- a request's build is refused, 503 ``cache_full`` (``Retry-After: 60``),
-  when its blobs would leave the store's filesystem with less than
-  ``build_min_free_percent`` of its size free: packs are a cache that GC
-  empties, while a push that finds no disk fails (507) — the disk's last
-  percent is for pushes. A store without a local disk (a bucket) has no such
+- a request's build may not leave the store's filesystem with less than
+  ``build_min_free_percent`` of its size free: packs are a cache, while a
+  push that finds no disk fails (507) — the disk's last percent is for
+  pushes. A build that would go below first has the cache make room
+  (``make_room``, given by the hub: ``gc.make_room`` deletes stale rows'
+  packs, then least recently used ones no live URL can come from), one
+  build at a time; if that is not enough it is refused, 503 ``cache_full``
+  (``Retry-After: 60``). A store without a local disk (a bucket) has no such
   check.
 
 Prebuild jobs are not gated: there are ``job_threads`` of them per worker,
@@ -25,7 +28,7 @@ wait for it without a slot.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mpack.hub.errors import CacheFull, ServerBusy
@@ -38,11 +41,14 @@ SLOT_WAIT = 2.0  # seconds a request's build waits for a builder before 503
 class BuildGate:
     """The per-process bounds on builds for requests (see the module docstring)."""
 
-    def __init__(self, settings: Settings, store: Store, *, slot_wait: float = SLOT_WAIT) -> None:
+    def __init__(self, settings: Settings, store: Store, *, slot_wait: float = SLOT_WAIT,
+                 make_room: Callable[[int], object] | None = None) -> None:
         self._slots = threading.BoundedSemaphore(settings.request_builds)
         self._reserve_percent = settings.build_min_free_percent
         self._store = store
         self._slot_wait = slot_wait
+        self._make_room = make_room  # called with the bytes missing; frees what it can
+        self._making_room = threading.Lock()  # one build evicts at a time; the next sees what it freed
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -55,12 +61,25 @@ class BuildGate:
             self._slots.release()
 
     def check_room(self, pack_bytes: int) -> None:
-        """CacheFull if writing about ``pack_bytes`` would leave less than the reserve free."""
+        """Make room for about ``pack_bytes`` above the reserve if need be → CacheFull if there is none."""
+        if self._shortfall(pack_bytes) <= 0:
+            return
+        if self._make_room is not None:
+            with self._making_room:
+                missing = self._shortfall(pack_bytes)
+                if missing > 0:
+                    self._make_room(missing)
+        missing = self._shortfall(pack_bytes)
+        if missing > 0:
+            free, _ = self._store.disk_space()
+            raise CacheFull(f"the pack cache may not take the last {self._reserve_percent} % of the disk "
+                            f"({free} bytes free, this pack needs ~{pack_bytes}) and no cached pack is idle "
+                            f"enough to evict; retry later")
+
+    def _shortfall(self, pack_bytes: int) -> int:
+        """Bytes the disk lacks to take ``pack_bytes`` and keep its reserve (<= 0: none; 0 without a disk)."""
         space = self._store.disk_space() if self._reserve_percent else None
         if space is None:
-            return
+            return 0
         free, total = space
-        reserve = total * self._reserve_percent // 100
-        if free - pack_bytes < reserve:
-            raise CacheFull(f"the pack cache may not take the last {self._reserve_percent} % of the disk "
-                            f"({free} bytes free, this pack needs ~{pack_bytes}); retry after GC")
+        return total * self._reserve_percent // 100 - (free - pack_bytes)

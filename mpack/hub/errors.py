@@ -131,7 +131,7 @@ class ServerBusy(MuseError):
 
 class CacheFull(ServerBusy):
     """A request's pack build would leave the store's disk with less than its reserve (packs are a cache,
-    pushes need the disk): retry after GC."""
+    pushes need the disk) and no cached pack was idle enough to evict: retry later."""
 
     code = "cache_full"
     retry_after = 60

@@ -181,26 +181,31 @@ def _evict_for_quota(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone)
     quota = hub.settings.cache_max_bytes
     if quota <= 0:
         return set()
-    now = hub.now()
     live = FetchMPackCache.select(FetchMPackCache.mpack_id, pw.fn.MAX(FetchMPackCache.size)).where(
-        FetchMPackCache.expires_at > now).group_by(FetchMPackCache.mpack_id)
-    total = sum(size for _, size in live.tuples())
-    if total <= quota:
+        FetchMPackCache.expires_at > hub.now()).group_by(FetchMPackCache.mpack_id)
+    return _evict_least_recent(hub, repo, report, gone, sum(size for _, size in live.tuples()) - quota)
+
+
+def _evict_least_recent(hub: Hub, repo: Repo | None, report: GcReport, gone: _Gone, excess: int) -> set[str]:
+    """Delete live rows, least recently used first, until ``excess`` bytes of packs are no longer named → their
+    packs. Never a row used within the longest URL lifetime: a URL from it may still be live."""
+    if excess <= 0:
         return set()
+    now = hub.now()
     protected_since = now - hub.settings.url_ttl - cache.HIT_WRITE_INTERVAL - EXPIRY_SLACK
     unused = (FetchMPackCache.expires_at > now) & (FetchMPackCache.last_used_at < protected_since)
     candidates = _scoped(FetchMPackCache.select(), repo).where(unused).order_by(
         FetchMPackCache.last_used_at, FetchMPackCache.cache_id)
     evicted: set[str] = set()
     for row in candidates.iterator():
-        if total <= quota:
+        if excess <= 0:
             break
         if report.dry_run:
             gone.rows.add(row.cache_id)
         elif not _delete_if(hub, (FetchMPackCache.cache_id == row.cache_id) & unused):
             continue  # used (or rebuilt) since the listing: a URL from it may be live
         if not _named_by_a_row(row.mpack_id, gone.rows):
-            total -= row.size
+            excess -= row.size
         report.quota_rows_evicted += 1
         evicted.add(row.mpack_id)
     return evicted
@@ -246,6 +251,26 @@ def run_gc(hub: Hub, repo: Repo | None = None, dry_run: bool = False) -> GcRepor
     hub.log.info("gc finished", extra=report.as_dict())
     hub.metrics.gc_ran(report)
     _keep_report(hub, repo, report)
+    return report
+
+
+def make_room(hub: Hub, need_bytes: int) -> GcReport:
+    """Free ``need_bytes`` of cached packs for a build that would otherwise eat the disk's reserve.
+
+    What GC would do, on demand and only as far as needed: the packs of stale
+    rows first, then, least recently used first, rows no live URL can come
+    from (the quota's rule) — so a full cache makes way for a clone instead of
+    refusing it until the next GC. Orphans, jobs and locks wait for GC. Not
+    kept as a GC report; logged and counted (``mpackhub_gc_rows_deleted_total``,
+    reason ``room``).
+    """
+    report = GcReport()
+    gone = _Gone()
+    _delete_unnamed(hub, sorted(_expire_rows(hub, None, report, gone)), report, gone)
+    evicted = _evict_least_recent(hub, None, report, gone, need_bytes - report.bytes_freed)
+    _delete_unnamed(hub, sorted(evicted), report, gone)
+    hub.log.info("cache made room for a build", extra={"needed": need_bytes, **report.as_dict()})
+    hub.metrics.room_made(report)
     return report
 
 

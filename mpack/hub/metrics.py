@@ -120,12 +120,19 @@ class HubMetrics:
         self.gc_runs.labels(mode="dry_run" if report.dry_run else "run").inc()
         if report.dry_run:
             return
-        self.gc_rows.labels(reason="expired").inc(report.cache_rows_deleted)
-        self.gc_rows.labels(reason="quota").inc(report.quota_rows_evicted)
-        self.gc_files.labels(kind="mpack").inc(report.mpacks_deleted)
+        self._gc_deleted(report, evicted_for="quota")
         self.gc_files.labels(kind="orphan").inc(report.orphans_deleted)
-        self.gc_bytes.inc(report.bytes_freed)
         self.gc_jobs.inc(report.jobs_pruned)
+
+    def room_made(self, report) -> None:
+        """Count what the cache deleted to make room for a build at the disk's reserve (``gc.make_room``)."""
+        self._gc_deleted(report, evicted_for="room")
+
+    def _gc_deleted(self, report, *, evicted_for: str) -> None:
+        self.gc_rows.labels(reason="expired").inc(report.cache_rows_deleted)
+        self.gc_rows.labels(reason=evicted_for).inc(report.quota_rows_evicted)
+        self.gc_files.labels(kind="mpack").inc(report.mpacks_deleted)
+        self.gc_bytes.inc(report.bytes_freed)
 
     def pushed(self, result: str) -> None:
         self.pushes.labels(result=result).inc()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from pathlib import Path
 
 from mpack.client import sync
@@ -44,7 +45,12 @@ def _client(url: str, args: argparse.Namespace) -> HubClient:
         token = os.environ.get(TOKEN_ENV) or None
         if token is not None and not token_allowed(url):
             token = None  # never volunteer the environment's token to a plain-http host
-    return HubClient(url, token)
+    quiet = getattr(args, "quiet", False)
+    return HubClient(url, token, on_busy=None if quiet else _tell_busy)
+
+
+def _tell_busy(reason: str, pause: int) -> None:
+    print(f"{reason} — trying again in {pause} s", file=sys.stderr)
 
 
 def _short(commit_id: str | None) -> str:

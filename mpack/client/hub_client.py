@@ -4,7 +4,10 @@ Stdlib ``urllib`` only, one request per connection, no redirects (as the Muse
 CLI). Bodies are msgpack (``use_bin_type=True``); responses are decoded by
 their ``Content-Type`` (msgpack or JSON). Every failure is one ``ClientError``
 whose detail is a single line; connection-level failures are the
-``TransportError`` subclass, which a caller may retry. A pack is read as it
+``TransportError`` subclass, which a caller may retry. A hub that answers
+503 with ``Retry-After`` (every builder busy, storage briefly unavailable, the
+pack cache full: nothing was done) is asked again after that many seconds,
+up to ``BUSY_WAIT`` seconds of waiting per client. A pack is read as it
 arrives (``PackStream``) and a download that breaks off resumes where it
 stopped, with ``Range``. A token is never sent over plain http except to
 localhost, 127.0.0.1 or ::1.
@@ -34,11 +37,15 @@ PUSH_CHUNK_BYTES = 32 << 20  # keeps a chunk of large blobs well under the hub's
 DOWNLOAD_CHUNK = 1 << 20
 DOWNLOAD_ATTEMPTS = 3  # connections in a row that bring no byte before a download gives up
 RETRY_PAUSE = 0.2  # seconds, times the number of failures so far
+BUSY_WAIT = 120.0  # seconds one client waits in all on 503 + Retry-After answers before it gives up
+MAX_RETRY_AFTER = 60  # one wait is at most this long, whatever the hub asks
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}")  # Retry-After's delay-seconds form (a hub never sends the date form)
 EMPTY_BLOB = ids.object_digest(b"")  # never transferred: every hub holds it
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 Progress = Callable[[int, int | None], None]
+BusyNotice = Callable[[str, int], None]  # (the hub's reason, seconds until the next try)
 
 
 class ClientError(MuseError):
@@ -121,7 +128,9 @@ def token_allowed(remote_url: str) -> bool:
 class HubClient:
     """One remote repository: ``http(s)://host[:port]/{owner}/{repo}``."""
 
-    def __init__(self, remote_url: str, token: str | None = None, *, timeout: float = 60.0) -> None:
+    def __init__(self, remote_url: str, token: str | None = None, *, timeout: float = 60.0,
+                 busy_wait: float = BUSY_WAIT, on_busy: BusyNotice | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = remote_url.rstrip("/")
         parts = urlsplit(self.url)
         path = parts.path.strip("/").split("/")
@@ -131,10 +140,35 @@ class HubClient:
             raise ClientError(f"refusing to send a token over plain http to {parts.hostname}; use https")
         self.host, self.token, self.timeout = parts.netloc, token or None, timeout
         self._opener = no_redirect_opener()
+        self._busy_left, self._on_busy, self._sleep = busy_wait, on_busy, sleep
 
     # -- plumbing -------------------------------------------------------------------
 
     def _open(self, request: urllib.request.Request):
+        """Send ``request`` (again after a 503 that says when to retry, within the busy budget)."""
+        while True:
+            try:
+                return self._open_once(request)
+            except ClientError as exc:
+                pause = self._busy_pause(exc)
+                if pause is None:
+                    raise
+                if self._on_busy is not None:
+                    self._on_busy(exc.detail, pause)
+                self._sleep(pause)
+
+    def _busy_pause(self, exc: ClientError) -> int | None:
+        """Seconds to wait before asking again, or None: not a 503 with Retry-After, or no budget left."""
+        after = exc.headers.get("retry-after", "").strip()
+        if exc.status != 503 or not _DELAY_SECONDS.fullmatch(after):
+            return None
+        pause = min(max(int(after), 1), MAX_RETRY_AFTER)  # at least a second: the budget always shrinks
+        if pause > self._busy_left:
+            return None
+        self._busy_left -= pause
+        return pause
+
+    def _open_once(self, request: urllib.request.Request):
         try:
             return self._opener.open(_one_request_per_connection(request), timeout=self.timeout)
         except urllib.error.HTTPError as exc:

@@ -13,6 +13,7 @@ import falcon
 from mpack.http import errors as http_errors
 from mpack.http.admin import AdminGcAction, AdminLogin, AdminLogout, AdminPage, AdminRetry
 from mpack.http.bodies import BodyMiddleware, Intake
+from mpack.http.clients import note_client
 from mpack.http.logs import configure_logging, with_request_id
 from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
 from mpack.hub.bootstrap import build_hub
@@ -33,8 +34,10 @@ class HubApp:
     def __init__(self, falcon_app: falcon.App, hub: Hub) -> None:
         self.falcon_app = falcon_app
         self.hub = hub
+        self._trusted_proxies = frozenset(hub.settings.trusted_proxies)
 
     def __call__(self, environ, start_response):
+        note_client(environ, self._trusted_proxies)
         return with_request_id(self.falcon_app, environ, start_response)
 
 

@@ -8,11 +8,13 @@ import threading
 
 import pytest
 
+from mpack.format import ids
 from mpack.format.layout import BlobRecord, CommitRecord, SnapshotRecord
 from mpack.format.reader import iter_mpack
 from mpack.hub import build, cache, fetch, history
 from mpack.hub.build_gate import BuildGate
 from mpack.hub.models import FetchMPackCache
+from storage.base import BLOBS
 from tests.factories import History, fake_mpack_id, push_history, unpack, wire
 
 PATH = "/gabriel/song"
@@ -260,3 +262,53 @@ def test_a_cache_hit_and_a_prebuild_need_no_request_builder(hub, app, repo, push
         hit = app.post_json(f"{PATH}/fetch/mpack", {"want": [pushed.tip], "have": []})
     assert prebuilt["cached"] is False
     assert hit.json["cached"] is True and hit.json["mpack_id"] == prebuilt["mpack_id"]
+
+
+# -- one client's share of the builders (build_gate, mpack/http/clients.py) ----------------------
+
+def _two_builders(hub) -> None:
+    hub.build_gate = BuildGate(dataclasses.replace(hub.settings, request_builds=2), hub.store, slot_wait=0.05)
+
+
+def _clone(app, tip: str, *, address: str, forwarded: str | None = None, token: str | None = None):
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return app.post_json(f"{PATH}/fetch/mpack", {"want": [tip], "have": []}, headers=headers,
+                         extra_environ={"REMOTE_ADDR": address}, expect_errors=True)
+
+
+def test_a_client_whose_build_is_running_is_answered_busy_at_once_while_another_client_builds(hub, app, pushed):
+    _two_builders(hub)
+    with hub.build_gate.slot("address:198.51.100.7"):  # that client's build of another commit
+        again = _clone(app, pushed.tip, address="198.51.100.7")
+        other = _clone(app, pushed.tip, address="198.51.100.8")
+    assert again.status_int == 503 and again.json["error"] == "busy" and again.headers["Retry-After"] == "1"
+    assert "this client's pack builds" in again.json["detail"]
+    assert other.status_int == 200 and other.json["cached"] is False  # a builder was free for it
+
+
+def test_a_users_builds_count_as_one_client_from_any_address(hub, app, owner, pushed):
+    _two_builders(hub)
+    with hub.build_gate.slot("user:gabriel"):
+        busy = _clone(app, pushed.tip, address="198.51.100.9", token=owner[1])
+    assert busy.status_int == 503 and busy.json["error"] == "busy"
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_address_it_forwarded_last(hub, app, pushed):
+    _two_builders(hub)
+    with hub.build_gate.slot("address:203.0.113.7"):
+        via_proxy = _clone(app, pushed.tip, address="127.0.0.1", forwarded="10.1.1.1, 203.0.113.7")
+        spoofed = _clone(app, pushed.tip, address="192.0.2.44", forwarded="203.0.113.7")  # not a trusted peer
+    assert via_proxy.status_int == 503  # the proxy's last hop is the client whose build runs
+    assert spoofed.status_int == 200  # its header is ignored: the client is its own address
+
+
+def test_the_client_share_is_given_back_when_its_build_fails(hub, app, pushed):
+    _two_builders(hub)
+    object_id, content = next(iter(pushed.blobs.items()))
+    hub.store.delete(BLOBS, ids.hex_of(object_id))  # the build fails on it: 503 object_unavailable
+    failed = _clone(app, pushed.tip, address="198.51.100.7")
+    hub.store.put_bytes(BLOBS, ids.hex_of(object_id), content)
+    assert failed.status_int == 503 and failed.json["error"] == "object_unavailable"
+    assert _clone(app, pushed.tip, address="198.51.100.7").status_int == 200

@@ -113,6 +113,9 @@ def test_a_real_gunicorn_writes_only_json_lines_with_request_ids_and_true_byte_c
         with urllib.request.urlopen(ranged, timeout=30) as response:
             assert response.status == 206 and len(response.read()) == 10
         server.call("GET", "/healthz", headers={"X-Request-Id": "bad id with spaces"})
+        # From 127.0.0.1, a trusted proxy by default: the client is the last address it forwarded.
+        server.call("GET", "/healthz", headers={"X-Request-Id": "proxied-1", "X-Forwarded-For": "10.0.0.9, 203.0.113.5"})
+        server.call("GET", "/healthz", headers={"X-Request-Id": "proxied-2", "X-Forwarded-For": "not an address"})
         signature = url.split("sig=")[1]
     lines = (home.parent / next(p.name for p in home.parent.glob("gunicorn-*.log"))).read_text().splitlines()
     assert lines
@@ -125,6 +128,8 @@ def test_a_real_gunicorn_writes_only_json_lines_with_request_ids_and_true_byte_c
     assert access["range-1"]["bytes"] == 10 and access["range-1"]["status"] == 206
     assert access["clone-1"]["path"] == "/logger/tune/fetch/mpack" and access["clone-1"]["bytes"] > 0
     assert "bad id with spaces" not in access
+    assert access["clone-1"]["remote"] == "127.0.0.1" and access["proxied-1"]["remote"] == "203.0.113.5"
+    assert access["proxied-2"]["remote"] == "127.0.0.1"
     text = "\n".join(lines)
     assert signature not in text and "sig=" not in text and token not in text and server.admin_token not in text
 

@@ -48,10 +48,19 @@ def test_signing_keys_rotate_oldest_to_newest(tmp_path):
     ("MPACKHUB_CACHE_TTL", "soon"), ("MPACKHUB_JOB_THREADS", "-1"), ("MPACKHUB_URL_TTL", "999999999"),
     ("MPACKHUB_URL_TTL_MAX", "99999999"), ("MPACKHUB_SIGNING_KEYS", "nokey"), ("MPACKHUB_ADMIN_TOKEN", "short"),
     ("MPACKHUB_JOB_POLL_SECONDS", "fast"), ("MPACKHUB_STORE_SYNC", "never"),
+    ("MPACKHUB_TRUSTED_PROXIES", "10.0.0.1,proxy.example"), ("MPACKHUB_REQUEST_BUILDS_PER_CLIENT", "-1"),
 ])
 def test_bad_values_are_refused_with_the_variable_named(tmp_path, name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({"MPACKHUB_HOME": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, ("127.0.0.1", "::1")), ("", ()), (" 10.0.0.1 , 0:0:0:0:0:0:0:1 ", ("10.0.0.1", "::1")),
+])
+def test_trusted_proxies_are_addresses_as_a_peer_spells_them(tmp_path, value, expected):
+    environ = {"MPACKHUB_HOME": str(tmp_path)} | ({} if value is None else {"MPACKHUB_TRUSTED_PROXIES": value})
+    assert Settings.from_env(environ).trusted_proxies == expected
 
 
 def test_the_store_defaults_to_the_local_directory_under_home(tmp_path):

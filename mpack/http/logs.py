@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 
 from gunicorn import glogging
 
+from mpack.http.clients import client_of
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 REQUEST_ID_HEADER = "X-Request-Id"
 ENVIRON_KEY = "mpackhub.request_id"
@@ -191,7 +193,7 @@ class GunicornJsonLogger(glogging.Logger):
             return
         try:
             self.access_log.info("request", extra={
-                "request_id": environ.get(ENVIRON_KEY), "remote": environ.get("REMOTE_ADDR", "-"),
+                "request_id": environ.get(ENVIRON_KEY), "remote": client_of(environ),
                 "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
                 "status": _status_code(resp), "bytes": sent_bytes(resp, environ),
                 "ms": round(request_time.total_seconds() * 1000, 3),

@@ -7,6 +7,7 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mpack.format.errors import MuseError
+from mpack.http.clients import client_of
 from mpack.http.media import large_limits, read_body, send, small_limits
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, job_reports, metrics, push, repos
 from mpack.hub.errors import InvalidField
@@ -128,7 +129,7 @@ class Wire(Resource):
         except MuseError:  # an unknown or hidden repo answers 404 before a bad body, as on every route
             repos.readable_repo(owner, repo, user)
             raise
-        send(req, resp, fetch.fetch_mpack(self.hub, owner, repo, user, body))
+        send(req, resp, fetch.fetch_mpack(self.hub, owner, repo, user, body, address=client_of(req.env)))
 
 
 class Download(Resource):

@@ -10,6 +10,11 @@ until GC). So, per process:
   ``/healthz`` and downloads); a miss that finds them all taken waits up to
   ``SLOT_WAIT`` for one, and is answered 503 ``busy`` (``Retry-After: 1``)
   otherwise;
+- of those, at most ``request_builds_per_client`` for one client (a user, or
+  an anonymous address: ``mpack/http/clients.py``); a client's further miss
+  is answered 503 ``busy`` at once, without waiting — so one client looping
+  over commits cannot take every builder from the others, nor hold threads
+  waiting for its own;
 - a request's build may not leave the store's filesystem with less than
   ``build_min_free_percent`` of its size free: packs are a cache, while a
   push that finds no disk fails (507) — the disk's last percent is for
@@ -44,6 +49,9 @@ class BuildGate:
     def __init__(self, settings: Settings, store: Store, *, slot_wait: float = SLOT_WAIT,
                  make_room: Callable[[int], object] | None = None) -> None:
         self._slots = threading.BoundedSemaphore(settings.request_builds)
+        self._per_client = settings.request_builds_per_client
+        self._by_client: dict[str, int] = {}  # client → its request builds holding or waiting for a slot
+        self._clients_lock = threading.Lock()
         self._reserve_percent = settings.build_min_free_percent
         self._store = store
         self._slot_wait = slot_wait
@@ -51,14 +59,34 @@ class BuildGate:
         self._making_room = threading.Lock()  # one build evicts at a time; the next sees what it freed
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the request builders for the ``with`` block; ServerBusy if none frees up in time."""
-        if not self._slots.acquire(timeout=self._slot_wait):
-            raise ServerBusy("every pack builder of this worker is busy; retry shortly")
+    def slot(self, client: str | None = None) -> Iterator[None]:
+        """Hold one of the request builders for the ``with`` block → ServerBusy if none frees up in time,
+        or at once if ``client`` (None: not counted per client) already has its share."""
+        with self._client_share(client):
+            if not self._slots.acquire(timeout=self._slot_wait):
+                raise ServerBusy("every pack builder of this worker is busy; retry shortly")
+            try:
+                yield
+            finally:
+                self._slots.release()
+
+    @contextmanager
+    def _client_share(self, client: str | None) -> Iterator[None]:
+        if client is None or not self._per_client:
+            yield
+            return
+        with self._clients_lock:
+            running = self._by_client.get(client, 0)
+            if running >= self._per_client:
+                raise ServerBusy(f"this client's pack builds ({running}) are still running; retry when they end")
+            self._by_client[client] = running + 1
         try:
             yield
         finally:
-            self._slots.release()
+            with self._clients_lock:
+                left = self._by_client.pop(client) - 1
+                if left:
+                    self._by_client[client] = left
 
     def check_room(self, pack_bytes: int) -> None:
         """Make room for about ``pack_bytes`` above the reserve if need be → CacheFull if there is none."""

@@ -135,8 +135,11 @@ def _cache_hit(hub: Hub, repo: Repo, tip: str, base: str) -> dict | None:
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
 
-def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) -> dict:
+def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict, *, address: str = "-") -> dict:
     """``POST /{owner}/{name}/fetch/mpack`` → as ``wire_fetch_mpack``, counted by result (``fetch_request``).
+
+    A build it needs counts against its client's share of the request
+    builders: ``user``'s, or, anonymous, the client ``address``'s (``build_gate``).
 
     A clone's hit — one want, a commit id or a branch name, no haves — costs
     one SELECT (``cache.hit_row``), one stat of the pack and one HMAC, and no
@@ -154,7 +157,8 @@ def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict) 
         if answer is not None:
             hub.metrics.fetch("hit", bucket_url=hub.store.signs_own_urls)
             return answer
-    return fetch_request(hub, repos.readable_repo(owner, name, user), want, have)
+    client = f"user:{user.username}" if user is not None else f"address:{address}"
+    return fetch_request(hub, repos.readable_repo(owner, name, user), want, have, client=client)
 
 
 def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str) -> dict | None:
@@ -171,7 +175,7 @@ def _fast_hit(hub: Hub, owner: str, name: str, user: User | None, want: str) -> 
     return _answer(hub, _stats_of(row), cached=True, row=row)
 
 
-def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dict:
+def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str], *, client: str | None = None) -> dict:
     """A client's ``POST /fetch/mpack``: ``wire_fetch_mpack``, counted by result.
 
     ``hit``: answered from a cache row; ``miss``: a full pack built (or waited
@@ -180,7 +184,7 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
     are not counted as requests.
     """
     try:
-        answer = wire_fetch_mpack(hub, repo, want, have, gate=hub.build_gate)
+        answer = wire_fetch_mpack(hub, repo, want, have, gate=hub.build_gate, client=client)
     except Exception:
         hub.metrics.fetch("error")
         raise
@@ -189,7 +193,7 @@ def fetch_request(hub: Hub, repo: Repo, want: list[str], have: list[str]) -> dic
 
 
 def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str], *,
-                     gate: BuildGate | None = None) -> dict:
+                     gate: BuildGate | None = None, client: str | None = None) -> dict:
     """→ ``{mpack_id, mpack_url, commit_count, blob_count, size_bytes, expires_at, cached}``.
 
     Haves the repo does not hold are dropped before anything is keyed, so made-up
@@ -217,7 +221,7 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str], *,
         if answer is not None:
             return answer
     key = f"{repo.repo_id}\0{tip}\0{base}"
-    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base, gate))
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base, gate, client))
     return _answer(hub, stats, cached=cached, row=row)
 
 
@@ -235,13 +239,14 @@ def _delta_key(wants: dict[str, str], commits: dict[str, CommitNode]) -> tuple[s
 
 
 def _build_once(hub: Hub, repo: Repo, commits: dict[str, CommitNode], tip: str, base: str,
-                gate: BuildGate | None):
+                gate: BuildGate | None, client: str | None):
     """Under the single-flight lock: another process may have built it meanwhile. A request's build
-    (``gate``) holds one of the worker's request builders and must leave the disk its reserve."""
+    (``gate``) holds one of the worker's request builders (within ``client``'s share) and must leave
+    the disk its reserve."""
     row = cache.usable_row(hub, repo, tip, base)
     if row is not None:
         return _stats_of(row), True, row
-    with gate.slot() if gate is not None else contextlib.nullcontext():
+    with gate.slot(client) if gate is not None else contextlib.nullcontext():
         for _ in range(3):
             stats = build_mpack(hub, repo, commits, check_room=gate.check_room if gate is not None else None)
             try:

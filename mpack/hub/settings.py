@@ -7,6 +7,7 @@ object's repr hides them.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -41,6 +42,8 @@ class Settings:
     body_drain_bytes: int = 64 * 1024 * 1024
     body_readers: int = 3
     request_builds: int = 3
+    request_builds_per_client: int = 1  # 0: no bound per client
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # peers whose X-Forwarded-For names the client
     build_min_free_percent: int = 5
     job_threads: int = 2
     job_max_attempts: int = 5
@@ -104,6 +107,8 @@ class Settings:
                                  minimum=1),
             request_builds=env.int("MPACKHUB_REQUEST_BUILDS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1),
                                    minimum=1),
+            request_builds_per_client=env.int("MPACKHUB_REQUEST_BUILDS_PER_CLIENT", 1, minimum=0),
+            trusted_proxies=_parse_addresses("MPACKHUB_TRUSTED_PROXIES", env.str("MPACKHUB_TRUSTED_PROXIES", "127.0.0.1,::1")),
             build_min_free_percent=env.int("MPACKHUB_BUILD_MIN_FREE_PERCENT", 5, minimum=0, maximum=90),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
             job_max_attempts=env.int("MPACKHUB_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
@@ -210,6 +215,17 @@ class _Env:
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise SettingsError(f"{name}={value} is outside {minimum}..{maximum}")
         return value
+
+
+def _parse_addresses(name: str, spec: str) -> tuple[str, ...]:
+    """``127.0.0.1,::1`` → the addresses, each as the peer address of a request spells it."""
+    addresses = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            addresses.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise SettingsError(f"{name} lists IP addresses separated by commas; {item!r} is not one") from None
+    return tuple(addresses)
 
 
 def _parse_keys(spec: str) -> tuple[tuple[str, bytes], ...]:

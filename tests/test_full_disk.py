@@ -313,50 +313,45 @@ def test_a_request_build_that_would_eat_the_disks_reserve_is_a_503_and_leaves_no
     assert built.json["cached"] is False and list(hub.store.iter_digests("mpacks"))
 
 
-def fill_to_short_of(disk: SmallDisk, hub, pack_bytes: int, short: int) -> None:
-    """Fill the store's disk so that a pack of ``pack_bytes`` would leave ``short`` bytes less than the reserve."""
+def a_cached_pack_then_a_full_disk(tmp_path, clock, disk: SmallDisk):
+    """A hub whose reserve is half its store's disk, one cached pack (512 KiB of blobs), a push adding 256 KiB,
+    and the disk filled so that the new tip's pack (768 KiB) lacks 256 KiB above the reserve — which evicting
+    the cached pack would give → (hub, app, the cached pack's answer, the new tip)."""
+    hub = make_hub(tmp_path, clock, build_min_free_percent=50)
+    app, token, _ = user_and_repo(hub)
+    history = History()
+    history.commit({"a.bin": os.urandom(512 * 1024)})
+    push_history(app, token, PATH, history)
+    cached = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []}).json
+    history.commit({"b.bin": os.urandom(256 * 1024)})
+    push_history(app, token, PATH, history, commits=history.commits[1:])
     free, total = hub.store.disk_space()
     reserve = total * hub.settings.build_min_free_percent // 100
     with open(disk.filler, "wb") as filler:
-        filler.write(bytes(free - (reserve + pack_bytes - short)))
+        filler.write(bytes(free - (reserve + 768 * 1024 - 256 * 1024)))
+    return hub, app, cached, history.tip
 
 
 def test_a_request_build_at_the_reserve_evicts_an_idle_cached_pack_instead_of_refusing(tmp_path, clock, store_disk):
     """A full cache makes way for a clone: a pack no live URL can come from (unused for longer than a URL lives)
     is evicted, least recently used first, and the clone builds — not a 503 until the next GC."""
-    hub = make_hub(tmp_path, clock, build_min_free_percent=50)
-    app, token, _ = user_and_repo(hub)
-    history = History()
-    history.commit({"a.bin": os.urandom(512 * 1024)})
-    push_history(app, token, PATH, history)
-    old = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []}).json
-    history.commit({"b.bin": os.urandom(256 * 1024)})
-    push_history(app, token, PATH, history, commits=history.commits[1:])
-    fill_to_short_of(store_disk, hub, 768 * 1024, short=256 * 1024)  # the old pack's 512 KiB would do
+    hub, app, old, tip = a_cached_pack_then_a_full_disk(tmp_path, clock, store_disk)
     clock.advance(hub.settings.url_ttl + cache.HIT_WRITE_INTERVAL + gc.EXPIRY_SLACK + 1)  # its URLs have ended
 
-    built = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []})
+    built = app.post_json(f"{PATH}/fetch/mpack", {"want": [tip], "have": []})
 
     assert built.json["cached"] is False
     assert list(hub.store.iter_digests("mpacks")) == [built.json["mpack_id"][-64:]]
-    assert [row.tip_commit_id for row in FetchMPackCache.select()] == [history.tip]
+    assert [row.tip_commit_id for row in FetchMPackCache.select()] == [tip]
     assert old["mpack_id"] != built.json["mpack_id"]
     assert hub.metrics.totals("gc_rows_deleted", "reason").get("room") == 1.0
 
 
 def test_a_cached_pack_whose_url_may_be_live_is_not_evicted_for_room(tmp_path, clock, store_disk):
-    hub = make_hub(tmp_path, clock, build_min_free_percent=50)
-    app, token, _ = user_and_repo(hub)
-    history = History()
-    history.commit({"a.bin": os.urandom(512 * 1024)})
-    push_history(app, token, PATH, history)
-    old = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []}).json
-    history.commit({"b.bin": os.urandom(256 * 1024)})
-    push_history(app, token, PATH, history, commits=history.commits[1:])
-    fill_to_short_of(store_disk, hub, 768 * 1024, short=256 * 1024)
+    hub, app, old, tip = a_cached_pack_then_a_full_disk(tmp_path, clock, store_disk)
     clock.advance(hub.settings.url_ttl - 60)  # a URL handed out with the old pack still works
 
-    refused = app.post_json(f"{PATH}/fetch/mpack", {"want": [history.tip], "have": []}, expect_errors=True)
+    refused = app.post_json(f"{PATH}/fetch/mpack", {"want": [tip], "have": []}, expect_errors=True)
 
     assert refused.status_int == 503 and refused.json["error"] == "cache_full", refused.body
     assert list(hub.store.iter_digests("mpacks")) == [old["mpack_id"][-64:]]

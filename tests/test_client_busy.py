@@ -22,6 +22,7 @@ from mpack.format import ids
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.build_gate import BuildGate
 from mpack.hub.settings import Settings
+from mpack.hub.slots import Slots
 from storage.base import BLOBS
 from tests.factories import Clock, History, make_repo, make_user, push_history
 
@@ -82,6 +83,23 @@ def test_a_fetch_answered_503_busy_is_asked_again_after_the_hubs_retry_after(ser
     assert waits == [1]  # the hub's Retry-After for a busy builder
     [(reason, pause)] = notices
     assert reason.endswith(": every pack builder of this worker is busy; retry shortly") and pause == 1
+
+
+def test_a_download_answered_503_while_every_download_slot_is_taken_is_asked_again(served):
+    hub, base, history = served
+    answer = HubClient(base + PATH).fetch_mpack([history.tip], [])
+    hub.download_slots = Slots(1, 1, wait=0, noun="download slot")
+    reader = ExitStack()
+    reader.enter_context(hub.download_slots.held("address:192.0.2.1"))  # another client reading a pack
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        reader.close()
+
+    with HubClient(base + PATH, sleep=sleep).open_pack(answer["mpack_url"]) as stream:
+        data = stream.read()
+    assert waits == [1] and len(data) == answer["size_bytes"]
 
 
 def test_a_hub_busy_for_longer_than_the_budget_fails_with_its_own_reason(served):

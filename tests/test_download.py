@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 
 from mpack.format import ids
+from mpack.hub.slots import Slots
 from storage import MPACKS
 from tests.factories import History, error_of, push_history, unpack, wire
 
@@ -282,3 +283,36 @@ def test_a_range_that_is_several_or_invalid_serves_the_whole_pack(app, url, stor
     response = get_range(app, url, header, 200)
     assert response.body == stored
     assert "Content-Range" not in response.headers
+
+
+# -- what downloads may hold of a worker (hub.download_slots, mpack/hub/slots.py) ----------------------
+
+def one_download_slot(hub) -> None:
+    hub.download_slots = Slots(1, 1, wait=0, noun="download slot")
+
+
+def test_a_download_while_every_slot_is_taken_is_a_503_to_retry_and_a_head_needs_none(app, hub, url, stored):
+    one_download_slot(hub)
+    with hub.download_slots.held("address:192.0.2.1"):  # another client reading a pack
+        busy = app.get(url, status=503, expect_errors=True)
+        head = app.head(url, status=200)
+    assert error_of(busy, 503)["error"] == "busy" and busy.headers["Retry-After"] == "1"
+    assert head.headers["Content-Length"] == str(len(stored))
+    assert app.get(url, status=200).body == stored  # given back: the next one is served
+
+
+def test_one_client_may_hold_only_its_share_of_the_download_slots(app, hub, url, stored):
+    hub.download_slots = Slots(3, 2, wait=0, noun="download slot")
+    with hub.download_slots.held("address:198.51.100.7"), hub.download_slots.held("address:198.51.100.7"):
+        refused = app.get(url, extra_environ={"REMOTE_ADDR": "198.51.100.7"}, status=503, expect_errors=True)
+        other = app.get(url, extra_environ={"REMOTE_ADDR": "198.51.100.8"}, status=200)
+    assert "this client holds 2 download slot(s)" in refused.json["detail"]
+    assert other.body == stored
+
+
+def test_finished_and_refused_downloads_give_their_slots_back(app, hub, url, stored):
+    one_download_slot(hub)
+    for _ in range(3):
+        assert app.get(url, headers={"Range": "bytes=0-9"}, status=206).body == stored[:10]
+    app.get(url, headers={"Range": f"bytes={len(stored)}-"}, status=416)  # refused after the token check
+    assert app.get(url, status=200).body == stored

@@ -284,7 +284,7 @@ def test_a_client_whose_build_is_running_is_answered_busy_at_once_while_another_
         again = _clone(app, pushed.tip, address="198.51.100.7")
         other = _clone(app, pushed.tip, address="198.51.100.8")
     assert again.status_int == 503 and again.json["error"] == "busy" and again.headers["Retry-After"] == "1"
-    assert "this client's pack builds" in again.json["detail"]
+    assert "this client holds 1 pack builder(s)" in again.json["detail"]
     assert other.status_int == 200 and other.json["cached"] is False  # a builder was free for it
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from bench.live_hub import live_hub
+from bench.live_hub import live_hub, push_like_cli
+from tests.factories import History
 
 pytestmark = pytest.mark.e2e
 
@@ -380,3 +381,58 @@ def test_a_small_body_that_arrives_after_its_headers_is_read_whole(public_repo_h
         sock.sendall(body[10:])
         [(status, reply)] = _responses(sock, 1)
     assert status == 404 and json.loads(reply)["error"] == "unknown_commits", reply
+
+
+def stalled_download(url: str) -> socket.socket:
+    """A GET of a signed pack URL from a client that then reads nothing (a tiny receive window)."""
+    host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    path = "/" + url.removeprefix("http://").split("/", 1)[1]
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def test_clients_that_stop_reading_downloads_leave_the_worker_answering(tmp_path):
+    """Three readers of a 24 MB pack that read nothing, against one worker of two threads: before, they held
+    both threads (sendfile blocks) and /healthz timed out. Now a worker keeps a thread from downloads (one
+    download slot here, the others get 503 at once) and a download whose client reads nothing for
+    MPACKHUB_SEND_TIMEOUT is cut."""
+    send_timeout = 1.0
+    with live_hub(tmp_path / "hub", workers=1, env={"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0",
+                                                     "MPACKHUB_SEND_TIMEOUT": str(send_timeout)}) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        history = History()
+        history.commit({"big.bin": os.urandom(24 * MiB)})
+        push_like_cli(server, token, "/alice/song", history, history.commits)
+        answer = server.call("POST", "/alice/song/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+        stalled = [stalled_download(answer["mpack_url"]) for _ in range(3)]
+        try:
+            started = time.monotonic()
+            assert server.call("GET", "/healthz", as_json=True).status == 200
+            assert time.monotonic() - started < send_timeout + 2.0
+            # While nobody reads: the download's access line appears once the hub has given up on it.
+            cut = wait_for_access_line(server.log_path, "/mpacks/", deadline=send_timeout + 20)
+            answers = [read_answer(sock, 30) for sock in stalled]
+        finally:
+            for sock in stalled:
+                sock.close()
+    assert cut["status"] == 200 and cut["bytes"] < answer["size_bytes"], cut  # a cut sendfile counts 0
+    statuses = sorted(int(a.split(b" ", 2)[1]) for a in answers)
+    assert statuses == [200, 503, 503], statuses
+    assert len(next(a for a in answers if a.startswith(b"HTTP/1.1 200"))) < answer["size_bytes"]
+
+
+def wait_for_access_line(log_path: Path, path_prefix: str, *, deadline: float, status: int = 200) -> dict:
+    """The first access-log entry with that status for a path starting with ``path_prefix``, polled for."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for line in log_path.read_text().splitlines():
+            entry = json.loads(line)
+            if (entry.get("logger") == "gunicorn.access" and str(entry.get("path", "")).startswith(path_prefix)
+                    and entry.get("status") == status):
+                return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no {status} access line for {path_prefix} within {deadline} s")

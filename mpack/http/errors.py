@@ -61,7 +61,9 @@ def _error_body(code: str, detail: str) -> bytes:
 
 def handle_hub_error(req, resp, exc: errors.MuseError, params) -> None:
     status = status_for(exc)
-    if status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
+    if isinstance(exc, errors.ServerBusy) and not isinstance(exc, errors.CacheFull):  # load shed, by design
+        log.warning("request shed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
+    elif status in (falcon.HTTP_500, falcon.HTTP_503, falcon.HTTP_507):  # the operator's to fix
         log.error("request failed", extra={"path": req.path, "error": exc.code, "detail": exc.detail})
     resp.status = status
     if getattr(req.context, "html", False):  # the admin page's forms: a page, not JSON

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mpack.format.errors import MuseError
 from mpack.http.clients import client_of
 from mpack.http.media import large_limits, read_body, send, small_limits
+from mpack.http.send_timeout import bound_send_stall
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, job_reports, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
@@ -137,7 +138,7 @@ class Download(Resource):
 
     def on_get(self, req, resp, mpack_id):
         served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
-                                               head=req.method == "HEAD")
+                                               head=req.method == "HEAD", client=f"address:{client_of(req.env)}")
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)
@@ -145,6 +146,7 @@ class Download(Resource):
             served.close()
             resp.content_length = served.length
         else:
+            bound_send_stall(req.env, self.hub.settings.send_timeout)
             resp.set_stream(served.stream, served.length)
 
     on_head = on_get

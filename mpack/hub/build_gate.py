@@ -33,11 +33,12 @@ wait for it without a slot.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from mpack.hub.errors import CacheFull, ServerBusy
+from mpack.hub.errors import CacheFull
 from mpack.hub.settings import Settings
+from mpack.hub.slots import Slots
 from storage.base import Store
 
 SLOT_WAIT = 2.0  # seconds a request's build waits for a builder before 503
@@ -48,45 +49,17 @@ class BuildGate:
 
     def __init__(self, settings: Settings, store: Store, *, slot_wait: float = SLOT_WAIT,
                  make_room: Callable[[int], object] | None = None) -> None:
-        self._slots = threading.BoundedSemaphore(settings.request_builds)
-        self._per_client = settings.request_builds_per_client
-        self._by_client: dict[str, int] = {}  # client → its request builds holding or waiting for a slot
-        self._clients_lock = threading.Lock()
+        self._builders = Slots(settings.request_builds, settings.request_builds_per_client, wait=slot_wait,
+                               noun="pack builder")
         self._reserve_percent = settings.build_min_free_percent
         self._store = store
-        self._slot_wait = slot_wait
         self._make_room = make_room  # called with the bytes missing; frees what it can
         self._making_room = threading.Lock()  # one build evicts at a time; the next sees what it freed
 
-    @contextmanager
-    def slot(self, client: str | None = None) -> Iterator[None]:
+    def slot(self, client: str | None = None) -> AbstractContextManager[None]:
         """Hold one of the request builders for the ``with`` block → ServerBusy if none frees up in time,
         or at once if ``client`` (None: not counted per client) already has its share."""
-        with self._client_share(client):
-            if not self._slots.acquire(timeout=self._slot_wait):
-                raise ServerBusy("every pack builder of this worker is busy; retry shortly")
-            try:
-                yield
-            finally:
-                self._slots.release()
-
-    @contextmanager
-    def _client_share(self, client: str | None) -> Iterator[None]:
-        if client is None or not self._per_client:
-            yield
-            return
-        with self._clients_lock:
-            running = self._by_client.get(client, 0)
-            if running >= self._per_client:
-                raise ServerBusy(f"this client's pack builds ({running}) are still running; retry when they end")
-            self._by_client[client] = running + 1
-        try:
-            yield
-        finally:
-            with self._clients_lock:
-                left = self._by_client.pop(client) - 1
-                if left:
-                    self._by_client[client] = left
+        return self._builders.held(client)
 
     def check_room(self, pack_bytes: int) -> None:
         """Make room for about ``pack_bytes`` above the reserve if need be → CacheFull if there is none."""

@@ -5,11 +5,17 @@ before streaming starts, so a GC that deletes it mid-download does not cut the
 download short (the open descriptor keeps the bytes). HEAD is verified as GET.
 A single range is served as 206; several ranges get the whole file (200), as
 RFC 9110 allows; a range that starts past the end is 416.
+
+A GET holds one of the worker's download slots (``hub.download_slots``, at
+most so many per worker and per client: ``mpack/hub/slots.py``) until its
+stream is closed — the thread is the client's for as long as it reads, and
+a worker must keep threads for hits and pushes. A HEAD sends no body and
+takes none.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -27,11 +33,13 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
 class RangeFile:
-    """A window of an open file: ``read`` stops at the window; ``fileno`` lets gunicorn sendfile it."""
+    """A window of an open file: ``read`` stops at the window; ``fileno`` lets gunicorn sendfile it;
+    ``close`` closes the file, then calls ``on_close`` (once)."""
 
-    def __init__(self, raw: IO[bytes], start: int, length: int) -> None:
-        raw.seek(start)
-        self._raw, self._left = raw, length
+    def __init__(self, raw: IO[bytes], start: int, length: int, on_close: Callable[[], None] | None = None) -> None:
+        if start:
+            raw.seek(start)
+        self._raw, self._left, self._on_close = raw, length, on_close
 
     def read(self, size: int = -1) -> bytes:
         size = self._left if size is None or size < 0 else min(size, self._left)
@@ -43,7 +51,12 @@ class RangeFile:
         return self._raw.fileno()
 
     def close(self) -> None:
-        self._raw.close()
+        try:
+            self._raw.close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
 
 
 @dataclass
@@ -89,11 +102,23 @@ def _position(digits: str) -> int | None:
 
 
 def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
-                         head: bool = False) -> Served:
-    """Verify the token, open the pack, pick the range; a GET's bytes are counted (a HEAD sends none)."""
+                         head: bool = False, client: str | None = None) -> Served:
+    """Verify the token, open the pack, pick the range; a GET holds a download slot of ``client``'s until
+    its stream is closed, and its bytes are counted (a HEAD sends none).
+
+    Raises:
+        ServerBusy: every download slot of this worker is taken, or ``client``'s share is.
+    """
     served = _open(hub, mpack_id, params, range_header)
-    if not head:
-        hub.metrics.download(served.length, partial=served.partial)
+    if head:
+        return served
+    try:
+        give_back = hub.download_slots.take(client)
+    except BaseException:
+        served.close()
+        raise
+    served.stream = RangeFile(served.stream, 0, served.length, on_close=give_back)
+    hub.metrics.download(served.length, partial=served.partial)
     return served
 
 

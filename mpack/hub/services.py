@@ -20,6 +20,7 @@ from mpack.hub.build_gate import BuildGate
 from mpack.hub.metrics import HubMetrics
 from mpack.hub.settings import Settings
 from mpack.hub.singleflight import SingleFlight
+from mpack.hub.slots import Slots
 from storage.base import Store
 
 
@@ -45,12 +46,17 @@ class Hub:
     pool_factory: Callable[[Hub], JobRunner] | None = None  # set by build_hub
     metrics: HubMetrics = field(default_factory=HubMetrics)  # in-process unless build_hub says otherwise
     build_gate: BuildGate | None = None  # bounds the builds requests start (made from settings if None)
+    download_slots: Slots | None = None  # bounds the downloads served at once (made from settings if None)
 
     def __post_init__(self) -> None:
         if self.flights is None:
             self.flights = SingleFlight(self.settings.home / "locks", self.db)
         if self.build_gate is None:
             self.build_gate = BuildGate(self.settings, self.store)
+        if self.download_slots is None:
+            # No wait: a download holds its thread while the client reads, so a refusal must cost nothing.
+            self.download_slots = Slots(self.settings.downloads, self.settings.downloads_per_client, wait=0,
+                                        noun="download slot")
 
     def now(self) -> float:
         return self.clock()

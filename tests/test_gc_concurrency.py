@@ -181,7 +181,9 @@ def race(tmp_path):
     clock = SharedClock(time.time())
     settings = Settings.for_home(tmp_path / "hub",
                                  database_url=database_url(tmp_path / "hub"), public_url="http://hub.test", job_threads=0,
-                                 cache_ttl=60)
+                                 cache_ttl=60,
+                                 # The race is GC's: every thread is one test client, none to be shed as busy.
+                                 request_builds=8, request_builds_per_client=0, downloads=8, downloads_per_client=0)
     hub = build_hub(settings, clock=clock)
     user, token = make_user(hub, "gabriel")
     history = History().linear(4)

@@ -138,7 +138,7 @@ class Download(Resource):
 
     def on_get(self, req, resp, mpack_id):
         served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
-                                               head=req.method == "HEAD", client=f"address:{client_of(req.env)}")
+                                               head=req.method == "HEAD", address=client_of(req.env))
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)

@@ -55,10 +55,10 @@ def build_hub(settings: Settings, *, clock: Callable[[], float] = time.time) -> 
     migrations.migrate_when_reachable(database, clock, wait=settings.database_wait)
     signer = UrlSigner(settings.signing_keys, base_url=settings.public_url, max_ttl=settings.url_ttl_max, clock=clock)
     store = open_store(settings, signer, clock=clock)
-    hub = Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
-              metrics=HubMetrics(settings.metrics_dir))
     # A request's build at the disk's reserve first has the cache evict what it can (gc.make_room).
-    hub.build_gate = BuildGate(settings, store, make_room=lambda need_bytes: gc.make_room(hub, need_bytes))
+    gate = BuildGate(settings, store, make_room=lambda need_bytes: gc.make_room(hub, need_bytes))
+    hub = Hub(settings=settings, db=database, store=store, clock=clock, pool_factory=production_pool,
+              metrics=HubMetrics(settings.metrics_dir), build_gate=gate)
     return hub
 
 

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING
 
 from mpack.format import ids
 from mpack.hub.errors import MPackMissing, RangeNotSatisfiable
+from mpack.hub.slots import client_key
 from storage import MPACKS, mpack_path
 from storage.errors import StoredObjectMissing
 
@@ -102,18 +103,18 @@ def _position(digits: str) -> int | None:
 
 
 def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
-                         head: bool = False, client: str | None = None) -> Served:
-    """Verify the token, open the pack, pick the range; a GET holds a download slot of ``client``'s until
-    its stream is closed, and its bytes are counted (a HEAD sends none).
+                         head: bool = False, address: str = "-") -> Served:
+    """Verify the token, open the pack, pick the range; a GET holds a download slot of the client
+    ``address``'s until its stream is closed, and its bytes are counted (a HEAD sends none).
 
     Raises:
-        ServerBusy: every download slot of this worker is taken, or ``client``'s share is.
+        ServerBusy: every download slot of this worker is taken, or the client's share is.
     """
     served = _open(hub, mpack_id, params, range_header)
     if head:
         return served
     try:
-        give_back = hub.download_slots.take(client)
+        give_back = hub.download_slots.take(client_key(None, address))  # URL holders: never a user
     except BaseException:
         served.close()
         raise

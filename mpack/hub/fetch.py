@@ -20,6 +20,7 @@ from mpack.hub.build import build_mpack
 from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
 from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo, User
+from mpack.hub.slots import client_key
 from storage.base import MPACKS
 from storage.errors import StorageError
 
@@ -157,7 +158,7 @@ def fetch_mpack(hub: Hub, owner: str, name: str, user: User | None, body: dict, 
         if answer is not None:
             hub.metrics.fetch("hit", bucket_url=hub.store.signs_own_urls)
             return answer
-    client = f"user:{user.username}" if user is not None else f"address:{address}"
+    client = client_key(user.username if user is not None else None, address)
     return fetch_request(hub, repos.readable_repo(owner, name, user), want, have, client=client)
 
 

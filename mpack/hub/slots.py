@@ -18,6 +18,11 @@ from contextlib import contextmanager
 from mpack.hub.errors import ServerBusy
 
 
+def client_key(username: str | None, address: str) -> str:
+    """Whom a slot is counted against: the user when the request is authenticated, else its address."""
+    return f"user:{username}" if username is not None else f"address:{address}"
+
+
 class Slots:
     """At most ``total`` holders at once, at most ``per_client`` of them one client's (0: no such bound)."""
 

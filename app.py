@@ -16,6 +16,7 @@ from mpack.http.bodies import BodyMiddleware, Intake
 from mpack.http.clients import note_client
 from mpack.http.logs import configure_logging, with_request_id
 from mpack.http.resources import AdminFsck, AdminGc, AdminJobs, AdminUsers, ApiRepos, Download, Health, Metrics, Wire
+from mpack.http.send_timeout import SendBounds
 from mpack.hub.bootstrap import build_hub
 from mpack.hub.db import discard_connection
 from mpack.hub.services import Hub
@@ -63,7 +64,9 @@ def create_app(hub: Hub) -> HubApp:
     wire = Wire(hub)
     for path, suffix in WIRE_SUFFIXES.items():
         api.add_route(f"/{{owner}}/{{repo}}/{path}", wire, suffix=suffix)
-    api.add_route("/mpacks/{mpack_id}", Download(hub))
+    settings = hub.settings
+    sends = SendBounds(settings.send_timeout, settings.download_min_rate, on_cut=hub.metrics.download_cut)
+    api.add_route("/mpacks/{mpack_id}", Download(hub, sends))
     return HubApp(api, hub)
 
 

@@ -383,11 +383,12 @@ def test_a_small_body_that_arrives_after_its_headers_is_read_whole(public_repo_h
     assert status == 404 and json.loads(reply)["error"] == "unknown_commits", reply
 
 
-def stalled_download(url: str) -> socket.socket:
-    """A GET of a signed pack URL from a client that then reads nothing (a tiny receive window)."""
+def stalled_download(url: str, receive_buffer: int | None = 4096) -> socket.socket:
+    """A GET of a signed pack URL from a client that then reads nothing (by default with a tiny receive window)."""
     host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.connect((host, int(port)))
     path = "/" + url.removeprefix("http://").split("/", 1)[1]
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -423,6 +424,49 @@ def test_clients_that_stop_reading_downloads_leave_the_worker_answering(tmp_path
     statuses = sorted(int(a.split(b" ", 2)[1]) for a in answers)
     assert statuses == [200, 503, 503], statuses
     assert len(next(a for a in answers if a.startswith(b"HTTP/1.1 200"))) < answer["size_bytes"]
+
+
+def test_a_client_that_trickles_a_download_is_cut_at_its_deadline(tmp_path):
+    """A reader that keeps reading a little (never stalling for MPACKHUB_SEND_TIMEOUT) would hold its thread
+    for as long as it liked; a download must now end within send_timeout + size / MPACKHUB_DOWNLOAD_MIN_RATE
+    (here 2 + 24 MiB / 16 MiB/s = 3.5 s, where this reader needs ~8 s), and the hub says so in its log."""
+    env = {"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0", "MPACKHUB_SEND_TIMEOUT": "2",
+           "MPACKHUB_DOWNLOAD_MIN_RATE": str(16 * MiB)}
+    with live_hub(tmp_path / "hub", workers=1, env=env) as server:
+        token = server.create_user("alice")
+        server.create_repo(token, "song")
+        history = History()
+        history.commit({"big.bin": os.urandom(24 * MiB)})
+        push_like_cli(server, token, "/alice/song", history, history.commits)
+        answer = server.call("POST", "/alice/song/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+        sock = stalled_download(answer["mpack_url"], receive_buffer=None)
+        received, started = 0, time.monotonic()
+        try:
+            sock.settimeout(10)
+            while time.monotonic() - started < 60:
+                piece = sock.recv(64 * 1024)  # ≤ 3.2 MB/s: steady, a fifth of the minimum rate
+                if not piece:
+                    break
+                received += len(piece)
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+        finally:
+            sock.close()
+        cut = wait_for_log_line(server.log_path, "download cut: below the minimum rate", deadline=10)
+    assert received < answer["size_bytes"] and 3.0 < elapsed < 20.0, (received, elapsed)
+    assert cut["level"] == "warning" and cut["remote"] == "127.0.0.1" and cut["bytes"] == answer["size_bytes"], cut
+
+
+def wait_for_log_line(log_path: Path, message: str, *, deadline: float) -> dict:
+    """The first app log entry with that message, polled for."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for line in log_path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("msg") == message:
+                return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no log line {message!r} within {deadline} s")
 
 
 def wait_for_access_line(log_path: Path, path_prefix: str, *, deadline: float, status: int = 200) -> dict:

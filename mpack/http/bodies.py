@@ -31,11 +31,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import falcon
 
 from mpack.http.gunicorn_body import receive_into, taken_as_arrived
+from mpack.http.watchdog import Watchdog
 from mpack.hub.errors import BodyTimeout, BodyTooLarge, MalformedBody, ServerBusy
 from mpack.hub.settings import Settings
 
@@ -55,7 +56,6 @@ SLOT_WAIT = 2.0  # how long a body waits for a reader that moving uploads hold
 # A body refused for want of a reader is taken if it has already arrived (a fast client
 # then reads its 503 rather than a reset); a stalled one costs the thread this long.
 QUICK_DRAIN_BYTES, QUICK_DRAIN_SECONDS = 1024 * 1024, 0.01
-IDLE_TICK = 1.0  # the deadline watchdog's longest sleep (see Watchdog)
 
 
 @dataclass(eq=False)
@@ -97,49 +97,6 @@ class _Watch:
                 self.sock.shutdown(socket.SHUT_RD)
 
 
-@dataclass
-class Watchdog:
-    """One thread per process that expires the bodies whose deadline has passed.
-
-    It never sleeps longer than ``IDLE_TICK``, so a body whose deadline lies
-    beyond its next wake-up is watched without waking it: a request costs a
-    dict insert and delete under a lock, not a thread switch (issue 8: the
-    wake-up per request halved the cache-hit route's rate under gunicorn).
-    """
-
-    clock: Callable[[], float] = time.monotonic
-    _watched: dict[int, _Watch] = field(default_factory=dict)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _thread: threading.Thread | None = None
-    _next_wake: float = 0.0  # when the thread wakes next (clock time); 0 = it is about to look
-
-    def add(self, watch: _Watch) -> None:
-        with self._cond:
-            self._watched[id(watch)] = watch
-            if self._thread is None or not self._thread.is_alive():  # started lazily: after gunicorn's fork
-                self._next_wake = 0.0
-                self._thread = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
-                self._thread.start()
-            elif watch.deadline() < self._next_wake:
-                self._cond.notify()
-
-    def discard(self, watch: _Watch) -> None:
-        with self._cond:
-            self._watched.pop(id(watch), None)
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                now = self.clock()
-                for key, watch in list(self._watched.items()):
-                    if watch.deadline() <= now:
-                        watch.expire()
-                        del self._watched[key]
-                soonest = min((w.deadline() for w in self._watched.values()), default=now + IDLE_TICK)
-                self._next_wake = min(soonest, now + IDLE_TICK)
-                self._cond.wait(max(self._next_wake - now, 0.01))
-
-
 class _Reading:
     """One body read under a reader slot and a watched deadline (a class, not a generator-based
     context manager: this runs for every request with a body, the cache hit's included)."""
@@ -178,7 +135,7 @@ class Intake:
         self.clock = clock
         self._slots = threading.BoundedSemaphore(settings.body_readers)
         self._active: set[_Watch] = set()
-        self._watchdog = Watchdog(clock)
+        self._watchdog = Watchdog(clock, "body-deadlines")
 
     # -- reading ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mpack.format.errors import MuseError
 from mpack.http.clients import client_of
 from mpack.http.media import large_limits, read_body, send, small_limits
-from mpack.http.send_timeout import bound_send_stall
+from mpack.http.send_timeout import SendBounds
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, job_reports, metrics, push, repos
 from mpack.hub.errors import InvalidField
 
@@ -134,11 +134,17 @@ class Wire(Resource):
 
 
 class Download(Resource):
-    """``GET|HEAD /mpacks/{mpack_id}?expires&kid&sig``: a signed, ranged, sendfile download."""
+    """``GET|HEAD /mpacks/{mpack_id}?expires&kid&sig``: a signed, ranged, sendfile download, its socket
+    under the process's ``SendBounds`` (a client that stalls or trickles is cut)."""
+
+    def __init__(self, hub, sends: SendBounds) -> None:
+        super().__init__(hub)
+        self.sends = sends
 
     def on_get(self, req, resp, mpack_id):
+        address = client_of(req.env)
         served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
-                                               head=req.method == "HEAD", address=client_of(req.env))
+                                               head=req.method == "HEAD", address=address)
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)
@@ -146,7 +152,7 @@ class Download(Resource):
             served.close()
             resp.content_length = served.length
         else:
-            bound_send_stall(req.env, self.hub.settings.send_timeout)
+            served.stream.when_closed(self.sends.bound(req.env, served.length, address))
             resp.set_stream(served.stream, served.length)
 
     on_head = on_get

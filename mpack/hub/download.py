@@ -35,12 +35,13 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 class RangeFile:
     """A window of an open file: ``read`` stops at the window; ``fileno`` lets gunicorn sendfile it;
-    ``close`` closes the file, then calls ``on_close`` (once)."""
+    ``close`` closes the file, then calls each of its ``on_close`` callbacks (once)."""
 
     def __init__(self, raw: IO[bytes], start: int, length: int, on_close: Callable[[], None] | None = None) -> None:
         if start:
             raw.seek(start)
-        self._raw, self._left, self._on_close = raw, length, on_close
+        self._raw, self._left = raw, length
+        self._on_close = [on_close] if on_close is not None else []
 
     def read(self, size: int = -1) -> bytes:
         size = self._left if size is None or size < 0 else min(size, self._left)
@@ -51,13 +52,16 @@ class RangeFile:
     def fileno(self) -> int:
         return self._raw.fileno()
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
     def close(self) -> None:
+        callbacks, self._on_close = self._on_close, []
         try:
             self._raw.close()
         finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
+            for callback in callbacks:
+                callback()
 
 
 @dataclass

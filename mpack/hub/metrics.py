@@ -69,6 +69,8 @@ class HubMetrics:
                                       registry=own)
         self.downloads = Counter(f"{PREFIX}_downloads", "signed downloads by kind (full, range)", ["kind"],
                                  registry=own)
+        self.downloads_cut = Counter(f"{PREFIX}_downloads_cut",
+                                     "downloads cut for falling below MPACKHUB_DOWNLOAD_MIN_RATE", registry=own)
         self.pack_builds = Counter(f"{PREFIX}_pack_builds", "mpacks built (requests and prebuild jobs)",
                                    registry=own)
         self.pack_build_seconds = Histogram(f"{PREFIX}_pack_build_seconds", "time to build one mpack",
@@ -105,6 +107,9 @@ class HubMetrics:
     def download(self, length: int, *, partial: bool) -> None:
         self.downloads.labels(kind="range" if partial else "full").inc()
         self.download_bytes.inc(length)
+
+    def download_cut(self) -> None:
+        self.downloads_cut.inc()
 
     def pack_built(self, seconds: float, size: int) -> None:
         self.pack_builds.inc()

@@ -46,6 +46,7 @@ class Settings:
     downloads: int = 3  # pack downloads one worker serves at once
     downloads_per_client: int = 2  # 0: no bound per client
     send_timeout: float = 30.0  # seconds a download may wait for its client to read (0: forever)
+    download_min_rate: int = 64 * 1024  # bytes/s: a download must end within send_timeout + size / this (0: no bound)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # peers whose X-Forwarded-For names the client
     build_min_free_percent: int = 5
     job_threads: int = 2
@@ -114,6 +115,7 @@ class Settings:
             downloads=env.int("MPACKHUB_DOWNLOADS", max(1, env.int("MPACKHUB_THREADS", 4, minimum=1) - 1), minimum=1),
             downloads_per_client=env.int("MPACKHUB_DOWNLOADS_PER_CLIENT", 2, minimum=0),
             send_timeout=env.float("MPACKHUB_SEND_TIMEOUT", 30.0, minimum=0.0, maximum=3600.0),
+            download_min_rate=env.int("MPACKHUB_DOWNLOAD_MIN_RATE", 64 * 1024, minimum=0),
             trusted_proxies=_parse_addresses("MPACKHUB_TRUSTED_PROXIES", env.str("MPACKHUB_TRUSTED_PROXIES", "127.0.0.1,::1")),
             build_min_free_percent=env.int("MPACKHUB_BUILD_MIN_FREE_PERCENT", 5, minimum=0, maximum=90),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),

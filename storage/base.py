@@ -327,6 +327,15 @@ class Store(abc.ABC):
     def local_path(self, namespace: str, digest: str) -> str | None:
         """The file path where the object lives, or None if the backend has no files."""
 
+    def served_path(self, namespace: str, digest: str) -> str | None:
+        """The object's file path relative to the namespace's directory, for a web server that serves
+        that directory itself (nginx's ``X-Accel-Redirect``); None where objects are not files.
+
+        Raises:
+            StoredObjectMissing: the object is not stored.
+        """
+        return None
+
     @abc.abstractmethod
     def _new_pending(self, namespace: str) -> PendingFile:
         """Create a temp file for a new object in ``namespace``."""

@@ -211,6 +211,12 @@ class LocalStore(Store):
     def local_path(self, namespace: str, digest: str) -> str | None:
         return self._find(namespace, digest)[1]
 
+    def served_path(self, namespace: str, digest: str) -> str | None:
+        key, path = self._find(namespace, digest)
+        if not os.path.isfile(path):
+            raise StoredObjectMissing(namespace, key)
+        return os.path.relpath(path, os.path.join(self.root, namespace))
+
     def probe_write(self) -> None:
         path = os.path.join(self._tmp, new_temp_name())
         try:

@@ -11,8 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from storage import BLOBS, MPACKS, LocalStore, UrlSigner, local, local_batch
-from storage.errors import StorageError
+from storage import BLOBS, MPACKS, LocalStore, MemoryStore, UrlSigner, local, local_batch
+from storage.errors import StorageError, StoredObjectMissing
 
 DATA = b"hello muse\n"
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -400,3 +400,24 @@ def test_still_exists_never_remembers_an_absence(store, memo_clock):
     assert not store.still_exists(MPACKS, digest)
     store.put_bytes(MPACKS, digest, data)
     assert store.still_exists(MPACKS, digest)
+
+
+# -- a web server's view of the files (MPACKHUB_ACCEL_REDIRECT) -------------------------
+
+def test_served_path_is_the_files_place_under_its_namespace_in_either_layout(store, root):
+    store.put_bytes(MPACKS, DIGEST, DATA)
+    old, _ = legacy_put(root, MPACKS, b"written by an older version")
+    assert store.served_path(MPACKS, DIGEST) == f"{DIGEST[:2]}/{DIGEST}"
+    assert store.served_path(MPACKS, old) == f"{old[:2]}/{old[2:4]}/{old}"
+    assert (root / MPACKS / store.served_path(MPACKS, DIGEST)).read_bytes() == DATA
+
+
+def test_served_path_of_a_missing_object_is_an_error(store):
+    with pytest.raises(StoredObjectMissing):
+        store.served_path(MPACKS, DIGEST)
+
+
+def test_a_store_without_files_has_no_served_path():
+    store = MemoryStore(make_signer())
+    store.put_bytes(MPACKS, DIGEST, DATA)
+    assert store.served_path(MPACKS, DIGEST) is None

@@ -148,6 +148,8 @@ class Download(Resource):
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)
+        if served.stream is None:  # handed to the proxy (X-Accel-Redirect): it sends the file
+            return
         if req.method == "HEAD":
             served.close()
             resp.content_length = served.length

@@ -6,7 +6,13 @@ download short (the open descriptor keeps the bytes). HEAD is verified as GET.
 A single range is served as 206; several ranges get the whole file (200), as
 RFC 9110 allows; a range that starts past the end is 416.
 
-A GET holds one of the worker's download slots (``hub.download_slots``, at
+Behind nginx with ``MPACKHUB_ACCEL_REDIRECT`` set, a local store's pack is
+handed to the proxy instead: once the token is checked, the answer is an
+empty 200 whose ``X-Accel-Redirect`` names the file under the proxy's
+internal location, and nginx sends it (ranges included) without holding a
+hub thread or a download slot.
+
+A GET served by the hub holds one of the worker's download slots (``hub.download_slots``, at
 most so many per worker and per client: ``mpack/hub/slots.py``) until its
 stream is closed — the thread is the client's for as long as it reads, and
 a worker must keep threads for hits and pushes. A HEAD sends no body and
@@ -66,13 +72,17 @@ class RangeFile:
 
 @dataclass
 class Served:
-    stream: IO[bytes] | RangeFile
+    """A download's answer: ``stream`` and ``length`` to send, or (``stream`` None) only ``headers``
+    that hand the file to the proxy."""
+
+    stream: IO[bytes] | RangeFile | None
     length: int
     partial: bool
     headers: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
-        self.stream.close()
+        if self.stream is not None:
+            self.stream.close()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -114,7 +124,15 @@ def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], ran
     Raises:
         ServerBusy: every download slot of this worker is taken, or the client's share is.
     """
-    served = _open(hub, mpack_id, params, range_header)
+    hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
+    digest = ids.hex_of(mpack_id)
+    if hub.settings.accel_redirect:
+        handed = _hand_to_proxy(hub, digest, hub.settings.accel_redirect)
+        if handed is not None:
+            if not head:
+                hub.metrics.download_proxied()
+            return handed
+    served = _open(hub, digest, range_header)
     if head:
         return served
     try:
@@ -127,13 +145,22 @@ def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], ran
     return served
 
 
-def _open(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None) -> Served:
-    hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
-    digest = ids.hex_of(mpack_id)
+def _hand_to_proxy(hub: Hub, digest: str, location: str) -> Served | None:
+    """The proxy's answer for a stored file; None where the store has no files (a bucket's stream)."""
+    try:
+        path = hub.store.served_path(MPACKS, digest)
+    except StoredObjectMissing:
+        raise _gone() from None
+    if path is None:
+        return None
+    return Served(None, 0, False, {"X-Accel-Redirect": location + path, "Cache-Control": CACHE_CONTROL})
+
+
+def _open(hub: Hub, digest: str, range_header: str | None) -> Served:
     try:
         raw = hub.store.open(MPACKS, digest)
     except StoredObjectMissing:
-        raise MPackMissing("this pack is no longer stored; ask /fetch/mpack for a new URL") from None
+        raise _gone() from None
     headers = {"ETag": f'"{digest}"', "Accept-Ranges": "bytes", "Cache-Control": CACHE_CONTROL}
     if not raw.seekable():  # a bucket's stream (URLs signed before a move to S3): whole file, no ranges
         headers.pop("Accept-Ranges")
@@ -149,6 +176,10 @@ def _open(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str 
     start, length = window
     headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
     return Served(RangeFile(raw, start, length), length, True, headers)
+
+
+def _gone() -> MPackMissing:
+    return MPackMissing("this pack is no longer stored; ask /fetch/mpack for a new URL")
 
 
 def _size_of(raw: IO[bytes]) -> int:

@@ -67,7 +67,7 @@ class HubMetrics:
                                    registry=own)
         self.download_bytes = Counter(f"{PREFIX}_download_bytes", "bytes sent by the signed download route",
                                       registry=own)
-        self.downloads = Counter(f"{PREFIX}_downloads", "signed downloads by kind (full, range)", ["kind"],
+        self.downloads = Counter(f"{PREFIX}_downloads", "signed downloads by kind (full, range, proxied)", ["kind"],
                                  registry=own)
         self.downloads_cut = Counter(f"{PREFIX}_downloads_cut",
                                      "downloads cut for falling below MPACKHUB_DOWNLOAD_MIN_RATE", registry=own)
@@ -107,6 +107,9 @@ class HubMetrics:
     def download(self, length: int, *, partial: bool) -> None:
         self.downloads.labels(kind="range" if partial else "full").inc()
         self.download_bytes.inc(length)
+
+    def download_proxied(self) -> None:
+        self.downloads.labels(kind="proxied").inc()
 
     def download_cut(self) -> None:
         self.downloads_cut.inc()

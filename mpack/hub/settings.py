@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,7 @@ class Settings:
     downloads_per_client: int = 2  # 0: no bound per client
     send_timeout: float = 30.0  # seconds a download may wait for its client to read (0: forever)
     download_min_rate: int = 64 * 1024  # bytes/s: a download must end within send_timeout + size / this (0: no bound)
+    accel_redirect: str = ""  # a proxy's internal location serving store/mpacks/ ("": the hub sends packs itself)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # peers whose X-Forwarded-For names the client
     build_min_free_percent: int = 5
     job_threads: int = 2
@@ -116,6 +118,7 @@ class Settings:
             downloads_per_client=env.int("MPACKHUB_DOWNLOADS_PER_CLIENT", 2, minimum=0),
             send_timeout=env.float("MPACKHUB_SEND_TIMEOUT", 30.0, minimum=0.0, maximum=3600.0),
             download_min_rate=env.int("MPACKHUB_DOWNLOAD_MIN_RATE", 64 * 1024, minimum=0),
+            accel_redirect=_parse_internal_location(env.str("MPACKHUB_ACCEL_REDIRECT", "")),
             trusted_proxies=_parse_addresses("MPACKHUB_TRUSTED_PROXIES", env.str("MPACKHUB_TRUSTED_PROXIES", "127.0.0.1,::1")),
             build_min_free_percent=env.int("MPACKHUB_BUILD_MIN_FREE_PERCENT", 5, minimum=0, maximum=90),
             job_threads=env.int("MPACKHUB_JOB_THREADS", 2, minimum=0, maximum=64),
@@ -234,6 +237,18 @@ def _parse_addresses(name: str, spec: str) -> tuple[str, ...]:
         except ValueError:
             raise SettingsError(f"{name} lists IP addresses separated by commas; {item!r} is not one") from None
     return tuple(addresses)
+
+
+_INTERNAL_LOCATION = re.compile(r"/(?:[A-Za-z0-9._~-]+/)+", re.ASCII)
+
+
+def _parse_internal_location(spec: str) -> str:
+    """``/_mpackhub_packs/`` → itself: a path of plain segments that starts and ends with ``/``; "" is off."""
+    spec = spec.strip()
+    if spec and (not _INTERNAL_LOCATION.fullmatch(spec) or {".", ".."} & set(spec.split("/"))):
+        raise SettingsError("MPACKHUB_ACCEL_REDIRECT is the path of the proxy's internal location serving the "
+                            f"store's mpacks/ directory, e.g. /_mpackhub_packs/ (starting and ending with /); not {spec!r}")
+    return spec
 
 
 def _parse_keys(spec: str) -> tuple[tuple[str, bytes], ...]:

@@ -421,6 +421,10 @@ def test_clients_that_stop_reading_downloads_leave_the_worker_answering(tmp_path
             for sock in stalled:
                 sock.close()
     assert cut["status"] == 200 and cut["bytes"] < answer["size_bytes"], cut  # a cut sendfile counts 0
+    logged = [json.loads(line) for line in server.log_path.read_text().splitlines()]
+    assert any(entry.get("msg") == "download cut: the client stopped reading" and entry["level"] == "warning"
+               for entry in logged)
+    assert not [entry for entry in logged if entry["level"] == "error"], "a stalled client is not an error here"
     statuses = sorted(int(a.split(b" ", 2)[1]) for a in answers)
     assert statuses == [200, 503, 503], statuses
     assert len(next(a for a in answers if a.startswith(b"HTTP/1.1 200"))) < answer["size_bytes"]

@@ -168,6 +168,10 @@ def _status_code(resp) -> int:
         return 0
 
 
+GUNICORN_SOCKET_ERROR = "Socket error processing request."  # gthread's message for an OSError while answering
+STALL_CUT = "download cut: the client stopped reading"
+
+
 class GunicornJsonLogger(glogging.Logger):
     """gunicorn's logger writing JSON lines through ``json_handler()`` (``logger_class`` in serving.py).
 
@@ -200,6 +204,14 @@ class GunicornJsonLogger(glogging.Logger):
             })
         except Exception:  # noqa: BLE001 — a log line must never fail a request
             self.error_log.exception("could not write an access log line")
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        """A download cut for a stall (``send_timeout``: the socket's timeout, which only downloads set)
+        is a warning without a traceback: the client stopped reading, nothing failed here."""
+        if msg == GUNICORN_SOCKET_ERROR and isinstance(sys.exc_info()[1], TimeoutError):
+            self.error_log.warning(STALL_CUT)
+            return
+        super().exception(msg, *args, **kwargs)
 
     def reopen_files(self) -> None:
         """Nothing to reopen: every line goes to stderr."""

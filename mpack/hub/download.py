@@ -119,10 +119,11 @@ def _position(digits: str) -> int | None:
 def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
                          head: bool = False, address: str = "-") -> Served:
     """Verify the token, open the pack, pick the range; a GET holds a download slot of the client
-    ``address``'s until its stream is closed, and its bytes are counted (a HEAD sends none).
+    ``address``'s until its stream is closed, and its bytes are counted (a HEAD sends none). With
+    ``MPACKHUB_ACCEL_REDIRECT`` and a local store: verify the token, and answer with the file for the proxy.
 
     Raises:
-        ServerBusy: every download slot of this worker is taken, or the client's share is.
+        ServerBusy: every download slot of this worker is taken (ClientShareTaken: the client's share is).
     """
     hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
     digest = ids.hex_of(mpack_id)

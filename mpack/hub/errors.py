@@ -21,10 +21,10 @@ from storage.errors import (
 
 __all__ = [
     "AlreadyExists", "BadRequest", "BodyTimeout", "BodyTooComplex", "Conflict", "BodyTooLarge", "BundleTooLarge", "CacheFull",
-    "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken", "MalformedBody",
-    "MissingReference", "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound", "ObjectUnavailable",
-    "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull", "StorageUnavailable",
-    "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
+    "ClientShareTaken", "ContentMismatch", "Forbidden", "InvalidField", "InvalidId", "InvalidRecord", "InvalidUrlToken",
+    "MalformedBody", "MissingReference", "MPackError", "MPackMissing", "MuseError", "NoHub", "NonFastForward", "NotFound",
+    "ObjectUnavailable", "RangeNotSatisfiable", "RepoNotFound", "DatabaseFull", "ServerBusy", "StorageError", "StorageFull",
+    "StorageUnavailable", "StoredObjectMissing", "Unauthorized", "Unprocessable", "UnknownCommits",
 ]
 
 
@@ -127,6 +127,11 @@ class ServerBusy(MuseError):
 
     code = "busy"
     retry_after = 1  # seconds, answered in Retry-After
+
+
+class ClientShareTaken(ServerBusy):
+    """This client holds its share of a worker's request builders or downloads already: the refusal is
+    its own, not the work's (a single-flight follower from another client does not inherit it)."""
 
 
 class CacheFull(ServerBusy):

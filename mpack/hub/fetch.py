@@ -17,7 +17,7 @@ from mpack.format import ids, rules
 from mpack.format.errors import MuseError
 from mpack.hub import cache, repos
 from mpack.hub.build import build_mpack
-from mpack.hub.errors import BadRequest, InvalidField, UnknownCommits
+from mpack.hub.errors import BadRequest, ClientShareTaken, InvalidField, UnknownCommits
 from mpack.hub.history import CommitNode, load_commits, walk_commit_delta
 from mpack.hub.models import Branch, Commit, Repo, User
 from mpack.hub.slots import client_key
@@ -222,7 +222,8 @@ def wire_fetch_mpack(hub: Hub, repo: Repo, want: list[str], have: list[str], *,
         if answer is not None:
             return answer
     key = f"{repo.repo_id}\0{tip}\0{base}"
-    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base, gate, client))
+    stats, cached, row = hub.flights.do(key, lambda: _build_once(hub, repo, commits, tip, base, gate, client),
+                                        unshared=ClientShareTaken)
     return _answer(hub, stats, cached=cached, row=row)
 
 

@@ -47,17 +47,26 @@ class SingleFlight:
         self._mutex = threading.Lock()
         self._calls: dict[str, _Call] = {}
 
-    def do(self, key: str, fn: Callable[[], T]) -> T:
-        with self._mutex:
-            call = self._calls.get(key)
-            leader = call is None
+    def do(self, key: str, fn: Callable[[], T], *,
+           unshared: type[BaseException] | tuple[type[BaseException], ...] = ()) -> T:
+        """``fn()``'s result, run once for every caller with ``key`` at the same time.
+
+        A leader's error is every waiting caller's too, except an ``unshared`` one: that refusal was
+        the leader's own (its client's share), so the others try again, one of them as the new leader.
+        """
+        while True:
+            with self._mutex:
+                call = self._calls.get(key)
+                leader = call is None
+                if leader:
+                    call = self._calls[key] = _Call()
             if leader:
-                call = self._calls[key] = _Call()
-        if not leader:
+                break
             call.done.wait()
-            if call.error is not None:
+            if call.error is None:
+                return call.result  # type: ignore[return-value]
+            if not isinstance(call.error, unshared):
                 raise call.error
-            return call.result  # type: ignore[return-value]
         try:
             with self._process_lock(key):
                 call.result = fn()

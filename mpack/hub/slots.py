@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from mpack.hub.errors import ServerBusy
+from mpack.hub.errors import ClientShareTaken, ServerBusy
 
 
 def client_key(username: str | None, address: str) -> str:
@@ -38,7 +38,8 @@ class Slots:
         """Take a slot for ``client`` (None: not counted per client) → the call that gives it back (once).
 
         Raises:
-            ServerBusy: ``client`` holds its share already, or no slot freed up within the wait.
+            ClientShareTaken: ``client`` holds its share already.
+            ServerBusy: no slot freed up within the wait.
         """
         self._count_in(client)
         if not self._free.acquire(timeout=self._wait):
@@ -69,7 +70,7 @@ class Slots:
         with self._lock:
             held = self._by_client.get(client, 0)
             if held >= self._per_client:
-                raise ServerBusy(f"this client holds {held} {self._noun}(s) of this worker already; "
+                raise ClientShareTaken(f"this client holds {held} {self._noun}(s) of this worker already; "
                                  f"retry when one is done")
             self._by_client[client] = held + 1
 

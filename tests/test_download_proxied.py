@@ -9,7 +9,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import webtest
 
+from app import create_app
 from mpack.format import ids
 from mpack.hub.settings import Settings, SettingsError
 from storage import MPACKS
@@ -23,6 +25,12 @@ INTERNAL = "/_mpackhub_packs/"
 @pytest.fixture
 def settings(settings) -> Settings:
     return dataclasses.replace(settings, accel_redirect=INTERNAL)
+
+
+@pytest.fixture
+def app(hub) -> webtest.TestApp:
+    """Requests as nginx on this machine makes them: from 127.0.0.1, a trusted proxy."""
+    return webtest.TestApp(create_app(hub), extra_environ={"REMOTE_ADDR": "127.0.0.1"})
 
 
 @pytest.fixture
@@ -49,6 +57,14 @@ def test_a_good_token_is_answered_with_the_file_for_the_proxy_to_send(app, hub, 
 
 def test_head_is_handed_over_like_get(app, hub, url):
     assert app.head(url, status=200).headers["X-Accel-Redirect"] == handed_path(hub, url)
+
+
+def test_a_request_that_did_not_come_through_the_proxy_gets_the_pack_itself(app, hub, url):
+    """A client that reaches the hub directly (its peer is no trusted proxy) would get an empty answer."""
+    direct = app.get(url, extra_environ={"REMOTE_ADDR": "198.51.100.7"}, status=200)
+    assert "X-Accel-Redirect" not in direct.headers
+    with hub.store.open(MPACKS, ids.hex_of(split(url)[0].rsplit("/", 1)[1])) as stored:
+        assert direct.body == stored.read()
 
 
 def test_a_range_is_left_to_the_proxy(app, hub, url):

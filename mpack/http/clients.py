@@ -31,3 +31,8 @@ def note_client(environ: dict, trusted: Collection[str]) -> None:
 def client_of(environ: dict) -> str:
     """The client's address: as a trusted proxy forwarded it (``note_client``), else the peer's."""
     return environ.get(ENVIRON_KEY) or environ.get("REMOTE_ADDR") or "-"
+
+
+def from_trusted_proxy(environ: dict, trusted: Collection[str]) -> bool:
+    """Whether the request's peer is a trusted proxy (what it does with the answer can be relied on)."""
+    return environ.get("REMOTE_ADDR") in trusted

@@ -7,7 +7,7 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mpack.format.errors import MuseError
-from mpack.http.clients import client_of
+from mpack.http.clients import client_of, from_trusted_proxy
 from mpack.http.media import large_limits, read_body, send, small_limits
 from mpack.http.send_timeout import SendBounds
 from mpack.hub import auth, bundle, download, fetch, fsck, gc, health, job_reports, metrics, push, repos
@@ -140,11 +140,13 @@ class Download(Resource):
     def __init__(self, hub, sends: SendBounds) -> None:
         super().__init__(hub)
         self.sends = sends
+        self._proxies = frozenset(hub.settings.trusted_proxies)
 
     def on_get(self, req, resp, mpack_id):
         address = client_of(req.env)
         served = download.open_signed_download(self.hub, mpack_id, req.params, req.get_header("Range"),
-                                               head=req.method == "HEAD", address=address)
+                                               head=req.method == "HEAD", address=address,
+                                               via_proxy=from_trusted_proxy(req.env, self._proxies))
         resp.status = falcon.HTTP_206 if served.partial else falcon.HTTP_200
         resp.content_type = "application/vnd.muse.mpack"
         resp.set_headers(served.headers)

@@ -117,17 +117,19 @@ def _position(digits: str) -> int | None:
 
 
 def open_signed_download(hub: Hub, mpack_id: str, params: Mapping[str, str], range_header: str | None, *,
-                         head: bool = False, address: str = "-") -> Served:
+                         head: bool = False, address: str = "-", via_proxy: bool = False) -> Served:
     """Verify the token, open the pack, pick the range; a GET holds a download slot of the client
     ``address``'s until its stream is closed, and its bytes are counted (a HEAD sends none). With
-    ``MPACKHUB_ACCEL_REDIRECT`` and a local store: verify the token, and answer with the file for the proxy.
+    ``MPACKHUB_ACCEL_REDIRECT``, a local store and a request that came ``via_proxy`` (its peer is a trusted
+    proxy: a client that reached the hub directly would get an empty answer): verify the token, and
+    answer with the file for the proxy.
 
     Raises:
         ServerBusy: every download slot of this worker is taken (ClientShareTaken: the client's share is).
     """
     hub.store.signer.verify("GET", mpack_path(ids.check_id(mpack_id, "mpack id")), params)
     digest = ids.hex_of(mpack_id)
-    if hub.settings.accel_redirect:
+    if via_proxy and hub.settings.accel_redirect:
         handed = _hand_to_proxy(hub, digest, hub.settings.accel_redirect)
         if handed is not None:
             if not head:

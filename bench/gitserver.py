@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 from bench.nginx import Nginx, quoted, stop_process_group, which
 
@@ -46,7 +45,7 @@ def have_git_http() -> bool:
     return git_http_missing() is None
 
 
-class GitSmartHttp:
+class GitSmartHttp(Nginx):
     """Serve every repository under ``repo_root`` at ``{url}/{name}`` over git smart HTTP.
 
     ``fcgi_children`` is fcgiwrap's number of preforked workers (concurrent
@@ -62,36 +61,13 @@ class GitSmartHttp:
         self.repo_root = Path(repo_root).resolve()
         if not self.repo_root.is_dir():
             raise FileNotFoundError(f"no such directory: {self.repo_root}")
+        super().__init__(self._locations, worker_processes=worker_processes, access_log=access_log)
         self.fcgi_children = fcgi_children
-        self.worker_processes = worker_processes
-        self.access_log = access_log
-        self.tmp: Path | None = None
-        self._tmp_obj: tempfile.TemporaryDirectory | None = None
         self._fcgi: subprocess.Popen | None = None
         self._fcgi_log = None
-        self._nginx: Nginx | None = None
-
-    @property
-    def port(self) -> int | None:
-        return self._nginx.port if self._nginx is not None else None
-
-    @property
-    def url(self) -> str:
-        if self._nginx is None:
-            raise RuntimeError("the server is not running")
-        return self._nginx.url
 
     def repo_url(self, name: str) -> str:
         return f"{self.url}/{name.strip('/')}"
-
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> None:
         reason = git_http_missing()
@@ -101,9 +77,7 @@ class GitSmartHttp:
         self.tmp = Path(self._tmp_obj.name)
         try:
             self._start_fcgiwrap()
-            self._nginx = Nginx(self._locations, tmp=self.tmp, worker_processes=self.worker_processes,
-                                access_log=self.access_log)
-            self._nginx.start()
+            super().start()
         except BaseException:
             self.stop()
             raise
@@ -152,21 +126,14 @@ class GitSmartHttp:
 
     def error_log(self) -> str:
         """nginx's error log and stderr, and fcgiwrap's (for diagnostics)."""
-        parts = [self._nginx.error_log()] if self._nginx is not None else []
-        if self.tmp is not None and (self.tmp / "fcgiwrap.log").exists():
-            parts.append("== fcgiwrap.log\n" + (self.tmp / "fcgiwrap.log").read_text(errors="replace"))
-        return "\n".join(parts)
+        log = self.tmp / "fcgiwrap.log" if self.tmp is not None else None
+        fcgi = "\n== fcgiwrap.log\n" + log.read_text(errors="replace") if log is not None and log.exists() else ""
+        return super().error_log() + fcgi
 
     def stop(self) -> None:
-        if self._nginx is not None:
-            self._nginx.stop()
-            self._nginx = None
         stop_process_group(self._fcgi, signal.SIGTERM)
         self._fcgi = None
         if self._fcgi_log is not None:
             self._fcgi_log.close()
             self._fcgi_log = None
-        if self._tmp_obj is not None:
-            self._tmp_obj.cleanup()
-            self._tmp_obj = None
-            self.tmp = None
+        super().stop()  # nginx, then the temporary directory

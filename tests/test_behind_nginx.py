@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from mpack import cli
 from mpack.client.layout import MuseRepo
 from tests.factories import History
 from tests.test_e2e_client import assert_clone_holds, fifty_commits, no_token_in_env  # noqa: F401 — a fixture
-from tests.test_hostile_input_live import stalled_download, wait_for_access_line
+from tests.test_hostile_input_live import big_pack, stalled_download, wait_for_access_line
 
 pytestmark = pytest.mark.skipif(nginx_missing() is not None, reason=nginx_missing() or "")
 
@@ -112,10 +111,7 @@ def test_stalled_downloads_through_nginx_hold_no_hub_thread(tmp_path):
     reader that stops reading waits on nginx, and the hub keeps answering."""
     env = {"MPACKHUB_THREADS": "2", "MPACKHUB_DOWNLOADS": "1"}
     with hub_behind_nginx(tmp_path / "hub", env) as (server, nginx):
-        history = History()
-        history.commit({"big.bin": os.urandom(24 * MiB)})
-        path = pushed(server, "cy", history)
-        answer = server.call("POST", f"{path}/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+        answer = big_pack(server, "cy")
         stalled = [stalled_download(answer["mpack_url"]) for _ in range(4)]
         try:
             firsts = [first_line(sock) for sock in stalled]

@@ -155,7 +155,7 @@ def test_clone_through_git_smart_http(tmp_path):
         assert server.url.startswith("http://127.0.0.1:")
         subprocess.run(["git", "clone", "-q", "--no-checkout", server.repo_url("ref.git"),
                         str(tmp_path / "clone")], check=True, timeout=60)
-        fcgi, nginx = server._fcgi, server._nginx._proc
+        fcgi, nginx = server._fcgi, server._proc
     assert fcgi is not None and fcgi.poll() is not None
     assert nginx is not None and nginx.poll() is not None
     heads = [subprocess.run(["git", "rev-parse", "HEAD"], cwd=d, check=True, capture_output=True,

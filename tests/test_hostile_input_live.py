@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from bench.live_hub import live_hub, push_like_cli
+from bench.live_hub import LiveHub, live_hub, push_like_cli
 from tests.factories import History
 
 pytestmark = pytest.mark.e2e
@@ -383,6 +383,16 @@ def test_a_small_body_that_arrives_after_its_headers_is_read_whole(public_repo_h
     assert status == 404 and json.loads(reply)["error"] == "unknown_commits", reply
 
 
+def big_pack(server: LiveHub, owner: str = "alice") -> dict:
+    """Push one 24 MiB file to a new public repo of a new user ``owner``; → the fetch answer for its pack."""
+    token = server.create_user(owner)
+    server.create_repo(token, "song")
+    history = History()
+    history.commit({"big.bin": os.urandom(24 * MiB)})
+    push_like_cli(server, token, f"/{owner}/song", history, history.commits)
+    return server.call("POST", f"/{owner}/song/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+
+
 def stalled_download(url: str, receive_buffer: int | None = 4096) -> socket.socket:
     """A GET of a signed pack URL from a client that then reads nothing (by default with a tiny receive window)."""
     host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
@@ -403,12 +413,7 @@ def test_clients_that_stop_reading_downloads_leave_the_worker_answering(tmp_path
     send_timeout = 1.0
     with live_hub(tmp_path / "hub", workers=1, env={"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0",
                                                      "MPACKHUB_SEND_TIMEOUT": str(send_timeout)}) as server:
-        token = server.create_user("alice")
-        server.create_repo(token, "song")
-        history = History()
-        history.commit({"big.bin": os.urandom(24 * MiB)})
-        push_like_cli(server, token, "/alice/song", history, history.commits)
-        answer = server.call("POST", "/alice/song/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+        answer = big_pack(server)
         stalled = [stalled_download(answer["mpack_url"]) for _ in range(3)]
         try:
             started = time.monotonic()
@@ -437,12 +442,7 @@ def test_a_client_that_trickles_a_download_is_cut_at_its_deadline(tmp_path):
     env = {"MPACKHUB_THREADS": "2", "MPACKHUB_JOB_THREADS": "0", "MPACKHUB_SEND_TIMEOUT": "2",
            "MPACKHUB_DOWNLOAD_MIN_RATE": str(16 * MiB)}
     with live_hub(tmp_path / "hub", workers=1, env=env) as server:
-        token = server.create_user("alice")
-        server.create_repo(token, "song")
-        history = History()
-        history.commit({"big.bin": os.urandom(24 * MiB)})
-        push_like_cli(server, token, "/alice/song", history, history.commits)
-        answer = server.call("POST", "/alice/song/fetch/mpack", {"want": ["main"], "have": []}, as_json=True).data()
+        answer = big_pack(server)
         sock = stalled_download(answer["mpack_url"], receive_buffer=None)
         received, started = 0, time.monotonic()
         try:

@@ -73,10 +73,24 @@ class RequestIdFilter(logging.Filter):
 _handler: list[logging.Handler] = []
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when the handler was made: a
+    replaced stderr (a test's capture, since closed) must not turn a background thread's log line into
+    a logging error."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def json_handler() -> logging.Handler:
     """The process's one stderr handler (JSON lines, request ids), created once."""
     if not _handler:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
         handler.addFilter(RequestIdFilter())
         _handler.append(handler)

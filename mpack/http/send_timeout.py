@@ -45,12 +45,13 @@ class _Send:
         return self.due
 
     def expire(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        log.warning("download cut: below the minimum rate",
-                    extra={"remote": self.remote, "bytes": self.length, "request_id": self.request_id})
+        """Count and log the cut, then shut the socket (which wakes the thread blocked sending)."""
         with contextlib.suppress(Exception):  # a metric must not kill the watchdog
             self.on_cut()
+        log.warning("download cut: below the minimum rate",
+                    extra={"remote": self.remote, "bytes": self.length, "request_id": self.request_id})
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 class SendBounds:

@@ -23,7 +23,10 @@ class Watchdog:
     wake-up is watched without waking it: a request costs a dict insert and
     delete under a lock, not a thread switch (issue 8: the wake-up per request
     halved the cache-hit route's rate under gunicorn). ``expire`` runs with the
-    watchdog's lock held: it must be quick and must not call back in.
+    watchdog's lock held, so once ``discard`` returns, the thing was either
+    expired already or never will be (a socket back in gunicorn's hands for
+    the next request of its connection is never shut): it must be quick, must
+    not raise and must not call back in.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "deadlines") -> None:

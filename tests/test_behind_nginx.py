@@ -23,7 +23,7 @@ from bench.util import free_port
 from mpack import cli
 from mpack.client.layout import MuseRepo
 from tests.factories import History
-from tests.test_e2e_client import assert_clone_holds, fifty_commits, no_token_in_env  # noqa: F401 — a fixture
+from tests.test_e2e_client import assert_clone_holds, fifty_commits
 from tests.test_hostile_input_live import big_pack, stalled_download, wait_for_access_line
 
 pytestmark = pytest.mark.skipif(nginx_missing() is not None, reason=nginx_missing() or "")
@@ -76,7 +76,8 @@ def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         connection.close()
 
 
-def test_a_clone_through_nginx_gets_its_pack_from_nginx(tmp_path, no_token_in_env):  # noqa: F811
+def test_a_clone_through_nginx_gets_its_pack_from_nginx(tmp_path, monkeypatch):
+    monkeypatch.delenv("MPACKHUB_TOKEN", raising=False)  # the clone is anonymous
     with hub_behind_nginx(tmp_path / "hub") as (server, nginx):
         history = fifty_commits()
         path = pushed(server, "ada", history)

@@ -1,8 +1,8 @@
 """Cache-hit ``POST /fetch/mpack`` under wrk, next to a bare Falcon + SQLite + HMAC route (issue 8 item 4).
 
 A small seeded history (``bench.synth`` seed 1, scale 0.01) is pushed to a
-live hub (gunicorn with the hub's configuration: gthread, 2 workers × 4
-threads, access log on) and its tip's pack is built once. Then ``wrk -t2 -c8
+live hub (gunicorn with the hub's configuration: its balanced gthread worker,
+2 workers × 4 threads, access log on) and its tip's pack is built once. Then ``wrk -t2 -c8
 --latency`` with a Lua script that POSTs the JSON body runs, interleaved,
 against: the bare route of ``bench.bare_app`` (one SQLite primary-key lookup,
 one HMAC, JSON; same gunicorn settings) — the anchor —, the hub's hit by
@@ -138,8 +138,8 @@ def measure_all(work: Path, seconds: int, rounds: int) -> dict[str, list[WrkResu
 
 def hit_table(results: dict[str, list[WrkResult]], seconds: int) -> Table:
     rounds = len(results["bare"])
-    title = (f"cache-hit POST /fetch/mpack vs a bare Falcon route (1 SQLite PK lookup + 1 HMAC + JSON); gunicorn gthread "
-             f"2 workers × 4 threads, access log on; wrk -t2 -c8 -d{seconds}s, {rounds} interleaved round(s), medians; "
+    title = (f"cache-hit POST /fetch/mpack vs a bare Falcon route (1 SQLite PK lookup + 1 HMAC + JSON); gunicorn, the hub's "
+             f"balanced gthread worker, 2 workers × 4 threads, access log on; wrk -t2 -c8 -d{seconds}s, {rounds} interleaved round(s), medians; "
              f"ratio = median of the per-round ratios; target ratio ≥ {TARGET}")
     table = Table("measurement", "req/s", "p50 ms", "p99 ms", "ratio", "target", title=title)
     labels = {"bare": "bare Falcon + SQLite PK + HMAC route (anchor)", "id": "hub hit, want = commit id",

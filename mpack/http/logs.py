@@ -116,17 +116,18 @@ class _FreshIds:
     """Request ids: 12 random hex digits per process, then a counter (24 in all, unique per process).
 
     One ``os.urandom`` per request cost more than the rest of the access line;
-    the prefix is drawn again in a forked child (a new pid), so workers never share one.
+    the prefix is drawn again in a forked child (``os.register_at_fork``: no
+    ``getpid`` per request), so workers never share one.
     """
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
-        self._counter = itertools.count()
+        self._draw()
+        os.register_at_fork(after_in_child=self._draw)
+
+    def _draw(self) -> None:
+        self._prefix, self._counter = os.urandom(6).hex(), itertools.count()
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._prefix, self._counter = os.getpid(), os.urandom(6).hex(), itertools.count()
         return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
 
 

@@ -6,8 +6,8 @@ threads, while the worker next to it may sit idle: all workers wait on the
 same listening socket and the first to wake takes the connection. Measured
 under ``wrk -t2 -c8`` against two workers of four threads: the eight
 connections landed 8/0 in one run of sixteen, and that run served 1,193
-requests a second instead of ~5,200 (one process doing all the work, the other
-core idle). The same holds for real clients: a connection accepted by a
+requests a second against 5,100-6,300 in the others (one process doing all the
+work, the other core idle). The same holds for real clients: a connection accepted by a
 worker whose threads all stream packs waits for one of them, while another
 worker could answer it at once.
 

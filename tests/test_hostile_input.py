@@ -137,13 +137,13 @@ def test_the_amplification_body_is_a_4xx_through_the_app(app, repo):
     assert error_of(response, 413)["error"] == "body_too_complex"
 
 
-
 @pytest.mark.parametrize("token", [b"{", b"[", b'"', b",", b":", b"1"])
 def test_a_json_body_short_enough_to_skip_the_count_is_within_budget_whatever_it_holds(token):
     # media skips json_cost below JSON_ALWAYS_AFFORDABLE bytes (a clone's hit): that must never let through
     # what the count would refuse.
     raw = token * media.JSON_ALWAYS_AFFORDABLE
     assert media.json_cost(raw) <= media.JSON_ESTIMATE_FACTOR * len(raw) + media.MEMORY_SLACK
+
 
 # -- item 2: made-up haves and redundant wants hit the tip's row ---------------------------
 
